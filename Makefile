@@ -1,0 +1,46 @@
+# agentq: `make up` starts the whole stack locally, `make test` runs the suite.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install up test test-postgres lint bench browser-deps compose-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser test (no tool downloads its own browser here).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser test"; fi; }
+
+# docker-compose 1.29 validates docker-compose.yml offline (no engine needed).
+compose-deps:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; fi; }
+
+up: install
+	$(BIN)/agentq up
+
+test: install browser-deps compose-deps
+	$(BIN)/pytest -q
+
+# The database-facing tests again, against PostgreSQL (database `test` on localhost).
+test-postgres: install
+	AGENTQ_TEST_DATABASE_URL=postgresql://root@127.0.0.1/test $(BIN)/pytest -q -m database
+
+lint: install
+	$(BIN)/ruff check services tests bench
+
+bench: install
+	$(BIN)/agentq bench pipeline
+
+clean:
+	rm -rf $(VENV) agentq.db tests/artifacts

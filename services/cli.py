@@ -1,0 +1,121 @@
+"""The `agentq` command: one verb per service, plus `up`, `submit`, `topology` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable
+
+from services.common.settings import Settings
+
+# Each loop service's default Prometheus port; `agentq up` gives every child its own.
+METRICS_PORTS = {"intake": 9101, "router": 9102, "recorder": 9103, "worker": 9110,
+                 "autoscale": 9104}
+
+
+def _run_router(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.runtime import run
+    from services.router.service import serve
+
+    return run(serve, settings, "router", METRICS_PORTS["router"])
+
+
+def _run_recorder(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.runtime import run
+    from services.ingest.recorder import serve
+
+    return run(serve, settings, "recorder", METRICS_PORTS["recorder"])
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from services.common.runtime import run
+    from services.worker.service import serve
+
+    tiers = [t for t in args.tiers.split(",") if t] if args.tiers else None
+
+    async def service(s: Settings, stop: asyncio.Event) -> None:
+        await serve(s, stop, tiers=tiers, concurrency=args.concurrency, grace_s=args.grace)
+
+    return run(service, settings, "worker", METRICS_PORTS["worker"])
+
+
+def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
+    import aio_pika
+
+    from services.common.topology import Names, declare_topology, delete_topology
+
+    async def go() -> None:
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            names = Names(settings.namespace)
+            if args.delete:
+                await delete_topology(channel, names)
+            else:
+                await declare_topology(channel, names)
+
+    asyncio.run(go())
+    print(f"topology {'deleted' if args.delete else 'declared'} for namespace "
+          f"{settings.namespace!r}")
+    return 0
+
+
+def _delegate(module: str) -> Callable[[argparse.Namespace, Settings], int]:
+    """Hand the rest of the command line to a module's own `main(argv)`."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        main: Callable[[list[str]], int] = importlib.import_module(module).main
+        return main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentq", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    for verb, module, text in (
+        ("up", "services.up", "start the whole stack locally"),
+        ("ingest", "services.ingest.serve", "serve the HTTP intake (gunicorn)"),
+        ("intake", "services.ingest.intake", "consume tasks published to the submit exchange"),
+        ("dashboard", "services.dashboard.serve", "serve the dashboard (gunicorn)"),
+        ("mockllm", "services.mockllm.server", "run the simulated OpenAI-compatible provider"),
+        ("submit", "services.submit", "submit a task over HTTP and print its result"),
+        ("autoscale", "services.autoscale.run", "scale local worker processes on queue depth"),
+        ("bench", "bench.run", "run a benchmark: pipeline, limiter, cost, scale, dashboard"),
+    ):
+        sub = verbs.add_parser(verb, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=_delegate(module))
+
+    verbs.add_parser("router", help="route tasks to tiers and answer from the cache") \
+        .set_defaults(func=_run_router)
+    verbs.add_parser("recorder", help="store results in the results database") \
+        .set_defaults(func=_run_recorder)
+    worker = verbs.add_parser("worker", help="call the provider for queued tasks")
+    worker.add_argument("--tiers", default="", help="comma-separated tiers (default: all)")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--grace", type=float, default=30.0,
+                        help="seconds to finish held tasks on SIGTERM")
+    worker.set_defaults(func=_run_worker)
+    topology = verbs.add_parser("topology", help="declare every exchange and queue")
+    topology.add_argument("--delete", action="store_true", help="delete them instead")
+    topology.set_defaults(func=_run_topology)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"agentq: bad setting: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.func(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""The one AMQP helper every async service uses: connect, publish with confirms, consume.
+
+Ack and nack are decided here and only here: a handler returns (ack), raises `RejectMessage`
+(malformed: parked in the `rejected` queue with the reason, then acked) or `RequeueMessage`
+(not now: given back). Anything else is a bug or an outage: the message is given back after a
+pause, and the quorum queue's delivery limit dead-letters a message that keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import BaseModel
+
+from services.common.topology import ERROR_HEADER, Names
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+UNEXPECTED_ERROR_PAUSE_S = 1.0
+
+
+class RejectMessage(Exception):
+    """The message can never be processed; park it in `rejected` with this reason."""
+
+
+class RequeueMessage(Exception):
+    """The message cannot be processed now; give it back to the queue."""
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm a publish (nacked, unroutable or connection lost)."""
+
+
+def encode(body: BaseModel | bytes | Mapping[str, Any]) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, BaseModel):
+        return body.model_dump_json().encode()
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Bus:
+    """A robust connection with one confirming publish channel and one consume channel."""
+
+    def __init__(self, connection: AbstractRobustConnection, publish_channel: AbstractChannel,
+                 names: Names) -> None:
+        self.connection = connection
+        self.names = names
+        self._publish_channel = publish_channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._consume_channels: list[AbstractChannel] = []
+
+    @classmethod
+    async def connect(cls, amqp_url: str, names: Names, name: str = "agentq") -> Bus:
+        """Connect robustly (reconnects and restores consumers by itself)."""
+        connection = await aio_pika.connect_robust(amqp_url, client_properties={
+            "connection_name": name})
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(connection, channel, names)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name == "":
+            return self._publish_channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._publish_channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(self, exchange: str, routing_key: str,
+                      body: BaseModel | bytes | Mapping[str, Any], *,
+                      headers: Mapping[str, Any] | None = None, priority: int | None = None,
+                      reply_to: str | None = None, correlation_id: str | None = None,
+                      expiration: float | None = None, message_id: str | None = None,
+                      mandatory: bool = True) -> None:
+        """Publish persistently and wait for the broker's confirm."""
+        message = aio_pika.Message(
+            encode(body), content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers=dict(headers or {}),
+            priority=priority, reply_to=reply_to, correlation_id=correlation_id,
+            expiration=expiration, message_id=message_id)
+        try:
+            target = await self._exchange(exchange)
+            await target.publish(message, routing_key, mandatory=mandatory)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise PublishFailed(f"publish to {exchange or '(default)'}/{routing_key}: {exc!r}") \
+                from None
+
+    async def send_to_queue(self, queue: str, body: BaseModel | bytes | Mapping[str, Any],
+                            **kwargs: Any) -> None:
+        """Publish straight to a queue through the default exchange."""
+        await self.publish("", queue, body, **kwargs)
+
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> None:
+        """Start consuming with manual acks and at most `prefetch` messages in hand."""
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        declared = await channel.get_queue(queue, ensure=False)
+        tag = await declared.consume(lambda m: self._track(handler, m))
+        self._consume_channels.append(channel)
+        self._consumers.append((declared, tag))
+
+    async def _track(self, handler: Handler, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self._settle(handler, message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _settle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
+        try:
+            await handler(message)
+        except RejectMessage as exc:
+            await self._park_rejected(message, str(exc))
+        except RequeueMessage:
+            await message.nack(requeue=True)
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        except Exception:
+            log.exception("handler failed on a message from %s; giving it back",
+                          message.routing_key)
+            await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_S)
+            await message.nack(requeue=True)
+        else:
+            await message.ack()
+
+    async def _park_rejected(self, message: AbstractIncomingMessage, reason: str) -> None:
+        headers = dict(message.headers or {})
+        headers[ERROR_HEADER] = reason[:4000]
+        headers["x-agentq-source"] = f"{message.exchange}/{message.routing_key}"
+        try:
+            await self.publish("", self.names.rejected, message.body, headers=headers,
+                               reply_to=message.reply_to, correlation_id=message.correlation_id)
+        except PublishFailed:
+            log.exception("could not park a rejected message; giving it back")
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        log.info("rejected a message from %s: %s", message.routing_key, reason[:200])
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def stop_consuming(self, grace_s: float) -> None:
+        """Take no new messages and let the ones in hand finish, for at most `grace_s`."""
+        for queue, tag in self._consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # a closed channel has no consumer left to cancel
+                log.debug("cancel of %s failed", tag, exc_info=True)
+        self._consumers.clear()
+        pending = set(self._in_flight)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:  # cancelled handlers nack their messages with requeue
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+
+    async def close(self) -> None:
+        await self.connection.close()

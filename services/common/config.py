@@ -1,0 +1,139 @@
+"""Load the tier table (`agentq.toml`): providers, tiers, routing rules, tenants."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.models import TIERS, Tier
+
+MOCK_BASE_URL = "http://127.0.0.1:8100/v1"
+
+
+class ConfigError(ValueError):
+    """The tier table is missing something or contradicts itself."""
+
+
+class ProviderConfig(BaseModel):
+    """One provider key: where to call and the budget every worker shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key_env: str | None = None
+    api_key: str | None = None
+    rpm: int = Field(default=0, ge=0)  # 0 = no limit known
+    tpm: int = Field(default=0, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ModelEntry(BaseModel):
+    """A model a tier can call, with its price per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    model: str
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    context: int = Field(default=128_000, gt=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Price a call in US dollars."""
+        return (prompt_tokens * self.input_per_mtok
+                + completion_tokens * self.output_per_mtok) / 1_000_000
+
+
+class TierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelEntry] = Field(min_length=1)
+
+
+class RoutingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: dict[str, Tier] = Field(default_factory=dict)
+    # Prompt length (tokens) from which a task of unknown kind goes up a tier.
+    standard_from_tokens: int = 1_500
+    premium_from_tokens: int = 6_000
+
+
+class TenantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(default=1.0, gt=0)
+    min_share: float = Field(default=0.0, ge=0, le=1)
+    ceiling: Tier | None = None
+    kinds: dict[str, Tier] = Field(default_factory=dict)
+
+
+class AgentqConfig(BaseModel):
+    """The whole tier table."""
+
+    model_config = ConfigDict(extra="allow")
+
+    providers: dict[str, ProviderConfig]
+    tiers: dict[Tier, TierConfig]
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> AgentqConfig:
+        missing = [t for t in TIERS if t not in self.tiers]
+        if missing:
+            raise ConfigError(f"tiers {missing} are not configured")
+        for tier, tier_config in self.tiers.items():
+            for entry in tier_config.models:
+                if entry.provider not in self.providers:
+                    raise ConfigError(
+                        f"tiers.{tier}: provider {entry.provider!r} is not in [providers]")
+        return self
+
+    def primary(self, tier: str) -> ModelEntry:
+        """Return the first model entry of a tier."""
+        return self.tiers[tier].models[0]  # type: ignore[index]
+
+    def tenant(self, name: str) -> TenantConfig:
+        return self.tenants.get(name, TenantConfig())
+
+
+def _builtin(openai_api_key: str = "", openai_base_url: str = "") -> dict[str, Any]:
+    """Return the default tier table: the simulated provider, or OpenAI when a key is set."""
+    if openai_api_key:
+        name = "openai"
+        provider = {"base_url": openai_base_url or "https://api.openai.com/v1",
+                    "api_key_env": "OPENAI_API_KEY", "rpm": 500, "tpm": 200_000}
+    else:
+        name = "mock"
+        provider = {"base_url": openai_base_url or MOCK_BASE_URL, "rpm": 6_000, "tpm": 2_000_000}
+    return {
+        "providers": {name: provider},
+        "tiers": {
+            "cheap": {"models": [{"provider": name, "model": "gpt-4o-mini",
+                                  "input_per_mtok": 0.15, "output_per_mtok": 0.60}]},
+            "standard": {"models": [{"provider": name, "model": "gpt-4o",
+                                     "input_per_mtok": 2.50, "output_per_mtok": 10.00}]},
+            "premium": {"models": [{"provider": name, "model": "o1",
+                                    "input_per_mtok": 15.00, "output_per_mtok": 60.00}]},
+        },
+        "routing": {"kinds": {"classify": "cheap", "extract": "cheap",
+                              "summarize": "standard", "reason": "premium"}},
+    }
+
+
+def load_config(path: Path | None, openai_api_key: str = "",
+                openai_base_url: str = "") -> AgentqConfig:
+    """Read the tier table from a TOML file, or return the built-in one."""
+    if path is None:
+        return AgentqConfig.model_validate(_builtin(openai_api_key, openai_base_url))
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return AgentqConfig.model_validate(raw)

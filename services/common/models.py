@@ -1,0 +1,133 @@
+"""The messages on the wire: pydantic models for Task, Result and Event (the public contract)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Tier = Literal["cheap", "standard", "premium"]
+TIERS: tuple[Tier, ...] = ("cheap", "standard", "premium")
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+MAX_MESSAGES = 1000
+MAX_ID_LENGTH = 64
+
+
+class Message(BaseModel):
+    """One chat message in OpenAI's format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str
+
+
+class Validator(BaseModel):
+    """A check the answer must pass, else the task escalates to the next tier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = None
+    labels: list[str] | None = None
+
+
+class Task(BaseModel):
+    """A unit of LLM work submitted by a client (HTTP body or AMQP message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=64)
+    tenant: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    kind: str = Field(default="chat", min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(default=None, exclude=True)
+    tier: Tier | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    # agentq sends temperature 0 unless told otherwise, so repeated tasks are deterministic
+    # and cacheable; agents that want variety say so.
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    cache: Literal["auto", "off", "on"] = "auto"
+    priority: int = Field(default=0, ge=0, le=9)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    validator: Validator | None = None
+    # Set by ingest, not by clients: where to send the Result too, and when it was accepted.
+    reply_to: str | None = Field(default=None, max_length=255)
+    submitted_at: float | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_printable(cls, value: str) -> str:
+        if not all(c.isalnum() or c in "-_.:" for c in value):
+            raise ValueError("id may hold only letters, digits and - _ . :")
+        return value
+
+    @model_validator(mode="after")
+    def _prompt_becomes_messages(self) -> Task:
+        if self.prompt is not None:
+            if self.messages:
+                raise ValueError("give either messages or prompt, not both")
+            self.messages = [Message(role="user", content=self.prompt)]
+            self.prompt = None
+        if not self.messages:
+            raise ValueError("messages (or prompt) is required")
+        return self
+
+    def stamped(self, reply_to: str | None = None) -> Task:
+        """Return the task as ingest accepts it: timestamped, with its reply queue."""
+        return self.model_copy(
+            update={"submitted_at": self.submitted_at or time.time(),
+                    "reply_to": reply_to or self.reply_to}
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Latency(BaseModel):
+    queue: float = 0.0
+    llm: float = 0.0
+    total: float = 0.0
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Result(BaseModel):
+    """What became of a task: its answer, model, tokens, cost and timings."""
+
+    task_id: str
+    tenant: str
+    status: Literal["succeeded", "failed"]
+    output: str = ""
+    model: str = ""
+    tier: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    cache: Literal["miss", "exact", "semantic"] = "miss"
+    attempts: int = 0
+    latency_ms: Latency = Field(default_factory=Latency)
+    error: ErrorInfo | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    kind: str = ""
+    route_reason: str = ""
+    finished_at: float = Field(default_factory=time.time)
+
+
+class Event(BaseModel):
+    """A telemetry record for the dashboard (`agentq.events`, routing key = `type`)."""
+
+    type: str
+    ts: float = Field(default_factory=time.time)
+    service: str = ""
+    tenant: str | None = None
+    task_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)

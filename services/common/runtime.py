@@ -1,0 +1,53 @@
+"""Run an async service: logging, metrics port, graceful SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import start_http_server
+
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Service = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def configure_logging(level: str, name: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose Prometheus metrics; a taken port (several workers on one host) only warns."""
+    if port <= 0:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics port %d unavailable (%s); metrics not exposed", port, exc)
+
+
+def run(service: Service, settings: Settings, name: str, default_metrics_port: int) -> int:
+    """Run `service` until SIGTERM/SIGINT sets its stop event; return an exit code."""
+    configure_logging(settings.log_level, name)
+    serve_metrics(settings.metrics_port or default_metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,57 @@
+"""Read every agentq setting from the environment, once, into one typed object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What every agentq service is configured by (the `AGENTQ_*` variables of the contract)."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTQ_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "sqlite:///agentq.db"
+    namespace: str = "agentq"
+    config: Path | None = None
+    api_keys: str = ""
+    dashboard_password: str = ""
+
+    ingest_port: int = 8000
+    dashboard_port: int = 8080
+    metrics_port: int = 0  # 0 = the service's default port; -1 = no metrics endpoint
+    max_body_bytes: int = 1024 * 1024
+    max_backlog: int = 100_000  # ingest answers 429 past this many ready tasks in agentq.tasks
+    worker_concurrency: int = 32
+    worker_prefetch: int = 0  # 0 = same as concurrency: waiting tasks stay visible in RabbitMQ
+    max_attempts: int = 5
+    retry_base_ms: int = 500
+    retry_max_ms: int = 30_000
+    llm_timeout_s: float = 120.0
+    cache_ttl_s: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
+    openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_name(cls, value: str) -> str:
+        if not value or any(c in value for c in " #*/"):
+            raise ValueError("AGENTQ_NAMESPACE must be a non-empty name without spaces, #, * or /")
+        return value
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    def config_path(self) -> Path | None:
+        """Return the tier-table file in force: AGENTQ_CONFIG, else ./agentq.toml if present."""
+        if self.config is not None:
+            return self.config
+        local = Path("agentq.toml")
+        return local if local.exists() else None

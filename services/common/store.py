@@ -1,0 +1,151 @@
+"""The results store: one SQL row per task, written by ingest and the recorder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from services.common.models import Result, Task
+
+metadata = MetaData()
+
+tasks = Table(
+    "agentq_tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("task_json", Text, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("finished_at", Float),
+    Column("tier", String(16)),
+    Column("model", String(128)),
+    Column("cache", String(16)),
+    Column("output", Text),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("cost_usd", Float),
+    Column("cost_saved_usd", Float),
+    Column("attempts", Integer),
+    Column("latency_queue_ms", Float),
+    Column("latency_llm_ms", Float),
+    Column("latency_total_ms", Float),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("route_reason", Text),
+    Column("result_json", Text),
+)
+
+
+def engine_url(url: str) -> str:
+    """Point PostgreSQL URLs at psycopg 3, the driver agentq installs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables it needs."""
+    url = engine_url(url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Several processes write one SQLite file: wait for the lock instead of failing.
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    metadata.create_all(engine, checkfirst=True)
+    return engine
+
+
+def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:
+    """Store a new task as queued; for a known id return the stored row and False."""
+    row = {"id": task.id, "tenant": task.tenant, "kind": task.kind, "status": "queued",
+           "task_json": task.model_dump_json(), "created_at": task.submitted_at or time.time()}
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(tasks).values(**row))
+        return row, True
+    except IntegrityError:
+        existing = get_task(engine, task.id)
+        if existing is None:  # deleted between the two statements: store it now
+            return insert_task(engine, task)
+        return existing, False
+
+
+def forget_task(engine: Engine, task_id: str) -> None:
+    """Remove a task that could not be queued, so a retry of the same id is accepted."""
+    with engine.begin() as conn:
+        conn.execute(delete(tasks).where(tasks.c.id == task_id, tasks.c.status == "queued"))
+
+
+def get_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def _result_columns(result: Result) -> dict[str, Any]:
+    return {
+        "status": result.status, "finished_at": result.finished_at, "tier": result.tier,
+        "model": result.model, "cache": result.cache, "output": result.output,
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "cost_usd": result.cost_usd, "cost_saved_usd": result.cost_saved_usd,
+        "attempts": result.attempts, "latency_queue_ms": result.latency_ms.queue,
+        "latency_llm_ms": result.latency_ms.llm, "latency_total_ms": result.latency_ms.total,
+        "error_code": result.error.code if result.error else None,
+        "error_message": result.error.message if result.error else None,
+        "route_reason": result.route_reason, "result_json": result.model_dump_json(),
+    }
+
+
+def record_results(engine: Engine, results: Iterable[Result]) -> None:
+    """Write results onto their tasks in one transaction (a task unknown here is added)."""
+    with engine.begin() as conn:
+        for result in results:
+            columns = _result_columns(result)
+            updated = conn.execute(update(tasks).where(tasks.c.id == result.task_id)
+                                   .values(**columns))
+            if updated.rowcount == 0:
+                conn.execute(insert(tasks).values(
+                    id=result.task_id, tenant=result.tenant, kind=result.kind or "chat",
+                    task_json="{}", created_at=result.finished_at, **columns))
+
+
+def mark_running(engine: Engine, task_ids: Iterable[str]) -> None:
+    """Mark queued tasks as running (a finished task keeps its final status)."""
+    ids = list(task_ids)
+    if not ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(update(tasks).where(tasks.c.id.in_(ids), tasks.c.status == "queued")
+                     .values(status="running"))

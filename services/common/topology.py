@@ -1,0 +1,172 @@
+"""Name and declare every exchange and queue of agentq, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, ExchangeType
+
+from services.common.models import TIERS
+
+# Retries wait in one holding queue per delay level; a message's own expiration is at most its
+# level, so a long delay at the head of a queue never holds up a shorter one for long.
+RETRY_LEVELS_MS: tuple[int, ...] = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)
+DELIVERY_LIMIT = 20  # a message redelivered this often (crash loop) is dead-lettered
+TELEMETRY_MAX_LENGTH = 1_000_000  # telemetry queues drop their oldest rather than grow forever
+SUBMIT_ROUTING_KEY = "task"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every broker and Redis name of one namespace."""
+
+    ns: str
+
+    @property
+    def submit(self) -> str:
+        return f"{self.ns}.submit"
+
+    @property
+    def tasks(self) -> str:
+        return f"{self.ns}.tasks"
+
+    @property
+    def work(self) -> str:
+        return f"{self.ns}.work"
+
+    def work_queue(self, tier: str) -> str:
+        return f"{self.ns}.work.{tier}"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.ns}.retry"
+
+    def retry_queue(self, delay_ms: int) -> str:
+        return f"{self.ns}.retry.{delay_ms}"
+
+    @property
+    def results(self) -> str:
+        return f"{self.ns}.results"
+
+    @property
+    def results_store(self) -> str:
+        return f"{self.ns}.results.store"
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}.events"
+
+    @property
+    def dashboard_events(self) -> str:
+        return f"{self.ns}.dashboard.events"
+
+    @property
+    def dashboard_results(self) -> str:
+        return f"{self.ns}.dashboard.results"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.ns}.dlx"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.ns}.dead"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.ns}.rejected"
+
+    def redis_key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def exchanges(self) -> list[str]:
+        return [self.submit, self.tasks, self.work, self.retry, self.results, self.events,
+                self.dlx]
+
+    def queues(self) -> list[str]:
+        """Return every queue name, main ones first."""
+        return [self.submit, self.tasks, *(self.work_queue(t) for t in TIERS),
+                self.results_store, self.dashboard_events, self.dashboard_results,
+                self.dead, self.rejected, *(self.retry_queue(d) for d in RETRY_LEVELS_MS)]
+
+    def monitored_queues(self) -> list[str]:
+        """Return the queues whose depth tells how the pipeline keeps up."""
+        return [self.submit, self.tasks, *(self.work_queue(t) for t in TIERS),
+                self.results_store, self.dead, self.rejected]
+
+
+def retry_level(delay_ms: float) -> int:
+    """Return the holding-queue level that a retry delay waits in."""
+    for level in RETRY_LEVELS_MS:
+        if delay_ms <= level:
+            return level
+    return RETRY_LEVELS_MS[-1]
+
+
+def _quorum(names: Names, **extra: object) -> dict[str, object]:
+    return {"x-queue-type": "quorum", "x-dead-letter-exchange": names.dlx,
+            "x-delivery-limit": DELIVERY_LIMIT, **extra}
+
+
+async def declare_topology(channel: AbstractChannel, names: Names) -> None:
+    """Declare every exchange, queue and binding; safe to run any number of times."""
+    direct, topic = ExchangeType.DIRECT, ExchangeType.TOPIC
+    ex = {
+        names.submit: await channel.declare_exchange(names.submit, direct, durable=True),
+        names.tasks: await channel.declare_exchange(names.tasks, direct, durable=True),
+        names.work: await channel.declare_exchange(names.work, direct, durable=True),
+        names.retry: await channel.declare_exchange(names.retry, ExchangeType.HEADERS,
+                                                    durable=True),
+        names.results: await channel.declare_exchange(names.results, topic, durable=True),
+        names.events: await channel.declare_exchange(names.events, topic, durable=True),
+        names.dlx: await channel.declare_exchange(names.dlx, topic, durable=True),
+    }
+
+    async def queue(name: str, arguments: dict[str, object], exchange: str | None = None,
+                    key: str = "#") -> None:
+        declared = await channel.declare_queue(name, durable=True, arguments=arguments)
+        if exchange is not None:
+            await declared.bind(ex[exchange], routing_key=key)
+
+    await queue(names.submit, _quorum(names), names.submit, SUBMIT_ROUTING_KEY)
+    await queue(names.tasks, _quorum(names), names.tasks, SUBMIT_ROUTING_KEY)
+    for tier in TIERS:
+        await queue(names.work_queue(tier), _quorum(names), names.work, tier)
+    await queue(names.results_store, _quorum(names), names.results)
+    telemetry = {"x-queue-type": "classic", "x-max-length": TELEMETRY_MAX_LENGTH,
+                 "x-overflow": "drop-head"}
+    await queue(names.dashboard_events, telemetry, names.events)
+    await queue(names.dashboard_results, telemetry, names.results)
+    await queue(names.dead, {"x-queue-type": "quorum"}, names.dlx)
+    await queue(names.rejected, {"x-queue-type": "quorum"})
+    for level in RETRY_LEVELS_MS:
+        # Expired retries go back to the work exchange under their original routing key (tier).
+        declared = await channel.declare_queue(
+            names.retry_queue(level), durable=True,
+            arguments={"x-queue-type": "classic", "x-message-ttl": level,
+                       "x-dead-letter-exchange": names.work})
+        await declared.bind(ex[names.retry], arguments={"x-match": "all",
+                                                        "x-agentq-delay": level})
+
+
+async def delete_topology(channel: AbstractChannel, names: Names) -> None:
+    """Delete every queue and exchange of a namespace (tests and `agentq topology --delete`)."""
+    for name in names.queues():
+        await channel.queue_delete(name)
+    for name in names.exchanges():
+        await channel.exchange_delete(name)
+
+
+async def declare(amqp_url: str, names: Names) -> None:
+    """Connect, declare the topology, disconnect."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await declare_topology(await connection.channel(), names)
+
+
+# Message headers agentq sets on work messages.
+ROUTE_HEADER = "x-agentq-route"
+ATTEMPT_HEADER = "x-agentq-attempt"
+DELAY_HEADER = "x-agentq-delay"
+ERROR_HEADER = "x-agentq-error"

@@ -1,0 +1,150 @@
+"""`agentq up`: start the whole stack as child processes, prefix their logs, stop cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from services.common.config import AgentqConfig, load_config
+from services.common.settings import Settings
+
+STOP_GRACE_S = 35.0
+RESTART_BACKOFF_S = 2.0
+
+
+@dataclass
+class ChildSpec:
+    """One service process: its name, the `agentq` verb line, and extra environment."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def uses_mockllm(config: AgentqConfig, mock_port: int) -> bool:
+    """Return whether a provider points at the simulated provider on this host."""
+    for provider in config.providers.values():
+        url = urlparse(provider.base_url)
+        if url.hostname in ("127.0.0.1", "localhost") and url.port == mock_port:
+            return True
+    return False
+
+
+def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: bool,
+          mock_port: int = 8100) -> list[ChildSpec]:
+    """Return the processes of the local stack; compose runs these same verb lines."""
+    children = []
+    if uses_mockllm(config, mock_port):
+        children.append(ChildSpec("mockllm", ["mockllm", "--port", str(mock_port)]))
+    children += [
+        ChildSpec("ingest", ["ingest"]),
+        ChildSpec("intake", ["intake"]),
+        ChildSpec("router", ["router"]),
+        ChildSpec("recorder", ["recorder"]),
+        ChildSpec("dashboard", ["dashboard"]),
+    ]
+    if autoscale:
+        children.append(ChildSpec("autoscale", ["autoscale"]))
+    else:
+        for i in range(1, workers + 1):
+            # Each worker gets its own metrics port so all of them can be scraped.
+            children.append(ChildSpec(f"worker-{i}", ["worker"],
+                                      {"AGENTQ_METRICS_PORT": str(9110 + i)}))
+    return children
+
+
+class Child:
+    """A running child process whose output is printed with its name in front."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *self.spec.args], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        width = 11
+        for line in process.stdout:
+            sys.stdout.write(f"{self.spec.name:<{width}}| {line.decode(errors='replace')}")
+            sys.stdout.flush()
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def supervise(children: list[Child], stop: threading.Event) -> None:
+    """Keep the children running until `stop`; a child that dies is restarted."""
+    for child in children:
+        child.start()
+    while not stop.wait(0.5):
+        for child in children:
+            if child.process is not None and child.process.poll() is not None:
+                code = child.process.returncode
+                child.restarts += 1
+                delay = min(30.0, RESTART_BACKOFF_S * child.restarts)
+                print(f"{child.spec.name} exited with {code}; restarting in {delay:.0f}s",
+                      flush=True)
+                if stop.wait(delay):
+                    break
+                child.start()
+
+
+def shutdown(children: list[Child]) -> None:
+    """SIGTERM every child, wait for them to drain, then kill what is left."""
+    for child in children:
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.signal(signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentq up", description="start the whole stack")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--autoscale", action="store_true")
+    parser.add_argument("--config", default=None, help="tier table (agentq.toml)")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ["AGENTQ_CONFIG"] = args.config
+    settings = Settings()
+    config = load_config(settings.config_path(), settings.openai_api_key,
+                         settings.openai_base_url)
+    from services.cli import main as cli
+
+    if cli(["topology"]) != 0:
+        return 1
+    children = [Child(spec) for spec in stack(settings, config, args.workers, args.autoscale)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"agentq up: ingest http://127.0.0.1:{settings.ingest_port}  dashboard "
+          f"http://127.0.0.1:{settings.dashboard_port}  (Ctrl-C stops)", flush=True)
+    try:
+        supervise(children, stop)
+    finally:
+        print("agentq up: stopping", flush=True)
+        shutdown(children)
+    return 0

@@ -1,0 +1,109 @@
+"""Call an OpenAI-compatible provider; translate the SDK's errors into agentq's own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+
+from services.common.config import AgentqConfig, ModelEntry
+from services.common.models import Task, Usage
+
+
+class ProviderError(Exception):
+    """A provider call failed; `retryable` says whether trying again may help."""
+
+    code = "provider_error"
+    retryable = False
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers: Mapping[str, str] = headers or {}
+
+
+class ProviderRateLimited(ProviderError):
+    code = "rate_limited"
+    retryable = True
+
+
+class ProviderUnavailable(ProviderError):
+    code = "provider_unavailable"
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    code = "timeout"
+    retryable = True
+
+
+class ProviderRejected(ProviderError):
+    code = "provider_rejected"
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+    finish_reason: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _translate(exc: openai.OpenAIError) -> ProviderError:
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout(str(exc))
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderUnavailable(f"connection failed: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        headers = dict(exc.response.headers)
+        status = exc.status_code
+        if status == 429:
+            return ProviderRateLimited(exc.message, headers)
+        if status >= 500 or status in (408, 409):
+            return ProviderUnavailable(f"HTTP {status}: {exc.message}", headers)
+        return ProviderRejected(f"HTTP {status}: {exc.message}", headers)
+    return ProviderError(str(exc))
+
+
+class Providers:
+    """One AsyncOpenAI client per configured provider, made once and reused."""
+
+    def __init__(self, config: AgentqConfig, default_timeout_s: float) -> None:
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+        for name, provider in config.providers.items():
+            api_key = provider.api_key or (
+                os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
+            self._clients[name] = openai.AsyncOpenAI(
+                base_url=provider.base_url, api_key=api_key or "agentq-no-key",
+                max_retries=0,  # retries are agentq's, through the delay queues
+                timeout=min(provider.timeout_s, default_timeout_s),
+                http_client=httpx.AsyncClient(limits=limits))
+
+    async def complete(self, entry: ModelEntry, task: Task) -> Completion:
+        """Run one chat completion for a task on a model entry."""
+        client = self._clients[entry.provider]
+        kwargs: dict[str, object] = {"temperature": task.temperature}
+        if task.max_tokens is not None:
+            kwargs["max_tokens"] = task.max_tokens
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=entry.model, messages=[m.model_dump() for m in task.messages],
+                **kwargs)  # type: ignore[arg-type]
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from None
+        completion = raw.parse()
+        usage = completion.usage
+        choice = completion.choices[0]
+        return Completion(
+            text=choice.message.content or "", model=completion.model or entry.model,
+            usage=Usage(prompt_tokens=usage.prompt_tokens if usage else 0,
+                        completion_tokens=usage.completion_tokens if usage else 0),
+            finish_reason=choice.finish_reason or "", headers=dict(raw.headers))
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()

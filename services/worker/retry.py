@@ -1,0 +1,24 @@
+"""Decide whether and when to retry a failed call: pure functions."""
+
+from __future__ import annotations
+
+import random
+
+
+def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random) -> float:
+    """Return the wait before `attempt + 1`: exponential with equal jitter, capped."""
+    ceiling = min(max_ms, base_ms * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def retry_delay_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random,
+                   provider_hint_s: float | None) -> float:
+    """Return the retry delay: the provider's own hint when it gave one, else the backoff."""
+    delay = backoff_ms(attempt, base_ms, max_ms, rng)
+    if provider_hint_s is not None:
+        delay = max(delay, provider_hint_s * 1000)
+    return min(delay, max_ms)
+
+
+def should_retry(retryable: bool, attempt: int, max_attempts: int) -> bool:
+    return retryable and attempt < max_attempts
