@@ -62,33 +62,25 @@ def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _delegate(module: str) -> Callable[[argparse.Namespace, Settings], int]:
-    """Hand the rest of the command line to a module's own `main(argv)`."""
-
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        main: Callable[[list[str]], int] = importlib.import_module(module).main
-        return main(args.rest)
-
-    return run
+# Verbs whose modules parse their own flags: `agentq VERB ...` runs `module.main([...])`.
+DELEGATED = {
+    "up": ("services.up", "start the whole stack locally"),
+    "ingest": ("services.ingest.serve", "serve the HTTP intake (gunicorn)"),
+    "intake": ("services.ingest.intake", "consume tasks published to the submit exchange"),
+    "dashboard": ("services.dashboard.serve", "serve the dashboard (gunicorn)"),
+    "mockllm": ("services.mockllm.server", "run the simulated OpenAI-compatible provider"),
+    "submit": ("services.submit", "submit a task over HTTP and print its result"),
+    "autoscale": ("services.autoscale.run", "scale local worker processes on queue depth"),
+    "bench": ("bench.run", "run a benchmark: pipeline, limiter, cost, scale, dashboard"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    for verb, module, text in (
-        ("up", "services.up", "start the whole stack locally"),
-        ("ingest", "services.ingest.serve", "serve the HTTP intake (gunicorn)"),
-        ("intake", "services.ingest.intake", "consume tasks published to the submit exchange"),
-        ("dashboard", "services.dashboard.serve", "serve the dashboard (gunicorn)"),
-        ("mockllm", "services.mockllm.server", "run the simulated OpenAI-compatible provider"),
-        ("submit", "services.submit", "submit a task over HTTP and print its result"),
-        ("autoscale", "services.autoscale.run", "scale local worker processes on queue depth"),
-        ("bench", "bench.run", "run a benchmark: pipeline, limiter, cost, scale, dashboard"),
-    ):
-        sub = verbs.add_parser(verb, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(func=_delegate(module))
+    for verb, (_, text) in DELEGATED.items():
+        verbs.add_parser(verb, help=text, add_help=False)
 
     verbs.add_parser("router", help="route tasks to tiers and answer from the cache") \
         .set_defaults(func=_run_router)
@@ -107,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        delegated: Callable[[list[str]], int] = importlib.import_module(
+            DELEGATED[argv[0]][0]).main
+        return delegated(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()

@@ -95,3 +95,72 @@ class Stack:
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.stop(name)
+
+
+class ScratchDatabase:
+    """A results database for one test run: a SQLite file, or a PostgreSQL schema of its own.
+
+    PostgreSQL is used when AGENTQ_TEST_DATABASE_URL is set (e.g.
+    postgresql://root@127.0.0.1/test); the schema is dropped at the end.
+    """
+
+    def __init__(self, namespace: str, directory: Path) -> None:
+        base = os.environ.get("AGENTQ_TEST_DATABASE_URL", "")
+        self.schema = namespace if base else None
+        if base:
+            sep = "&" if "?" in base else "?"
+            self.url = f"{base}{sep}options=-csearch_path%3D{namespace}"
+            self._admin(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
+        else:
+            self.url = f"sqlite:///{directory / 'results.db'}"
+
+    def _admin(self, statement: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        from services.common.store import engine_url
+
+        engine = create_engine(engine_url(os.environ["AGENTQ_TEST_DATABASE_URL"]))
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+        engine.dispose()
+
+    def drop(self) -> None:
+        if self.schema:
+            self._admin(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
+    """Remove every queue, exchange and Redis key of a test namespace."""
+    import asyncio
+
+    import aio_pika
+    import redis
+
+    from services.common.topology import Names, delete_topology
+
+    async def drop_topology() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await delete_topology(await connection.channel(), Names(namespace))
+
+    asyncio.run(drop_topology())
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def write_config(path: Path, mock_url: str, rpm: int = 0, tpm: int = 0) -> Path:
+    """Write a tier table whose one provider is the simulated one at `mock_url`."""
+    models = {"cheap": ("gpt-4o-mini", 0.15, 0.60), "standard": ("gpt-4o", 2.50, 10.00),
+              "premium": ("o1", 15.00, 60.00)}
+    tiers = "".join(
+        f'[tiers.{tier}]\nmodels = [{{ provider = "mock", model = "{model}", '
+        f"input_per_mtok = {price_in}, output_per_mtok = {price_out} }}]\n"
+        for tier, (model, price_in, price_out) in models.items())
+    path.write_text(
+        f'[providers.mock]\nbase_url = "{mock_url}"\nrpm = {rpm}\ntpm = {tpm}\n\n{tiers}\n'
+        '[routing.kinds]\nclassify = "cheap"\nextract = "cheap"\nsummarize = "standard"\n'
+        'reason = "premium"\n')
+    return path

@@ -9,6 +9,7 @@ pause, and the quorum queue's delivery limit dead-letters a message that keeps f
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 UNEXPECTED_ERROR_PAUSE_S = 1.0
+REQUEUE_PAUSE_S = 1.0
 
 
 class RejectMessage(Exception):
@@ -111,7 +113,7 @@ class Bus:
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         declared = await channel.get_queue(queue, ensure=False)
-        tag = await declared.consume(lambda m: self._track(handler, m))
+        tag = await declared.consume(functools.partial(self._track, handler))
         self._consume_channels.append(channel)
         self._consumers.append((declared, tag))
 
@@ -130,6 +132,9 @@ class Bus:
         except RejectMessage as exc:
             await self._park_rejected(message, str(exc))
         except RequeueMessage:
+            # An outage (database, provider) must not burn through the delivery limit in a
+            # fraction of a second: hold the message a moment before giving it back.
+            await asyncio.sleep(REQUEUE_PAUSE_S)
             await message.nack(requeue=True)
         except asyncio.CancelledError:
             await message.nack(requeue=True)

@@ -77,11 +77,12 @@ class Task(BaseModel):
         return self
 
     def stamped(self, reply_to: str | None = None) -> Task:
-        """Return the task as ingest accepts it: timestamped, with its reply queue."""
-        return self.model_copy(
-            update={"submitted_at": self.submitted_at or time.time(),
-                    "reply_to": reply_to or self.reply_to}
-        )
+        """Return the task as ingest accepts it: timestamped now, with the AMQP reply queue.
+
+        What a client put in these two fields is overwritten: it could fake queue times or
+        send results to any queue.
+        """
+        return self.model_copy(update={"submitted_at": time.time(), "reply_to": reply_to})
 
 
 class Usage(BaseModel):

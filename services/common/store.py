@@ -21,7 +21,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from services.common.models import Result, Task
 
@@ -71,6 +71,8 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Several processes write one SQLite file: wait for the lock instead of failing.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 5}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         from sqlalchemy import event
@@ -82,8 +84,21 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-    metadata.create_all(engine, checkfirst=True)
+    create_tables(engine)
     return engine
+
+
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create the tables if missing; several services may race to do it at start-up."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            # Another process created a table between our check and our CREATE.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:

@@ -16,6 +16,13 @@ DELIVERY_LIMIT = 20  # a message redelivered this often (crash loop) is dead-let
 TELEMETRY_MAX_LENGTH = 1_000_000  # telemetry queues drop their oldest rather than grow forever
 SUBMIT_ROUTING_KEY = "task"
 
+# Message headers agentq sets on work messages.
+ROUTE_HEADER = "x-agentq-route"
+ATTEMPT_HEADER = "x-agentq-attempt"
+# Not x-prefixed: a headers exchange ignores x- headers when matching.
+DELAY_HEADER = "agentq-delay"
+ERROR_HEADER = "x-agentq-error"
+
 
 @dataclass(frozen=True)
 class Names:
@@ -147,7 +154,7 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
             arguments={"x-queue-type": "classic", "x-message-ttl": level,
                        "x-dead-letter-exchange": names.work})
         await declared.bind(ex[names.retry], arguments={"x-match": "all",
-                                                        "x-agentq-delay": level})
+                                                        DELAY_HEADER: level})
 
 
 async def delete_topology(channel: AbstractChannel, names: Names) -> None:
@@ -164,9 +171,3 @@ async def declare(amqp_url: str, names: Names) -> None:
     async with connection:
         await declare_topology(await connection.channel(), names)
 
-
-# Message headers agentq sets on work messages.
-ROUTE_HEADER = "x-agentq-route"
-ATTEMPT_HEADER = "x-agentq-attempt"
-DELAY_HEADER = "x-agentq-delay"
-ERROR_HEADER = "x-agentq-error"

@@ -1,0 +1,182 @@
+"""The HTTP routes of ingest: submit and look up tasks, health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.common.amqp import PublishFailed
+from services.common.models import Task
+from services.common.settings import Settings
+from services.common.store import forget_task, get_task, insert_task
+from services.ingest.metrics import IngestMetrics
+from services.ingest.publisher import Publisher
+from services.ingest.validation import InvalidTask, decode_json, parse_tasks
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "agentq"
+BACKLOG_RETRY_AFTER_S = 10
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+tasks = Blueprint("tasks", __name__)
+ops = Blueprint("ops", __name__)
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """The clients one ingest app works with, made by `create_app`."""
+
+    settings: Settings
+    engine: Engine
+    publisher: Publisher
+    redis: redis.Redis
+    metrics: IngestMetrics
+    exposition: CollectorRegistry  # what /metrics serves (all gunicorn workers when shared)
+
+
+def _ingest() -> Ingest:
+    ingest: Ingest = current_app.extensions[EXTENSION]
+    return ingest
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   retry_after: int | None = None, **extra: Any) -> Response:
+    """Build the contract's JSON error `{"error": {"code", "message", "field"}}`."""
+    response = jsonify({"error": {"code": code, "message": message, "field": field}, **extra})
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@tasks.before_request
+def _authenticate() -> Response | None:
+    keys = _ingest().settings.api_key_set
+    if not keys:
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token_bytes = token.strip().encode()
+    # Compare against every key in constant time so timing does not reveal a key's prefix.
+    if scheme.lower() == "bearer" and any(
+            [hmac.compare_digest(token_bytes, key.encode()) for key in keys]):
+        return None
+    response = error_response(401, "unauthorized",
+                              "a valid 'Authorization: Bearer <key>' header is required",
+                              "authorization")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="agentq"'
+    return response
+
+
+def _forget(ingest: Ingest, task_id: str) -> None:
+    try:
+        forget_task(ingest.engine, task_id)
+    except SQLAlchemyError:
+        # The row stays "queued" although nothing was queued; a resubmit will not fix it.
+        log.exception("could not forget unqueued task %s", task_id)
+
+
+def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
+    """Store a task and queue it; a known id is answered with its stored status."""
+    task = task.stamped()
+    row, created = insert_task(ingest.engine, task)
+    if not created:
+        ingest.metrics.duplicates.labels(door="http").inc()
+        return {"id": task.id, "status": row["status"]}
+    try:
+        ingest.publisher.publish_task(task)
+    except PublishFailed:
+        _forget(ingest, task.id)
+        raise
+    ingest.metrics.accepted.labels(door="http").inc()
+    return {"id": task.id, "status": "queued"}
+
+
+@tasks.post("/v1/tasks")
+def submit() -> ResponseReturnValue:
+    """Accept one task (JSON object) or several (JSON list) and queue them."""
+    ingest = _ingest()
+    try:
+        payload = decode_json(request.get_data(cache=False))
+        batch = parse_tasks(payload)
+    except InvalidTask as exc:
+        return error_response(400, "invalid_task", exc.message, exc.field)
+    backlog = ingest.publisher.backlog()
+    if backlog is not None and backlog > ingest.settings.max_backlog:
+        return error_response(429, "backlog_full",
+                              f"{backlog} tasks are waiting, over the limit of "
+                              f"{ingest.settings.max_backlog}; retry later",
+                              retry_after=BACKLOG_RETRY_AFTER_S)
+    answers: list[dict[str, str]] = []
+    for task in batch:
+        try:
+            answers.append(_accept(ingest, task))
+        except (PublishFailed, SQLAlchemyError) as exc:
+            log.warning("cannot queue task %s: %r", task.id, exc)
+            extra = {"accepted": answers} if answers else {}
+            return error_response(503, "unavailable",
+                                  f"the queue or the store is unavailable; {len(answers)} of "
+                                  f"{len(batch)} tasks were queued (resubmitting tasks that "
+                                  "carry an id is safe)",
+                                  retry_after=UNAVAILABLE_RETRY_AFTER_S, **extra)
+    return jsonify(answers if isinstance(payload, list) else answers[0]), 202
+
+
+@tasks.get("/v1/tasks/<task_id>")
+def show(task_id: str) -> ResponseReturnValue:
+    """Return a task's status and, once finished, its result."""
+    try:
+        row = get_task(_ingest().engine, task_id)
+    except SQLAlchemyError as exc:
+        log.warning("cannot read task %s: %r", task_id, exc)
+        return error_response(503, "unavailable", "the store is unavailable",
+                              retry_after=UNAVAILABLE_RETRY_AFTER_S)
+    if row is None:
+        return error_response(404, "not_found", f"no task with id {task_id!r}", "id")
+    result = json.loads(row["result_json"]) if row["result_json"] else None
+    return jsonify({"id": row["id"], "status": row["status"], "tenant": row["tenant"],
+                    "kind": row["kind"], "created_at": row["created_at"], "result": result})
+
+
+def _redis_ok(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError as exc:
+        log.info("Redis unreachable: %r", exc)
+        return False
+
+
+def _database_ok(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.info("database unreachable: %r", exc)
+        return False
+    return True
+
+
+@ops.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    """Report whether RabbitMQ, Redis and the database answer."""
+    ingest = _ingest()
+    checks = {"amqp": ingest.publisher.healthy(), "redis": _redis_ok(ingest.redis),
+              "database": _database_ok(ingest.engine)}
+    healthy = all(checks.values())
+    return jsonify({"status": "ok" if healthy else "degraded", **checks}), 200 if healthy else 503
+
+
+@ops.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    """Serve the Prometheus text exposition."""
+    return Response(generate_latest(_ingest().exposition), content_type=CONTENT_TYPE_LATEST)

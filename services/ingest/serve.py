@@ -1,0 +1,41 @@
+"""Serve the HTTP door with gunicorn (`agentq ingest`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from services.common.settings import Settings
+
+APP = "services.ingest.app:create_app()"
+
+
+def gunicorn_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
+    """Return the gunicorn command line, run by this venv's interpreter."""
+    return [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}",
+            "--workers", str(workers), "--threads", str(threads),
+            "--access-logfile", "-", APP]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Replace this process with gunicorn serving the ingest app."""
+    parser = argparse.ArgumentParser(prog="agentq ingest", description=__doc__)
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port (default AGENTQ_INGEST_PORT, 8000)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    args = parser.parse_args(argv)
+    settings = Settings()  # read now so a bad variable fails here, not in every worker
+    command = gunicorn_command(args.port or settings.ingest_port, args.workers)
+    env = dict(os.environ)
+    # Workers count separately; a fresh shared directory lets /metrics sum them all.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                   tempfile.mkdtemp(prefix="agentq-ingest-metrics-"))
+    sys.stdout.flush()
+    os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

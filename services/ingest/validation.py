@@ -1,0 +1,84 @@
+"""Turn a submitted body into Tasks, or into one error that names the offending field."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from services.common.models import Task
+
+MAX_TASKS_PER_REQUEST = 1000
+
+
+class InvalidTask(ValueError):
+    """A submission that is not a valid Task; `field` is a dotted path such as `messages.0.role`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON; Python's parser would accept them and carry them downstream.
+    raise InvalidTask("body", f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes | str) -> object:
+    """Parse a request or message body as strict JSON."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidTask("body", f"not valid JSON: {exc}") from None
+
+
+def _field_of_model_error(message: str) -> str:
+    # Model-level checks (e.g. "give either messages or prompt") have no location: name the
+    # first Task field the message mentions, so the client still learns what to fix.
+    for name in Task.model_fields:
+        if re.search(rf"\b{re.escape(name)}\b", message):
+            return name
+    return "body"
+
+
+def _from_validation_error(error: ValidationError) -> InvalidTask:
+    first = error.errors(include_url=False)[0]
+    message = first["msg"].removeprefix("Value error, ")
+    loc = first["loc"]
+    field = ".".join(str(part) for part in loc) if loc else _field_of_model_error(message)
+    more = error.error_count() - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return InvalidTask(field, message)
+
+
+def parse_task(payload: object) -> Task:
+    """Validate one decoded JSON value as a Task."""
+    if not isinstance(payload, dict):
+        raise InvalidTask("body", f"a task must be a JSON object, not {type(payload).__name__}")
+    try:
+        return Task.model_validate(payload)
+    except ValidationError as exc:
+        raise _from_validation_error(exc) from None
+
+
+def parse_tasks(payload: object) -> list[Task]:
+    """Validate a JSON object (one task) or a JSON list of tasks; all or nothing."""
+    if not isinstance(payload, list):
+        return [parse_task(payload)]
+    if not payload:
+        raise InvalidTask("body", "the list holds no task")
+    if len(payload) > MAX_TASKS_PER_REQUEST:
+        raise InvalidTask("body", f"at most {MAX_TASKS_PER_REQUEST} tasks per request, "
+                                  f"got {len(payload)}")
+    tasks = []
+    for index, item in enumerate(payload):
+        try:
+            tasks.append(parse_task(item))
+        except InvalidTask as exc:
+            field = f"[{index}]" if exc.field == "body" else f"[{index}].{exc.field}"
+            raise InvalidTask(field, exc.message) from None
+    return tasks
