@@ -1,0 +1,78 @@
+"""The monitoring dashboard's application factory.
+
+Served by `gunicorn 'services.dashboard:create_app()'` (see `serve.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import make_url
+
+from services.common.settings import Settings
+from services.common.store import engine_url
+
+
+def _secret_key(password: str) -> str:
+    # Every gunicorn worker must sign sessions alike: derive the key from the admin password.
+    # Without a password nothing needs a session, so a per-process key will do.
+    if not password:
+        return secrets.token_hex(32)
+    return hmac.new(password.encode(), b"agentq-dashboard-session", hashlib.sha256).hexdigest()
+
+
+def _database_uri(url: str) -> str:
+    # Flask-SQLAlchemy would put a relative SQLite path in the instance folder; the rest of
+    # agentq means the working directory, so pin it down before handing it over.
+    parsed = make_url(engine_url(url))
+    database = parsed.database
+    if parsed.drivername.startswith("sqlite") and database and database != ":memory:" \
+            and not os.path.isabs(database):
+        parsed = parsed.set(database=os.path.abspath(database))
+    return parsed.render_as_string(hide_password=False)
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    return options
+
+
+def create_app(settings: Settings | None = None,
+               test_config: dict[str, Any] | None = None) -> Flask:
+    """Create and configure the dashboard app."""
+    settings = settings or Settings()
+    app = Flask(__name__)
+    url = _database_uri(settings.database_url)
+    app.config.from_mapping(
+        SECRET_KEY=_secret_key(settings.dashboard_password),
+        SQLALCHEMY_DATABASE_URI=url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(url),
+        WTF_CSRF_TIME_LIMIT=None,  # a settings form left open over lunch still saves
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["agentq.settings"] = settings
+
+    from services.dashboard.models import create_tables, db
+
+    db.init_app(app)
+    with app.app_context():
+        create_tables(db.engine)  # /tasks reads the results store's table too
+
+    from services.dashboard.views import alerts, metrics, overview, settings_page, tasks
+    from services.dashboard.views.chrome import register_chrome
+
+    for blueprint in (overview.bp, tasks.bp, alerts.bp, settings_page.bp, metrics.bp):
+        app.register_blueprint(blueprint)
+    register_chrome(app)
+    return app

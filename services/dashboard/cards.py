@@ -1,0 +1,106 @@
+"""The big numbers above the charts: formatted once, here, for the page and the live JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Tone = Literal["", "good", "warn", "bad"]
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    label: str
+    value: str
+    sub: str
+    tone: Tone = ""
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    """Format a count or rate with thousands separators."""
+    if value is None:
+        return DASH
+    if digits == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def pct(value: float | None) -> str:
+    return DASH if value is None else f"{value:.1f} %"
+
+
+def money(value: float | None) -> str:
+    """Format US dollars, keeping small amounts (cost per task) readable."""
+    if value is None:
+        return DASH
+    if value == 0:
+        return "$0"
+    if abs(value) < 0.01:
+        return f"${value:.5f}".rstrip("0")
+    if abs(value) >= 1000:
+        return f"${value:,.0f}"
+    return f"${value:,.2f}"
+
+
+def ms(value: float | None) -> str:
+    """Format a latency in ms or s."""
+    if value is None:
+        return DASH
+    if value >= 10_000:
+        return f"{value / 1000:.0f} s"
+    if value >= 1000:
+        return f"{value / 1000:.1f} s"
+    return f"{value:.0f} ms"
+
+
+def _tone(firing: set[str], *rules: str) -> Tone:
+    return "bad" if firing.intersection(rules) else ""
+
+
+def build_cards(doc: Mapping[str, Any]) -> list[Card]:
+    """Return the overview's headline cards for a metrics document."""
+    t = doc["totals"]
+    lat = doc["latency_ms"]
+    firing = {a["rule"] for a in doc["alerts"]}
+    workers = doc["workers"]
+    pools = [p["util_pct_avg"] for p in doc["limiter"].values() if p["util_pct_avg"] is not None]
+    cards = [
+        Card("throughput", "Throughput", f"{num(t['throughput_per_min'], 1)}/min",
+             f"{num(t['tasks'])} tasks · now {num(t['throughput_now_per_min'], 1)}/min"),
+        Card("error-rate", "Error rate", pct(t["error_rate_pct"]),
+             f"{num(t['failed'])} failed · {num(t['dead'])} dead",
+             _tone(firing, "error_rate", "dead_letters")),
+        Card("latency", "Latency p95", ms(lat["total"]["p95"]),
+             f"p50 {ms(lat['total']['p50'])} · p99 {ms(lat['total']['p99'])}",
+             _tone(firing, "latency_p95")),
+        Card("queue-wait", "Queue wait p95", ms(lat["queue"]["p95"]),
+             f"LLM time p95 {ms(lat['llm']['p95'])}"),
+        Card("backlog", "Backlog", num(doc["backlog"]), "ready in pipeline queues",
+             _tone(firing, "queue_depth", "queue_growth")),
+        Card("workers", "Workers online", num(workers["online"]),
+             f"{num(workers['in_flight'])} of {num(workers['concurrency'])} slots busy",
+             "warn" if workers["online"] == 0 else ""),
+        Card("cost-hour", "Cost per hour", money(t["cost_per_hour_usd"]),
+             f"≈ {money(t['projected_monthly_usd'])}/month at this rate",
+             _tone(firing, "cost_per_hour")),
+        Card("cost-task", "Cost per task", money(t["cost_per_task_usd"]),
+             f"{money(t['cost_usd'])} in this window"),
+        Card("savings", "Saved", money(t["saved_usd"]),
+             f"cache {money(t['saved_cache_usd'])} · tiering {money(t['saved_tiering_usd'])}",
+             "good" if t["saved_usd"] > 0 else ""),
+        Card("cache", "Cache hit rate", pct(t["cache_hit_rate_pct"]),
+             f"exact {num(t['cache_exact'])} · semantic {num(t['cache_semantic'])}"),
+        Card("limiter", "Limiter use", pct(max(pools)) if pools else DASH,
+             f"429s {num(t['rate_limited_per_min'], 1)}/min", _tone(firing, "rate_limited")),
+    ]
+    if "suggested_workers" in doc:
+        cards.append(Card("suggested", "Suggested workers", num(doc["suggested_workers"]),
+                          f"now {num(workers['online'])} online"))
+    return cards
+
+
+def card_dicts(doc: Mapping[str, Any]) -> list[dict[str, str]]:
+    return [asdict(c) for c in build_cards(doc)]

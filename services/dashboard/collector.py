@@ -1,0 +1,232 @@
+"""The dashboard's collector: roll Results and Events up per minute, sample queue depths,
+prune raw rows and evaluate the alerts, all in one process (`python -m ...collector`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from services.common.amqp import Bus, RejectMessage, RequeueMessage
+from services.common.models import Event, Result
+from services.common.runtime import run
+from services.common.settings import Settings
+from services.common.store import make_engine
+from services.common.topology import Names, declare_topology
+from services.dashboard.evaluator import Evaluator
+from services.dashboard.models import create_tables
+from services.dashboard.rollup import aggregate
+from services.dashboard.sampler import QueueSampler, management_url
+from services.dashboard.writer import apply_delta, prune, record_readings
+
+log = logging.getLogger(__name__)
+SERVICE = "dashboard-collector"
+METRICS_PORT = 9105
+BATCH_SIZE = 500
+
+MESSAGES = Counter("agentq_dashboard_messages_total", "Messages rolled up", ["source"])
+FLUSH_SECONDS = Histogram("agentq_dashboard_flush_seconds", "Time to write one batch")
+LOOP_FAILURES = Counter("agentq_dashboard_loop_failures_total", "Failed periodic jobs", ["job"])
+
+
+@dataclass(frozen=True)
+class Options:
+    """How often the collector does each of its jobs."""
+
+    prefetch: int = 500
+    flush_interval_s: float = 0.25
+    sample_interval_s: float = 5.0
+    eval_interval_s: float = 5.0
+    prune_interval_s: float = 600.0
+    management_url: str | None = None  # None = the broker host's port 15672; "" = never
+
+
+def open_engine(database_url: str) -> Engine:
+    """Create the engine and every table the dashboard reads (the store's too)."""
+    for attempt in range(5):
+        try:
+            engine = make_engine(database_url)  # SQLite: WAL, so pages read while we write
+            break
+        except SQLAlchemyError:  # lost a race to create the store's table: look again
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    create_tables(engine)
+    return engine
+
+
+def write_delta(engine: Engine, messages: list[Result | Event]) -> None:
+    """Roll a batch up and add it to the stored rows in one transaction."""
+    delta = aggregate([m for m in messages if isinstance(m, Result)],
+                      [m for m in messages if isinstance(m, Event)])
+    with Session(engine) as session:
+        apply_delta(session, delta)
+        session.commit()
+
+
+class Batcher:
+    """Gather messages for a moment and write them together; each handler waits for the
+    commit of its batch, so the Bus acks a message only once its effect is stored."""
+
+    def __init__(self, engine: Engine, interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._pending: list[tuple[Result | Event, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+
+    async def add(self, message: Result | Event) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, done))
+        if len(self._pending) >= BATCH_SIZE:
+            self._wakeup.set()
+        await done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not (stop.is_set() and not self._pending):
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            if self._pending:
+                await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(write_delta, self._engine, [m for m, _ in batch])
+        except Exception as exc:  # database down, or a bug: give the messages back, go on
+            log.error("could not store %d messages: %s", len(batch), exc,
+                      exc_info=not isinstance(exc, SQLAlchemyError))
+            for _, done in batch:
+                done.set_exception(RequeueMessage(str(exc)))
+            await asyncio.sleep(1)  # the database is down: do not spin on redeliveries
+            return
+        FLUSH_SECONDS.observe(time.perf_counter() - started)
+        for _, done in batch:
+            done.set_result(None)
+
+
+def _handler(batcher: Batcher, model: type[Result] | type[Event], source: str
+             ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    async def handle(message: AbstractIncomingMessage) -> None:
+        try:
+            parsed: BaseModel = model.model_validate_json(message.body)
+        except ValidationError as exc:
+            raise RejectMessage(f"not a {model.__name__}: {exc.errors()[0]['msg']}") from None
+        assert isinstance(parsed, Result | Event)
+        await batcher.add(parsed)
+        MESSAGES.labels(source).inc()
+
+    return handle
+
+
+async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str,
+                stop: asyncio.Event) -> None:
+    """Run `job` every `interval_s` until `stop`; a failure is logged and retried next time."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            LOOP_FAILURES.labels(name).inc()
+            log.exception("%s failed; trying again in %.0f s", name, interval_s)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
+
+
+async def serve(settings: Settings, stop: asyncio.Event, options: Options = Options()) -> None:
+    """Collect until `stop` is set."""
+    names = Names(settings.namespace)
+    engine = await asyncio.to_thread(open_engine, settings.database_url)
+    batcher = Batcher(engine, options.flush_interval_s)
+    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
+    mgmt = management_url(settings.amqp_url) if options.management_url is None \
+        else options.management_url
+    sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt)
+    evaluator = Evaluator(engine, names)
+
+    async def sample() -> None:
+        readings = await sampler.sample()
+        now = time.time()
+
+        def store() -> None:
+            with Session(engine) as session:
+                record_readings(session, now, readings)
+                session.commit()
+
+        await asyncio.to_thread(store)
+
+    async def clean() -> None:
+        def store() -> None:
+            with Session(engine) as session:
+                prune(session, time.time())
+                session.commit()
+
+        await asyncio.to_thread(store)
+
+    async def evaluate() -> None:
+        await asyncio.to_thread(evaluator.run_once, time.time())
+
+    loops_stop = asyncio.Event()
+    flusher = asyncio.create_task(batcher.run(loops_stop))
+    loops = [asyncio.create_task(every(interval, job, name, loops_stop)) for interval, job, name
+             in ((options.sample_interval_s, sample, "sample"),
+                 (options.eval_interval_s, evaluate, "evaluate"),
+                 (options.prune_interval_s, clean, "prune"))]
+    try:
+        await declare_topology(await bus.connection.channel(), names)
+        await bus.consume(names.dashboard_results, _handler(batcher, Result, "results"),
+                          prefetch=options.prefetch)
+        await bus.consume(names.dashboard_events, _handler(batcher, Event, "events"),
+                          prefetch=options.prefetch)
+        log.info("collecting %s and %s", names.dashboard_results, names.dashboard_events)
+        await stop.wait()
+        await bus.stop_consuming(grace_s=10)
+    finally:
+        loops_stop.set()
+        await asyncio.gather(flusher, *loops, return_exceptions=True)
+        await bus.close()
+        engine.dispose()
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m services.dashboard.collector",
+                                     description="Roll up agentq telemetry for the dashboard.")
+    parser.add_argument("--sample-interval", type=float, default=5.0, metavar="S")
+    parser.add_argument("--eval-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between alert evaluations (default 5)")
+    parser.add_argument("--management-url", default=None,
+                        help="RabbitMQ management API (default: broker host, port 15672; "
+                             "'' to never use it)")
+    args = parser.parse_args(argv)
+    return Options(sample_interval_s=args.sample_interval, eval_interval_s=args.eval_interval,
+                   management_url=args.management_url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the collector until SIGTERM."""
+    options = parse_args(argv)
+    settings = Settings()
+
+    async def service(s: Settings, stop: asyncio.Event) -> None:
+        await serve(s, stop, options)
+
+    return run(service, settings, SERVICE, METRICS_PORT)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

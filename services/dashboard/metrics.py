@@ -1,0 +1,52 @@
+"""Gather one window's metrics document from the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.common.models import TIERS
+from services.common.topology import Names
+from services.dashboard import queries, snapshot
+from services.dashboard.cards import card_dicts
+from services.dashboard.queries import Window
+from services.dashboard.suggestion import suggest
+
+
+def backlog_queues(names: Names) -> list[str]:
+    """Return the queues whose ready messages are work not yet done."""
+    return [names.submit, names.tasks, *(names.work_queue(t) for t in TIERS)]
+
+
+def window_metrics(session: Session, names: Names, window: Window, now: float,
+                   tenant: str | None = None) -> dict[str, Any]:
+    """Return the `/api/metrics` document for `window` ending at `now`."""
+    start = window.start(now)
+    displayed = names.monitored_queues()
+    raw = snapshot.Raw(
+        window=window, now=now, namespace=names.ns,
+        rollups=queries.rollup_rows(session, window.res, start, tenant),
+        latency=queries.latency_rows(session, window.res, start),
+        queue_points=queries.queue_rows(session, window, now, displayed),
+        latest=queries.latest_readings(session, now),
+        queues=displayed, backlog_queues=backlog_queues(names),
+        limiter=queries.limiter_rows(session, window.res, start),
+        workers=queries.online_workers(session, now),
+        scale_events=queries.scale_events(session, start),
+        tenants=queries.top_tenants(session, window.res, start),
+        alerts=queries.active_alerts(session))
+    doc = snapshot.build(raw)
+    doc["tenant"] = tenant
+    suggested = suggest({
+        "backlog": doc["backlog"] or 0, "queue_depth": doc["backlog"] or 0,
+        "throughput_per_min": doc["totals"]["throughput_per_min"],
+        "arrival_per_min": doc["totals"]["throughput_per_min"],
+        "workers": doc["workers"]["online"], "current_workers": doc["workers"]["online"],
+        "concurrency": doc["workers"]["concurrency"],
+        "in_flight": doc["workers"]["in_flight"],
+        "p95_llm_ms": doc["latency_ms"]["llm"]["p95"]})
+    if suggested is not None:
+        doc["suggested_workers"] = suggested
+    doc["cards"] = card_dicts(doc)
+    return doc

@@ -1,0 +1,112 @@
+"""`agentq dashboard`: run the collector and the web app (gunicorn) side by side.
+
+Both are child processes of this small supervisor: SIGTERM or SIGINT stops both; a collector
+that dies (RabbitMQ down at start, say) is restarted while the web app keeps serving what is
+already in the database; if gunicorn exits, everything stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from services.common.runtime import configure_logging
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+COLLECTOR_RESTART_S = 5.0
+STOP_GRACE_S = 15.0
+APP = "services.dashboard:create_app()"
+
+
+def gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
+    """Return the command line that serves the web app."""
+    return [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}",
+            "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+            "--graceful-timeout", "10", "--timeout", "60", APP]
+
+
+def collector_command(extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "services.dashboard.collector", *extra]
+
+
+def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="agentq dashboard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=settings.dashboard_port)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--no-collector", action="store_true",
+                        help="serve the web app only (a collector runs elsewhere)")
+    parser.add_argument("--eval-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between alert evaluations")
+    parser.add_argument("--management-url", default=None,
+                        help="RabbitMQ management API ('' to never use it)")
+    return parser.parse_args(argv)
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        log.warning("pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_S)
+        process.kill()
+        process.wait()
+
+
+def supervise(web_cmd: list[str], collector_cmd: list[str] | None) -> int:
+    """Run both children until a signal or gunicorn's exit; return an exit code."""
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    collector = subprocess.Popen(collector_cmd) if collector_cmd else None
+    web = subprocess.Popen(web_cmd)
+    restart_at = 0.0
+    code = 0
+    try:
+        while not stopping:
+            if web.poll() is not None:
+                code = web.returncode or 0
+                log.error("gunicorn exited with %s; stopping the dashboard", web.returncode)
+                break
+            if collector_cmd and collector is not None and collector.poll() is not None:
+                log.warning("collector exited with %s; restarting in %.0f s",
+                            collector.returncode, COLLECTOR_RESTART_S)
+                collector, restart_at = None, time.monotonic() + COLLECTOR_RESTART_S
+            if collector_cmd and collector is None and time.monotonic() >= restart_at:
+                collector = subprocess.Popen(collector_cmd)
+            time.sleep(0.5)
+    finally:
+        _stop(web)
+        _stop(collector)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the dashboard on 0.0.0.0:<port> with its collector."""
+    settings = Settings()
+    args = parse_args(argv, settings)
+    configure_logging(settings.log_level, "dashboard")
+    extra = ["--eval-interval", str(args.eval_interval)]
+    if args.management_url is not None:
+        extra += ["--management-url", args.management_url]
+    log.info("dashboard on http://0.0.0.0:%d (namespace %s)", args.port, settings.namespace)
+    return supervise(gunicorn_command(args.port, args.workers, args.threads),
+                     None if args.no_collector else collector_command(extra))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
