@@ -11,11 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -164,3 +168,72 @@ def write_config(path: Path, mock_url: str, rpm: int = 0, tpm: int = 0) -> Path:
         '[routing.kinds]\nclassify = "cheap"\nextract = "cheap"\nsummarize = "standard"\n'
         'reason = "premium"\n')
     return path
+
+
+class Pipeline:
+    """Handles on a running stack: its URLs, namespace and simulated provider."""
+
+    def __init__(self, stack: Stack, ns: str, ingest: str, mock: str) -> None:
+        self.stack, self.ns, self.ingest, self.mock = stack, ns, ingest, mock
+
+    def submit(self, task: Any) -> str:
+        status, body = http("POST", f"{self.ingest}/v1/tasks", task)
+        assert status == 202, body
+        return str(body["id"])
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        status, body = http("GET", f"{self.ingest}/v1/tasks/{task_id}")
+        assert status == 200, body
+        return dict(body)
+
+    def wait_done(self, ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
+        """Poll until every task finished; return their bodies by id."""
+        done: dict[str, dict[str, Any]] = {}
+
+        def all_done() -> bool:
+            for task_id in ids:
+                if task_id not in done:
+                    body = self.task(task_id)
+                    if body["status"] in ("succeeded", "failed"):
+                        done[task_id] = body
+            return len(done) == len(ids)
+
+        wait_until(all_done, timeout, f"{len(ids)} tasks to finish", interval=0.2)
+        return done
+
+    def stats(self) -> dict[str, int]:
+        return dict(http("GET", f"{self.mock}/stats")[1])
+
+    def control(self, **changes: Any) -> None:
+        status, body = http("POST", f"{self.mock}/control", changes)
+        assert status == 200, body
+
+
+@contextmanager
+def running_pipeline(tmp: Path, workers: int = 2, concurrency: int = 16,
+                     env: dict[str, str] | None = None, mock_args: tuple[str, ...] = (),
+                     rpm: int = 0, tpm: int = 0) -> Iterator[Pipeline]:
+    """Run mockllm, ingest, intake, router, recorder and workers in a namespace of their own."""
+    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
+    database = ScratchDatabase(ns, tmp)
+    mock_port, ingest_port = free_port(), free_port()
+    mock = f"http://127.0.0.1:{mock_port}"
+    config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=rpm, tpm=tpm)
+    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": database.url,
+                   "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
+                   "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
+                   "AGENTQ_METRICS_PORT": "-1", **(env or {})}, tmp)
+    try:
+        stack.start("mockllm", "mockllm", "--port", str(mock_port), *mock_args)
+        for name in ("ingest", "intake", "router", "recorder"):
+            stack.start(name, name)
+        for i in range(1, workers + 1):
+            stack.start(f"worker-{i}", "worker", "--concurrency", str(concurrency))
+        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
+        ingest = f"http://127.0.0.1:{ingest_port}"
+        wait_until(lambda: http("GET", f"{ingest}/healthz")[0] == 200, 60, "ingest /healthz")
+        yield Pipeline(stack, ns, ingest, mock)
+    finally:
+        stack.stop_all()
+        delete_namespace(AMQP_URL, REDIS_URL, ns)
+        database.drop()

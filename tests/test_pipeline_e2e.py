@@ -10,88 +10,17 @@ from typing import Any
 import pika
 import pytest
 
-from tests.stack import (
-    ScratchDatabase,
-    Stack,
-    delete_namespace,
-    free_port,
-    http,
-    wait_until,
-    write_config,
-)
+from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 pytestmark = pytest.mark.database
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-class Pipeline:
-    """Handles on a running stack: its URLs, namespace and simulated provider."""
-
-    def __init__(self, stack: Stack, ns: str, ingest: str, mock: str) -> None:
-        self.stack, self.ns, self.ingest, self.mock = stack, ns, ingest, mock
-
-    def submit(self, task: dict[str, Any]) -> str:
-        status, body = http("POST", f"{self.ingest}/v1/tasks", task)
-        assert status == 202, body
-        return str(body["id"])
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        status, body = http("GET", f"{self.ingest}/v1/tasks/{task_id}")
-        assert status == 200, body
-        return dict(body)
-
-    def wait_done(self, ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
-
-        def all_done() -> bool:
-            for task_id in ids:
-                if task_id not in done:
-                    body = self.task(task_id)
-                    if body["status"] in ("succeeded", "failed"):
-                        done[task_id] = body
-            return len(done) == len(ids)
-
-        wait_until(all_done, timeout, f"{len(ids)} tasks to finish", interval=0.2)
-        return done
-
-    def stats(self) -> dict[str, int]:
-        return dict(http("GET", f"{self.mock}/stats")[1])
-
-    def control(self, **changes: Any) -> None:
-        status, body = http("POST", f"{self.mock}/control", changes)
-        assert status == 200, body
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
-    tmp = tmp_path_factory.mktemp(ns)
-    database = ScratchDatabase(ns, tmp)
-    mock_port, ingest_port = free_port(), free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1")
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": database.url,
-                   "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
-                   "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
-                   "AGENTQ_METRICS_PORT": "-1", "AGENTQ_MAX_ATTEMPTS": "4",
-                   "AGENTQ_RETRY_BASE_MS": "100", "AGENTQ_RETRY_MAX_MS": "2000"}, tmp)
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port))
-        stack.start("ingest", "ingest")
-        stack.start("intake", "intake")
-        stack.start("router", "router")
-        stack.start("recorder", "recorder")
-        stack.start("worker-1", "worker", "--concurrency", "16")
-        stack.start("worker-2", "worker", "--concurrency", "16")
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
-        ingest = f"http://127.0.0.1:{ingest_port}"
-        wait_until(lambda: http("GET", f"{ingest}/healthz")[0] == 200, 60, "ingest /healthz")
-        yield Pipeline(stack, ns, ingest, mock)
-    finally:
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
-        database.drop()
+    with running_pipeline(tmp_path_factory.mktemp("pipeline"), workers=2,
+                          env={"AGENTQ_MAX_ATTEMPTS": "4", "AGENTQ_RETRY_BASE_MS": "100",
+                               "AGENTQ_RETRY_MAX_MS": "2000"}) as running:
+        yield running
 
 
 def publish(ns: str, bodies: list[bytes], reply_to: str | None = None) -> None:
