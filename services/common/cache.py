@@ -18,6 +18,7 @@ class CachedAnswer(BaseModel):
     model: str
     tier: str
     usage: Usage
+    task_id: str = ""  # the task whose call produced the answer
 
 
 def cacheable(task: Task) -> bool:

@@ -8,6 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.common.cost_config import (
+    BreakerConfig,
+    BudgetConfig,
+    CacheConfig,
+    CascadeConfig,
+    ComplexityConfig,
+)
 from services.common.models import TIERS, Tier
 
 MOCK_BASE_URL = "http://127.0.0.1:8100/v1"
@@ -62,6 +69,10 @@ class RoutingConfig(BaseModel):
     # Prompt length (tokens) from which a task of unknown kind goes up a tier.
     standard_from_tokens: int = 1_500
     premium_from_tokens: int = 6_000
+    # Kinds without a rule go up a tier when their complexity score passes these.
+    complexity: ComplexityConfig = Field(default_factory=ComplexityConfig)
+    # The lowest tier a kind can do its job on: a budget downgrade never goes below it.
+    floors: dict[str, Tier] = Field(default_factory=dict)
 
 
 class TenantConfig(BaseModel):
@@ -71,6 +82,7 @@ class TenantConfig(BaseModel):
     min_share: float = Field(default=0.0, ge=0, le=1)
     ceiling: Tier | None = None
     kinds: dict[str, Tier] = Field(default_factory=dict)
+    budget: BudgetConfig | None = None
 
 
 class AgentqConfig(BaseModel):
@@ -82,6 +94,9 @@ class AgentqConfig(BaseModel):
     tiers: dict[Tier, TierConfig]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> AgentqConfig:
@@ -123,7 +138,8 @@ def _builtin(openai_api_key: str = "", openai_base_url: str = "") -> dict[str, A
                                     "input_per_mtok": 15.00, "output_per_mtok": 60.00}]},
         },
         "routing": {"kinds": {"classify": "cheap", "extract": "cheap",
-                              "summarize": "standard", "reason": "premium"}},
+                              "summarize": "standard", "reason": "premium"},
+                    "floors": {"reason": "standard"}},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -31,8 +32,31 @@ class Validator(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     json_schema: dict[str, Any] | None = None
-    regex: str | None = None
+    regex: str | None = Field(default=None, max_length=2000)
     labels: list[str] | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            import jsonschema  # only tasks that carry a schema pay for the import
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") \
+                    from None
+        return value
 
 
 class Task(BaseModel):
@@ -101,11 +125,21 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class CallCost(BaseModel):
+    """One provider call made for a task (a cascade makes several)."""
+
+    tier: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float = 0.0
+    valid: bool = True  # False: the answer failed the task's validator and was escalated
+
+
 class Result(BaseModel):
     """What became of a task: its answer, model, tokens, cost and timings."""
 
-    task_id: str
-    tenant: str
+    task_id: str = Field(max_length=64)
+    tenant: str = Field(max_length=64)
     status: Literal["succeeded", "failed"]
     output: str = ""
     model: str = ""
@@ -118,9 +152,12 @@ class Result(BaseModel):
     latency_ms: Latency = Field(default_factory=Latency)
     error: ErrorInfo | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    kind: str = ""
+    kind: str = Field(default="", max_length=64)
     route_reason: str = ""
     finished_at: float = Field(default_factory=time.time)
+    # Every provider call behind this answer, when there was more than one (a cascade).
+    calls: list[CallCost] = Field(default_factory=list)
+    cached_from: str | None = None  # a cache hit: the task whose answer this is
 
 
 class Event(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +22,7 @@ SERVICE = "recorder"
 BATCH_SIZE = 200
 BATCH_WAIT_S = 0.02
 PREFETCH = 1000
+RECORDED = Counter("agentq_recorder_results_total", "Results stored, by status", ["status"])
 
 
 class BatchWriter:
@@ -62,7 +64,8 @@ class BatchWriter:
                 done.set_exception(RequeueMessage(str(exc)))
             await asyncio.sleep(1)  # the database is down: do not spin on redeliveries
             return
-        for _, done in batch:
+        for result, done in batch:
+            RECORDED.labels(result.status).inc()
             done.set_result(None)
 
 

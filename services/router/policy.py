@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.budget import BudgetLevel
 from services.common.config import AgentqConfig
 from services.common.models import TIERS, Task, Tier
+from services.router.complexity import score
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,38 @@ def by_length(prompt_tokens: int, config: AgentqConfig) -> RouteDecision:
     return RouteDecision("cheap", f"length:{prompt_tokens}")
 
 
-def choose_tier(task: Task, config: AgentqConfig, prompt_tokens: int) -> RouteDecision:
-    """Decide a task's tier: explicit hint, else its kind's rule, else its prompt length."""
+def by_complexity(task: Task, config: AgentqConfig, prompt_tokens: int) -> RouteDecision:
+    """Route by prompt length, raised when the complexity score passes the kind's thresholds."""
+    by_tokens = by_length(prompt_tokens, config)
+    text = "\n".join(m.content for m in task.messages)
+    complexity = score(text, prompt_tokens, len(task.messages))
+    thresholds = config.routing.complexity.for_kind(task.kind)
+    levels: tuple[tuple[Tier, float], ...] = (
+        ("premium", thresholds.premium_from), ("standard", thresholds.standard_from))
+    for tier, bound in levels:
+        if complexity.score >= bound and tier_rank(tier) > tier_rank(by_tokens.tier):
+            return RouteDecision(
+                tier, f"complexity:{complexity.score:.2f}>={bound:.2f}({complexity.describe()})")
+    return by_tokens
+
+
+def floor(kind: str, config: AgentqConfig) -> Tier:
+    """Return the lowest tier a kind can do its job on."""
+    return config.routing.floors.get(kind, "cheap")
+
+
+def one_down(tier: Tier, lowest: Tier) -> Tier:
+    """Return the tier below `tier`, but not below `lowest` (and never above `tier`)."""
+    return TIERS[min(tier_rank(tier), max(tier_rank(lowest), tier_rank(tier) - 1))]
+
+
+def choose_tier(task: Task, config: AgentqConfig, prompt_tokens: int,
+                budget: BudgetLevel = "ok") -> RouteDecision:
+    """Decide a task's tier: hint, tenant's kind rule, kind rule, else length and complexity.
+
+    A tenant past a soft budget limit goes one tier down (not below the kind's floor); the
+    tenant's ceiling caps the result.
+    """
     tenant = config.tenant(task.tenant)
     if task.tier is not None:
         decision = RouteDecision(task.tier, "hint")
@@ -45,7 +77,11 @@ def choose_tier(task: Task, config: AgentqConfig, prompt_tokens: int) -> RouteDe
     elif task.kind in config.routing.kinds:
         decision = RouteDecision(config.routing.kinds[task.kind], f"kind:{task.kind}")
     else:
-        decision = by_length(prompt_tokens, config)
+        decision = by_complexity(task, config, prompt_tokens)
+    if budget != "ok":
+        lowered = one_down(decision.tier, floor(task.kind, config))
+        if lowered != decision.tier:
+            decision = RouteDecision(lowered, f"{decision.reason};budget-{budget}:{lowered}")
     capped = cap(decision.tier, tenant.ceiling)
     if capped != decision.tier:
         return RouteDecision(capped, f"{decision.reason};ceiling:{capped}")

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
 import time
+from typing import Any, Literal
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from services.common.amqp import Bus, RejectMessage
+from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.config import AgentqConfig, load_config
+from services.common.embedder import EmbedderError, make_embedder
 from services.common.models import Latency, Result, Task
 from services.common.pricing import saved
 from services.common.publishing import emit, publish_result
+from services.common.semantic_cache import (
+    SemanticCache,
+    SemanticHit,
+    sampled_for_verification,
+    semantic_cacheable,
+)
+from services.common.semantic_index import SemanticIndex
 from services.common.settings import Settings
 from services.common.tokens import count_messages
 from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, Names, declare_topology
+from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
+from services.router.metrics import ROUTED
 from services.router.policy import RouteDecision, choose_tier
 
 log = logging.getLogger(__name__)
@@ -26,46 +40,86 @@ SERVICE = "router"
 
 
 def cache_hit_result(task: Task, decision: RouteDecision, hit: CachedAnswer,
-                     config: AgentqConfig, now: float) -> Result:
+                     config: AgentqConfig, now: float,
+                     cache: Literal["exact", "semantic"] = "exact") -> Result:
     """Build the Result of a task answered from the cache."""
     waited_ms = max(0.0, (now - (task.submitted_at or now)) * 1000)
     return Result(
         task_id=task.id, tenant=task.tenant, status="succeeded", output=hit.output,
         model=hit.model, tier=hit.tier, usage=hit.usage, cost_usd=0.0,
-        cost_saved_usd=saved(config, hit.usage, 0.0), cache="exact", attempts=0,
+        cost_saved_usd=saved(config, hit.usage, 0.0), cache=cache, attempts=0,
         latency_ms=Latency(queue=waited_ms, llm=0.0, total=waited_ms), metadata=task.metadata,
-        kind=task.kind, route_reason=decision.reason)
+        kind=task.kind, route_reason=decision.reason, cached_from=hit.task_id or None)
 
 
 class Router:
     """Consume accepted tasks and send each on its way."""
 
-    def __init__(self, bus: Bus, cache: ExactCache, config: AgentqConfig) -> None:
+    def __init__(self, bus: Bus, cache: ExactCache, config: AgentqConfig,
+                 semantic: SemanticCache | None = None,
+                 ledger: SpendLedger | None = None) -> None:
         self.bus = bus
         self.cache = cache
         self.config = config
+        self.semantic = semantic
+        self.ledger = ledger
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         try:
             task = Task.model_validate_json(message.body)
         except ValidationError as exc:
             raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
+        budget = self.config.tenant(task.tenant).budget
+        level = await self.ledger.level(task.tenant, budget) if self.ledger else "ok"
         decision = choose_tier(task, self.config, count_messages(
-            m.model_dump() for m in task.messages))
+            m.model_dump() for m in task.messages), budget=level)
+        if level == "soft":
+            await emit(self.bus, "budget.soft", SERVICE, tenant=task.tenant, task_id=task.id,
+                       tier=decision.tier, reason=decision.reason)
         if cacheable(task):
             hit = await self.cache.get(task, decision.tier)
             if hit is not None:
-                result = cache_hit_result(task, decision, hit, self.config, time.time())
-                await publish_result(self.bus, result, task.reply_to)
-                await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant,
-                           task_id=task.id, tier=decision.tier, reason=decision.reason,
-                           kind=task.kind, cache="exact")
+                await self.answer(task, decision, hit, "exact")
                 return
+        headers: dict[str, Any] = {ROUTE_HEADER: decision.reason, ATTEMPT_HEADER: 1,
+                                   ROUTED_TIER_HEADER: decision.tier}
+        semantic = await self.semantic_hit(task, decision.tier)
+        if semantic is not None:
+            if not sampled_for_verification(task.id, self.config.cache.verify_share):
+                decision = RouteDecision(decision.tier,
+                                         f"{decision.reason};semantic:{semantic.similarity:.3f}")
+                await self.answer(task, decision, semantic.answer, "semantic")
+                return
+            # Sampled: ask the model for real and let the worker compare the two answers.
+            decision = RouteDecision(decision.tier, f"{decision.reason};verify")
+            headers[ROUTE_HEADER] = decision.reason
+            headers[VERIFY_HEADER] = json.dumps({"key": semantic.key,
+                                                 "output": semantic.answer.output,
+                                                 "similarity": semantic.similarity})
         await self.bus.publish(self.bus.names.work, decision.tier, task,
-                               priority=task.priority, message_id=task.id,
-                               headers={ROUTE_HEADER: decision.reason, ATTEMPT_HEADER: 1})
+                               priority=task.priority, message_id=task.id, headers=headers)
+        ROUTED.labels(tier=decision.tier, cache="miss").inc()
         await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=decision.tier, reason=decision.reason, kind=task.kind, cache="miss")
+
+    async def semantic_hit(self, task: Task, tier: str) -> SemanticHit | None:
+        """Look the task up in the semantic cache, when its kind and settings allow it."""
+        threshold = self.config.cache.semantic_threshold(task.kind)
+        if self.semantic is None or threshold is None or not semantic_cacheable(task):
+            return None
+        try:
+            return await self.semantic.lookup(task, tier, threshold)
+        except EmbedderError as exc:  # no embedding, no semantic hit: the task still runs
+            log.warning("semantic lookup of %s skipped: %s", task.id, exc)
+            return None
+
+    async def answer(self, task: Task, decision: RouteDecision, hit: CachedAnswer,
+                     cache: Literal["exact", "semantic"]) -> None:
+        result = cache_hit_result(task, decision, hit, self.config, time.time(), cache)
+        await publish_result(self.bus, result, task.reply_to)
+        ROUTED.labels(tier=decision.tier, cache=cache).inc()
+        await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
+                   tier=decision.tier, reason=decision.reason, kind=task.kind, cache=cache)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -75,9 +129,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                          settings.openai_base_url)
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     redis = Redis.from_url(settings.redis_url)
+    embedder = make_embedder(config)
     try:
         await declare_topology(await bus.connection.channel(), names)
-        router = Router(bus, ExactCache(redis, names, settings.cache_ttl_s), config)
+        semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s,
+                                 SemanticIndex(embedder.dimensions))
+        await semantic.sync(force=True)  # load every live entry before the first lookup
+        gc.freeze()  # full collections skip what start-up built (the index among it): short pauses
+        exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
+        router = Router(bus, exact, config, semantic, SpendLedger(redis, names))
         await bus.consume(names.tasks, router.handle, prefetch=200)
         log.info("router consuming %s", names.tasks)
         await stop.wait()
@@ -85,3 +145,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await bus.close()
         await redis.aclose()
+        await embedder.close()

@@ -50,6 +50,7 @@ class Completion:
     usage: Usage
     finish_reason: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    entry: ModelEntry | None = None  # the tier's model entry that answered
 
 
 def _translate(exc: openai.OpenAIError) -> ProviderError:
@@ -102,7 +103,7 @@ class Providers:
             text=choice.message.content or "", model=completion.model or entry.model,
             usage=Usage(prompt_tokens=usage.prompt_tokens if usage else 0,
                         completion_tokens=usage.completion_tokens if usage else 0),
-            finish_reason=choice.finish_reason or "", headers=dict(raw.headers))
+            finish_reason=choice.finish_reason or "", headers=dict(raw.headers), entry=entry)
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -15,11 +15,13 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from services.common.amqp import Bus, RejectMessage
-from services.common.cache import CachedAnswer, ExactCache, cacheable
+from services.common.cache import ExactCache
 from services.common.config import AgentqConfig, load_config
+from services.common.embedder import make_embedder
 from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
 from services.common.publishing import emit, publish_result
+from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
     ATTEMPT_HEADER,
@@ -30,8 +32,12 @@ from services.common.topology import (
     declare_topology,
     retry_level,
 )
+from services.worker.controls import CostControls
+from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
+from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
+from services.worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 SERVICE = "worker"
@@ -41,14 +47,23 @@ HEARTBEAT_S = 5.0
 class Worker:
     """Handle one work message from start to a confirmed Result."""
 
-    def __init__(self, bus: Bus, providers: Providers, cache: ExactCache, config: AgentqConfig,
-                 settings: Settings) -> None:
+    def __init__(self, bus: Bus, providers: Providers, config: AgentqConfig, settings: Settings,
+                 controls: CostControls, throttle: Throttle, concurrency: int) -> None:
         self.bus = bus
         self.providers = providers
-        self.cache = cache
         self.config = config
         self.settings = settings
+        self.controls = controls
+        self.throttle = throttle
+        self.concurrency = concurrency
+        # Each tier's queue may hand over up to `concurrency` messages; this caps the calls
+        # under way in the whole process at `concurrency`, whatever the tiers.
+        self.slots = asyncio.Semaphore(concurrency)
         self.rng = random.Random()
+
+    @property
+    def busy(self) -> int:
+        return self.concurrency - self.slots._value
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -60,30 +75,43 @@ class Worker:
         if tier not in TIERS:
             raise RejectMessage(f"unknown tier {tier!r}")
         attempt = int(headers.get(ATTEMPT_HEADER) or 1)
+        if not await self.controls.admit(task, tier, headers):  # held, refused or deduped
+            return
         started = time.time()
         try:
             completion = await self.call(task, tier)
         except ProviderError as exc:
             await self.on_failure(task, tier, attempt, headers, exc, started)
             return
-        result = self.success_result(task, tier, attempt, headers, completion, started)
-        if cacheable(task):
-            await self.cache.put(task, tier, CachedAnswer(
-                output=result.output, model=result.model, tier=tier, usage=result.usage))
+        result = await self.controls.conclude(
+            task, tier, headers, self.success_result(task, tier, attempt, headers, completion,
+                                                     started))
+        if result is None:  # the answer failed its validator: escalated to the next tier
+            return
         await publish_result(self.bus, result, task.reply_to)
         await emit(self.bus, "task.completed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, model=result.model, cost_usd=result.cost_usd,
-                   attempts=attempt, llm_ms=result.latency_ms.llm)
+                   attempts=attempt, llm_ms=result.latency_ms.llm, reason=result.route_reason,
+                   status=result.status)
 
     async def call(self, task: Task, tier: str) -> Completion:
-        """Call the tier's model (the shared limiter hooks in here)."""
-        return await self.providers.complete(self.config.primary(tier), task)
+        """Call the tier's model within the process's slots and the pools' shared limits."""
+        entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
+        try:
+            async with self.slots:
+                completion = await self.throttle.call(
+                    entry, task, lambda: self.providers.complete(entry, task))
+        except ProviderError as exc:
+            self.controls.settle(entry, exc)
+            raise
+        self.controls.settle(entry, None)
+        return completion
 
     def success_result(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
                        completion: Completion, started: float) -> Result:
         now = time.time()
         submitted = task.submitted_at or started
-        cost = call_cost(self.config.primary(tier), completion.usage)
+        cost = call_cost(completion.entry or self.config.primary(tier), completion.usage)
         return Result(
             task_id=task.id, tenant=task.tenant, status="succeeded", output=completion.text,
             model=completion.model, tier=tier, usage=completion.usage, cost_usd=cost,
@@ -121,6 +149,7 @@ class Worker:
                                total=max(0.0, (now - submitted) * 1000)),
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
+        await self.controls.abandon(task, tier, headers)
         await publish_result(self.bus, result, task.reply_to)
         await self.bus.publish(self.bus.names.dlx, f"{tier}.{exc.code}", task,
                                message_id=task.id,
@@ -137,12 +166,18 @@ def _retry_after_s(headers: Any) -> float | None:
         return None
 
 
-async def _heartbeat(bus: Bus, worker_id: str, tiers: list[str], concurrency: int,
+async def _heartbeat(bus: Bus, worker: Worker, worker_id: str, tiers: list[str],
                      stop: asyncio.Event) -> None:
+    """Every few seconds, say this worker is alive and what its limiter did meanwhile."""
+    limiter = worker.throttle.limiter
+    report = LimiterReport(pools_from_config(worker.config))
     while not stop.is_set():
         try:
             await emit(bus, "worker.heartbeat", SERVICE, worker_id=worker_id, tiers=tiers,
-                       in_flight=bus.in_flight, concurrency=concurrency, pid=os.getpid())
+                       in_flight=worker.busy, concurrency=worker.concurrency,
+                       pid=os.getpid())
+            for data in report.events(limiter.stats(), time.monotonic()):
+                await emit(bus, "limiter.stats", SERVICE, worker_id=worker_id, **data)
         except Exception:  # telemetry must never stop the worker
             log.debug("heartbeat failed", exc_info=True)
         try:
@@ -163,20 +198,41 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     redis = Redis.from_url(settings.redis_url)
     providers = Providers(config, settings.llm_timeout_s)
+    embedder = make_embedder(config)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    # The limiter's own client: short timeouts, so an outage switches it to local buckets.
+    limiter_redis = Redis.from_url(settings.redis_url, socket_timeout=1,
+                                   socket_connect_timeout=1)
+    pools = pools_from_config(config)
+    limiter = SharedLimiter(limiter_redis, names, pools, tenants_from_config(config),
+                            worker_id=worker_id)
     try:
+        await limiter.start()
         await declare_topology(await bus.connection.channel(), names)
-        worker = Worker(bus, providers, ExactCache(redis, names, settings.cache_ttl_s),
-                        config, settings)
+        exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
+        semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
+        worker = Worker(bus, providers, config, settings,
+                        CostControls(bus, config, redis, exact, semantic),
+                        Throttle(limiter, pools), concurrency)
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
         log.info("worker %s consuming %s with prefetch %d", worker_id, tiers, prefetch)
-        heartbeat = asyncio.create_task(_heartbeat(bus, worker_id, tiers, concurrency, stop))
+        heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop))
         await stop.wait()
         log.info("worker %s draining %d in flight", worker_id, bus.in_flight)
+        deadline = time.monotonic() + grace_s
         await bus.stop_consuming(grace_s=grace_s)
+        # A delivery that raced the cancel starts its handler a loop turn later: finish it too
+        # rather than let the closing connection requeue a message whose call is under way.
+        await asyncio.sleep(0.05)
+        if bus.in_flight:
+            await bus.stop_consuming(grace_s=max(0.0, deadline - time.monotonic()))
+        log.info("worker %s drained", worker_id)
         await heartbeat
     finally:
+        await limiter.close()
         await bus.close()
         await redis.aclose()
+        await limiter_redis.aclose()
         await providers.close()
+        await embedder.close()

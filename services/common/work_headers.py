@@ -1,0 +1,13 @@
+"""Headers the router and workers put on work messages for tiering, cascades and caching."""
+
+from __future__ import annotations
+
+# The tier the router chose; cache entries and the in-flight lock are keyed by it, whatever
+# tier a cascade ends on.
+ROUTED_TIER_HEADER = "x-agentq-routed-tier"
+# The calls made so far for a task that escalated (JSON of services.worker.cascade).
+CASCADE_HEADER = "x-agentq-cascade"
+# A semantic hit sampled for verification: JSON {"key", "output", "similarity"}.
+VERIFY_HEADER = "x-agentq-verify"
+# How many times a task was held for its tenant's hard budget limit.
+HELD_HEADER = "x-agentq-held"
