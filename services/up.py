@@ -17,6 +17,7 @@ from services.common.settings import Settings
 
 STOP_GRACE_S = 35.0
 RESTART_BACKOFF_S = 2.0
+AUTOSCALE_MAX = 8
 
 
 @dataclass
@@ -51,7 +52,9 @@ def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: boo
         ChildSpec("dashboard", ["dashboard"]),
     ]
     if autoscale:
-        children.append(ChildSpec("autoscale", ["autoscale"]))
+        # `--workers N` is then the most the autoscaler may run.
+        children.append(ChildSpec("autoscale", ["autoscale", "--min", "1",
+                                                "--max", str(max(1, workers))]))
     else:
         for i in range(1, workers + 1):
             # Each worker gets its own metrics port so all of them can be scraped.
@@ -123,8 +126,11 @@ def shutdown(children: list[Child]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentq up", description="start the whole stack")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--autoscale", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default 2); with --autoscale, the most it may "
+                             f"run (default {AUTOSCALE_MAX})")
+    parser.add_argument("--autoscale", action="store_true",
+                        help="scale workers on queue depth instead of running a fixed number")
     parser.add_argument("--config", default=None, help="tier table (agentq.toml)")
     args = parser.parse_args(argv)
     if args.config:
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if cli(["topology"]) != 0:
         return 1
-    children = [Child(spec) for spec in stack(settings, config, args.workers, args.autoscale)]
+    workers = args.workers or (AUTOSCALE_MAX if args.autoscale else 2)
+    children = [Child(spec) for spec in stack(settings, config, workers, args.autoscale)]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

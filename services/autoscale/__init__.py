@@ -1,0 +1,1 @@
+"""Scale local worker processes on queue depth through one pure policy (`policy.py`)."""
