@@ -27,7 +27,8 @@
       font: {family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11,
         color: "#5b6472"},
       xaxis: {type: "date", gridcolor: "#eef0f4", linecolor: "#d9dde3", fixedrange: true,
-        range: [local(s.t[0]), local(doc.generated_at)]},
+        // Half a bin past now, so the current bin's bar is not cut in half at the edge.
+        range: [local(s.t[0]), local(doc.generated_at + ((s.t[1] - s.t[0]) || 60) / 2)]},
       yaxis: {gridcolor: "#eef0f4", zeroline: false, rangemode: "tozero", fixedrange: true,
         automargin: true},
       legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: {size: 11},
@@ -154,6 +155,21 @@
     return [traces, has ? lay : empty(lay, "No limiter stats yet")];
   }
 
+
+  // A "lines" trace draws nothing for a point without a drawn neighbour (the first minute
+  // of data, or one minute between gaps): give such points, and the latest one, a dot.
+  function markLonely(trace) {
+    if (trace.type !== "scatter" || trace.mode !== "lines") return;
+    const y = trace.y, has = (i) => i >= 0 && i < y.length && y[i] !== null && y[i] !== undefined;
+    let last = y.length - 1;
+    while (last >= 0 && !has(last)) last -= 1;
+    const size = y.map((v, i) => has(i) && ((!has(i - 1) && !has(i + 1)) || i === last) ? 6 : 0);
+    if (!size.some((n) => n)) return;
+    trace.mode = "lines+markers";
+    trace.marker = {size, color: trace.line && trace.line.color};
+    trace.cliponaxis = false;
+  }
+
   const BUILDERS = {throughput, "queue-depth": queueDepth, latency, cost, cache, tiers, limiter};
   const CONFIG = {displayModeBar: false, responsive: true};
 
@@ -162,6 +178,7 @@
       const div = document.getElementById(`chart-${id}`);
       if (!div || !window.Plotly) continue;
       const [traces, lay] = build(doc);
+      traces.forEach(markLonely);
       window.Plotly.react(div, traces, lay, CONFIG);
       // For tests and people: how many points this chart drew.
       div.dataset.points = String(traces.reduce((n, t) => n + ((t.y || t.values || []).filter(
