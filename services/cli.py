@@ -36,7 +36,8 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     tiers = [t for t in args.tiers.split(",") if t] if args.tiers else None
 
     async def service(s: Settings, stop: asyncio.Event) -> None:
-        await serve(s, stop, tiers=tiers, concurrency=args.concurrency, grace_s=args.grace)
+        grace = args.grace if args.grace is not None else s.llm_timeout_s + 10
+        await serve(s, stop, tiers=tiers, concurrency=args.concurrency, grace_s=grace)
 
     return run(service, settings, "worker", METRICS_PORTS["worker"])
 
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = verbs.add_parser("worker", help="call the provider for queued tasks")
     worker.add_argument("--tiers", default="", help="comma-separated tiers (default: all)")
     worker.add_argument("--concurrency", type=int, default=None)
-    worker.add_argument("--grace", type=float, default=30.0,
-                        help="seconds to finish held tasks on SIGTERM")
+    worker.add_argument("--grace", type=float, default=None,
+                        help="seconds to finish held tasks on SIGTERM "
+                             "(default: the LLM timeout plus 10 s)")
     worker.set_defaults(func=_run_worker)
     topology = verbs.add_parser("topology", help="declare every exchange and queue")
     topology.add_argument("--delete", action="store_true", help="delete them instead")

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from services.common.config import AgentqConfig, load_config
+from services.common.config import AgentqConfig
 from services.common.settings import Settings
 
-STOP_GRACE_S = 35.0
+# Workers finish the calls they hold on SIGTERM (the LLM timeout + 10 s at most).
+STOP_GRACE_EXTRA_S = 15.0
 RESTART_BACKOFF_S = 2.0
 AUTOSCALE_MAX = 8
 
@@ -110,11 +111,11 @@ def supervise(children: list[Child], stop: threading.Event) -> None:
                 child.start()
 
 
-def shutdown(children: list[Child]) -> None:
+def shutdown(children: list[Child], grace_s: float) -> None:
     """SIGTERM every child, wait for them to drain, then kill what is left."""
     for child in children:
         child.signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for child in children:
         if child.process is None:
             continue
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         os.environ["AGENTQ_CONFIG"] = args.config
     settings = Settings()
-    config = load_config(settings.config_path(), settings.openai_api_key,
-                         settings.openai_base_url)
+    config = settings.tier_table()
     from services.cli import main as cli
 
     if cli(["topology"]) != 0:
@@ -153,5 +153,5 @@ def main(argv: list[str] | None = None) -> int:
         supervise(children, stop)
     finally:
         print("agentq up: stopping", flush=True)
-        shutdown(children)
+        shutdown(children, settings.llm_timeout_s + STOP_GRACE_EXTRA_S)
     return 0

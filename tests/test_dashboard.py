@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -381,23 +379,24 @@ def test_unreachable_webhook_never_breaks_the_evaluator(app: Flask, client: Flas
     assert [c.notice for c in changes] == ["firing"]
 
 
-def test_suggested_workers_card_appears_only_with_a_policy(
-        app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "suggested_workers" not in client.get("/api/metrics").get_json()
-    policy = types.ModuleType("services.autoscale.policy")
-
-    def suggest_workers(backlog: int, workers: int) -> int:
-        return workers + 1 + backlog // 100
-
-    policy.suggest_workers = suggest_workers  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "services.autoscale.policy", policy)
-    suggestion._policy.cache_clear()
-    try:
-        doc = client.get("/api/metrics").get_json()
-        assert doc["suggested_workers"] == 1
-        assert doc["cards"][-1]["id"] == "suggested"
-    finally:
-        suggestion._policy.cache_clear()
+def test_suggested_workers_follow_the_autoscaler_policy(app: Flask, client: FlaskClient) -> None:
+    assert "suggested_workers" not in client.get("/api/metrics").get_json()  # nothing seen yet
+    names = Names(app.extensions["agentq.settings"].namespace)
+    now = time.time()
+    # One worker of concurrency 10 with ~1 s calls does ~10 tasks/s (the median comes from
+    # histogram buckets, so a little over 1 s); 900 ready tasks should be gone within the
+    # policy's 60 s drain time: 2 workers for those, plus 1 for the 10 in hand.
+    results = [_result(n, now, latency_ms=Latency(queue=5, llm=1000, total=1005),
+                       finished_at=now - 30) for n in range(5)]
+    heartbeat = Event(type="worker.heartbeat", ts=now - 1, data={
+        "worker_id": "w1", "tiers": ["cheap"], "in_flight": 10, "concurrency": 10})
+    _write(app, results, [heartbeat], [QueueReading(names.work_queue("cheap"), 900, 1)],
+           now - 2)
+    doc = client.get("/api/metrics").get_json()
+    assert doc["suggested_workers"] == suggestion.suggest(doc, limiter_rpm=0) == 3
+    assert doc["cards"][-1]["id"] == "suggested"
+    # A provider budget of 300 RPM (5 calls/s) cannot even keep one such worker busy.
+    assert suggestion.suggest(doc, limiter_rpm=300) == 1
 
 
 # --- pure parts ------------------------------------------------------------------------------

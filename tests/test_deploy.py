@@ -201,7 +201,7 @@ class Localized:
             "AGENTQ_INGEST_PORT": str(self.port(int(env["AGENTQ_INGEST_PORT"]))),
             "AGENTQ_DASHBOARD_PORT": str(self.port(int(env["AGENTQ_DASHBOARD_PORT"]))),
             "AGENTQ_METRICS_PORT": str(metrics_port),
-            "OPENAI_BASE_URL": self.url(env["OPENAI_BASE_URL"]),
+            "AGENTQ_MOCKLLM_URL": self.url(env["AGENTQ_MOCKLLM_URL"]),
         })
         if "AGENTQ_MOCK_HOST" in env:  # not every interface of a developer's machine
             env["AGENTQ_MOCK_HOST"] = "127.0.0.1"
@@ -286,7 +286,7 @@ def test_the_compose_commands_run_the_pipeline(composed: tuple[Stack, Localized]
     wait_until(all_done, 90, f"{len(ids)} tasks", interval=0.2)
     assert {r["status"] for r in done.values()} == {"succeeded"}
     assert {r["tier"] for r in done.values()} == {"cheap", "standard", "premium"}
-    # The provider that answered is compose's mockllm, reached through OPENAI_BASE_URL.
+    # The provider that answered is compose's mockllm, the default without an OpenAI key.
     stats = http("GET", f"http://127.0.0.1:{local.ports[8100]}/stats")[1]
     assert stats["completed"] >= len(ids), stats
     # Three worker replicas share each tier's queue.

@@ -25,7 +25,7 @@ from services.autoscale.policy import Cooldown, apply_cooldown, suggest_workers
 from services.autoscale.pool import WorkerPool
 from services.autoscale.telemetry import WorkerReports
 from services.common.amqp import Bus
-from services.common.config import AgentqConfig, load_config
+from services.common.config import AgentqConfig
 from services.common.models import TIERS, Event
 from services.common.publishing import emit
 from services.common.settings import Settings
@@ -131,8 +131,7 @@ class Autoscaler:
 async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> None:
     """Scale workers until `stop`, then drain them all."""
     names = Names(settings.namespace)
-    config = load_config(settings.config_path(), settings.openai_api_key,
-                         settings.openai_base_url)
+    config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     prefetch = settings.worker_prefetch or options.concurrency
     probe = DepthProbe(bus.connection, [names.work_queue(t) for t in options.tiers], prefetch,

@@ -173,13 +173,21 @@ class Bus:
             except Exception:  # a closed channel has no consumer left to cancel
                 log.debug("cancel of %s failed", tag, exc_info=True)
         self._consumers.clear()
-        pending = set(self._in_flight)
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace_s)
-            for task in still:  # cancelled handlers nack their messages with requeue
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        # A delivery that raced the cancel starts its handler a loop turn later, so keep
+        # draining until a turn passes with nothing in hand (or the grace runs out).
+        while True:
+            await asyncio.sleep(0.05)
+            pending = set(self._in_flight)
+            left = deadline - asyncio.get_running_loop().time()
+            if not pending:
+                return
+            if left <= 0:
+                break
+            await asyncio.wait(pending, timeout=left)
+        for task in pending:  # cancelled handlers nack their messages with requeue
+            task.cancel()
+        await asyncio.wait(pending, timeout=5)
 
     async def close(self) -> None:
         await self.connection.close()

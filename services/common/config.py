@@ -118,15 +118,20 @@ class AgentqConfig(BaseModel):
         return self.tenants.get(name, TenantConfig())
 
 
-def _builtin(openai_api_key: str = "", openai_base_url: str = "") -> dict[str, Any]:
-    """Return the default tier table: the simulated provider, or OpenAI when a key is set."""
+def _builtin(openai_api_key: str = "", openai_base_url: str = "",
+             mockllm_url: str = MOCK_BASE_URL) -> dict[str, Any]:
+    """Return the default tier table: OpenAI when a key is set, any OpenAI-compatible server
+    at OPENAI_BASE_URL (vLLM, Ollama) without one, else the simulated provider."""
     if openai_api_key:
         name = "openai"
         provider = {"base_url": openai_base_url or "https://api.openai.com/v1",
                     "api_key_env": "OPENAI_API_KEY", "rpm": 500, "tpm": 200_000}
+    elif openai_base_url:
+        name = "openai"
+        provider = {"base_url": openai_base_url}
     else:
         name = "mock"
-        provider = {"base_url": openai_base_url or MOCK_BASE_URL, "rpm": 6_000, "tpm": 2_000_000}
+        provider = {"base_url": mockllm_url, "rpm": 6_000, "tpm": 2_000_000}
     return {
         "providers": {name: provider},
         "tiers": {
@@ -143,11 +148,12 @@ def _builtin(openai_api_key: str = "", openai_base_url: str = "") -> dict[str, A
     }
 
 
-def load_config(path: Path | None, openai_api_key: str = "",
-                openai_base_url: str = "") -> AgentqConfig:
+def load_config(path: Path | None, openai_api_key: str = "", openai_base_url: str = "",
+                mockllm_url: str = MOCK_BASE_URL) -> AgentqConfig:
     """Read the tier table from a TOML file, or return the built-in one."""
     if path is None:
-        return AgentqConfig.model_validate(_builtin(openai_api_key, openai_base_url))
+        return AgentqConfig.model_validate(
+            _builtin(openai_api_key, openai_base_url, mockllm_url))
     try:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

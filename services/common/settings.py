@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from services.common.config import AgentqConfig
 
 
 class Settings(BaseSettings):
@@ -34,6 +38,8 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 120.0
     cache_ttl_s: int = 7 * 24 * 3600
     log_level: str = "INFO"
+    # Where the built-in tier table finds the simulated provider (no key, no OPENAI_BASE_URL).
+    mockllm_url: str = "http://127.0.0.1:8100/v1"
 
     openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
     openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")
@@ -48,6 +54,13 @@ class Settings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    def tier_table(self) -> AgentqConfig:
+        """Load the tier table in force for these settings."""
+        from services.common.config import load_config
+
+        return load_config(self.config_path(), self.openai_api_key, self.openai_base_url,
+                           self.mockllm_url)
 
     def config_path(self) -> Path | None:
         """Return the tier-table file in force: AGENTQ_CONFIG, else ./agentq.toml if present."""

@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None,
     if test_config:
         app.config.update(test_config)
     app.extensions["agentq.settings"] = settings
+    app.extensions["agentq.limiter_rpm"] = _limiter_rpm(settings)
 
     from services.dashboard.models import create_tables, db
 
@@ -76,3 +77,14 @@ def create_app(settings: Settings | None = None,
         app.register_blueprint(blueprint)
     register_chrome(app)
     return app
+
+
+def _limiter_rpm(settings: Settings) -> int:
+    """Return the providers' summed RPM budget, which caps the suggested workers."""
+    from services.common.config import ConfigError
+
+    try:
+        config = settings.tier_table()
+    except (ConfigError, ValueError):
+        return 0  # the workers will refuse a broken tier table; the dashboard still serves
+    return sum(provider.rpm for provider in config.providers.values())

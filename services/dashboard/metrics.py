@@ -20,7 +20,7 @@ def backlog_queues(names: Names) -> list[str]:
 
 
 def window_metrics(session: Session, names: Names, window: Window, now: float,
-                   tenant: str | None = None) -> dict[str, Any]:
+                   tenant: str | None = None, limiter_rpm: int = 0) -> dict[str, Any]:
     """Return the `/api/metrics` document for `window` ending at `now`."""
     start = window.start(now)
     displayed = names.monitored_queues()
@@ -38,14 +38,7 @@ def window_metrics(session: Session, names: Names, window: Window, now: float,
         alerts=queries.active_alerts(session))
     doc = snapshot.build(raw)
     doc["tenant"] = tenant
-    suggested = suggest({
-        "backlog": doc["backlog"] or 0, "queue_depth": doc["backlog"] or 0,
-        "throughput_per_min": doc["totals"]["throughput_per_min"],
-        "arrival_per_min": doc["totals"]["throughput_per_min"],
-        "workers": doc["workers"]["online"], "current_workers": doc["workers"]["online"],
-        "concurrency": doc["workers"]["concurrency"],
-        "in_flight": doc["workers"]["in_flight"],
-        "p95_llm_ms": doc["latency_ms"]["llm"]["p95"]})
+    suggested = suggest(doc, limiter_rpm)
     if suggested is not None:
         doc["suggested_workers"] = suggested
     doc["cards"] = card_dicts(doc)

@@ -1,44 +1,30 @@
-"""Ask the autoscaling policy, when it is installed, how many workers it would run."""
+"""Ask the autoscaler's policy how many workers it would run for what the dashboard sees."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import logging
-from collections.abc import Callable, Mapping
-from functools import cache
+from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger(__name__)
-POLICY_MODULE = "services.autoscale.policy"
+from services.autoscale.policy import suggest_workers
+
+# The card is advice for a person, not a limit: cap it where advice stops being useful.
+MAX_SUGGESTED = 256
 
 
-@cache
-def _policy() -> Callable[..., Any] | None:
-    try:
-        module = importlib.import_module(POLICY_MODULE)
-    except ImportError:
-        return None
-    function = getattr(module, "suggest_workers", None)
-    return function if callable(function) else None
+def suggest(doc: Mapping[str, Any], limiter_rpm: int) -> int | None:
+    """Return the policy's worker count for a metrics document, None while it can't tell.
 
-
-def suggest(inputs: Mapping[str, Any]) -> int | None:
-    """Return the policy's worker count for these inputs, or None (no policy, or it failed).
-
-    The policy is owned elsewhere, so it is called with the inputs its signature names
-    (backlog, arrival_per_min, throughput_per_min, workers, concurrency, ...).
+    Per-worker rate is the workers' concurrency over the median LLM time (Little's law);
+    until workers have reported and calls have been timed there is nothing to go on.
     """
-    policy = _policy()
-    if policy is None:
+    workers = doc["workers"]["online"]
+    llm_ms = doc["latency_ms"]["llm"]["p50"]
+    if not workers or not llm_ms:
         return None
-    try:
-        params = inspect.signature(policy).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in inputs.items() if takes_all or k in params}
-        answer = policy(**kwargs)
-        count = getattr(answer, "workers", answer)  # a number, or a decision with .workers
-        return int(count)
-    except Exception:  # the card is a hint: a policy fault must not break the page
-        log.debug("suggest_workers failed", exc_info=True)
-        return None
+    concurrency = max(1, round(doc["workers"]["concurrency"] / workers))
+    decision = suggest_workers(
+        ready=int(doc["backlog"] or 0), unacked=int(doc["workers"]["in_flight"] or 0),
+        growth_per_min=0.0, current=workers, min_workers=1, max_workers=MAX_SUGGESTED,
+        per_worker_rate=concurrency / (llm_ms / 1000), limiter_rpm=limiter_rpm,
+        concurrency=concurrency)
+    return decision.target

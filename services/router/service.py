@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from services.common.amqp import Bus, RejectMessage
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
-from services.common.config import AgentqConfig, load_config
+from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
 from services.common.models import Latency, Result, Task
 from services.common.pricing import saved
@@ -125,8 +125,7 @@ class Router:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the router until `stop` is set."""
     names = Names(settings.namespace)
-    config = load_config(settings.config_path(), settings.openai_api_key,
-                         settings.openai_base_url)
+    config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     redis = Redis.from_url(settings.redis_url)
     embedder = make_embedder(config)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from services.common.amqp import Bus, RejectMessage
 from services.common.cache import ExactCache
-from services.common.config import AgentqConfig, load_config
+from services.common.config import AgentqConfig
 from services.common.embedder import make_embedder
 from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
@@ -193,8 +193,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     tiers = tiers or list(TIERS)
     concurrency = concurrency or settings.worker_concurrency
     prefetch = settings.worker_prefetch or concurrency
-    config = load_config(settings.config_path(), settings.openai_api_key,
-                         settings.openai_base_url)
+    config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     redis = Redis.from_url(settings.redis_url)
     providers = Providers(config, settings.llm_timeout_s)
@@ -220,13 +219,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop))
         await stop.wait()
         log.info("worker %s draining %d in flight", worker_id, bus.in_flight)
-        deadline = time.monotonic() + grace_s
         await bus.stop_consuming(grace_s=grace_s)
-        # A delivery that raced the cancel starts its handler a loop turn later: finish it too
-        # rather than let the closing connection requeue a message whose call is under way.
-        await asyncio.sleep(0.05)
-        if bus.in_flight:
-            await bus.stop_consuming(grace_s=max(0.0, deadline - time.monotonic()))
         log.info("worker %s drained", worker_id)
         await heartbeat
     finally:

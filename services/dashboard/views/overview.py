@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from services.common.topology import Names
 from services.dashboard.metrics import window_metrics
@@ -20,7 +20,7 @@ REFRESH_S = 5
 
 def _metrics(window: str, tenant: str | None) -> dict[str, Any]:
     return window_metrics(db.session, Names(settings().namespace), WINDOWS[window], time.time(),
-                          tenant or None)
+                          tenant or None, current_app.extensions["agentq.limiter_rpm"])
 
 
 @bp.get("/")
