@@ -19,6 +19,7 @@ from services.ingest.publisher import Publisher
 from services.ingest.routes import EXTENSION, Ingest, error_response, ops, tasks
 
 REDIS_TIMEOUT_S = 2.0
+DISCARD_LIMIT = 16 * 1024 * 1024
 _ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 500: "internal"}
 
@@ -34,9 +35,25 @@ def _exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
     return shared
 
 
+def _discard_body() -> None:
+    """Read an oversized body to its end, so the client gets the 413 instead of a reset.
+
+    A client sends the whole body before reading the answer; closing on it mid-send breaks
+    its pipe. Bodies past DISCARD_LIMIT are cut off rather than read.
+    """
+    stream = request.environ.get("wsgi.input")
+    left = min(request.content_length or 0, DISCARD_LIMIT)
+    while stream is not None and left > 0:
+        chunk = stream.read(min(left, 64 * 1024))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     if status == 413:
+        _discard_body()
         return error_response(413, "too_large", f"the body exceeds {request.max_content_length} "
                               "bytes", "body")
     message = "internal error" if status >= 500 else (exc.description or exc.name)
