@@ -88,11 +88,12 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def create_tables(engine: Engine, attempts: int = 5) -> None:
+def create_tables(engine: Engine, *schemas: MetaData, attempts: int = 5) -> None:
     """Create the tables if missing; several services may race to do it at start-up."""
     for attempt in range(attempts):
         try:
-            metadata.create_all(engine, checkfirst=True)
+            for schema in schemas or (metadata,):
+                schema.create_all(engine, checkfirst=True)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             # Another process created a table between our check and our CREATE.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from services.common.amqp import Bus, RejectMessage, RequeueMessage
+from services.common.amqp import Bus, RejectMessage
+from services.common.batching import BatchCommitter
 from services.common.models import Event, Result
 from services.common.runtime import run
 from services.common.settings import Settings
@@ -54,14 +55,7 @@ class Options:
 
 def open_engine(database_url: str) -> Engine:
     """Create the engine and every table the dashboard reads (the store's too)."""
-    for attempt in range(5):
-        try:
-            engine = make_engine(database_url)  # SQLite: WAL, so pages read while we write
-            break
-        except SQLAlchemyError:  # lost a race to create the store's table: look again
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    engine = make_engine(database_url)  # SQLite: WAL, so pages read while we write
     create_tables(engine)
     return engine
 
@@ -75,51 +69,11 @@ def write_delta(engine: Engine, messages: list[Result | Event]) -> None:
         session.commit()
 
 
-class Batcher:
-    """Gather messages for a moment and write them together; each handler waits for the
-    commit of its batch, so the Bus acks a message only once its effect is stored."""
-
-    def __init__(self, engine: Engine, interval_s: float) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._pending: list[tuple[Result | Event, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-
-    async def add(self, message: Result | Event) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, done))
-        if len(self._pending) >= BATCH_SIZE:
-            self._wakeup.set()
-        await done
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not (stop.is_set() and not self._pending):
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            if self._pending:
-                await self.flush()
-
-    async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(write_delta, self._engine, [m for m, _ in batch])
-        except Exception as exc:  # database down, or a bug: give the messages back, go on
-            log.error("could not store %d messages: %s", len(batch), exc,
-                      exc_info=not isinstance(exc, SQLAlchemyError))
-            for _, done in batch:
-                done.set_exception(RequeueMessage(str(exc)))
-            await asyncio.sleep(1)  # the database is down: do not spin on redeliveries
-            return
-        FLUSH_SECONDS.observe(time.perf_counter() - started)
-        for _, done in batch:
-            done.set_result(None)
+def _flushed(messages: list[Result | Event], seconds: float) -> None:
+    FLUSH_SECONDS.observe(seconds)
 
 
-def _handler(batcher: Batcher, model: type[Result] | type[Event], source: str
+def _handler(batcher: BatchCommitter[Result | Event], model: type[Result] | type[Event], source: str
              ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
@@ -152,7 +106,8 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
     """Collect until `stop` is set."""
     names = Names(settings.namespace)
     engine = await asyncio.to_thread(open_engine, settings.database_url)
-    batcher = Batcher(engine, options.flush_interval_s)
+    batcher = BatchCommitter[Result | Event](functools.partial(write_delta, engine), BATCH_SIZE,
+                                             options.flush_interval_s, observe=_flushed)
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     mgmt = management_url(settings.amqp_url) if options.management_url is None \
         else options.management_url

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import BigInteger, Engine, Float, Index, Integer, SmallInteger, String, Text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.store import metadata as store_metadata
+from services.common import store
 
 
 class Base(DeclarativeBase):
@@ -18,21 +15,9 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
-def create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create the dashboard's tables and the results store's, if missing.
-
-    The collector and every gunicorn worker start together: on a fresh database two of them
-    may race to create the same table, and the loser simply checks again.
-    """
-    for attempt in range(attempts):
-        try:
-            db.metadata.create_all(engine, checkfirst=True)
-            store_metadata.create_all(engine, checkfirst=True)
-            return
-        except SQLAlchemyError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+def create_tables(engine: Engine) -> None:
+    """Create the dashboard's tables and the results store's, if missing."""
+    store.create_tables(engine, db.metadata, store.metadata)
 
 
 # Rollups are kept at three resolutions so any window reads a few thousand rows at most:
