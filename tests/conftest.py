@@ -136,3 +136,10 @@ def eventually() -> Callable[..., Any]:
                           interval=POLL_INTERVAL_S)
 
     return poll
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the results database, so `make test-postgres` runs it."""
+    for item in items:
+        if "database_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)

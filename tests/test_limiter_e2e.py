@@ -12,6 +12,7 @@ import pytest
 from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 RPM = 240  # 4 calls/s once the minute's burst is spent
+pytestmark = pytest.mark.database
 
 
 @pytest.fixture(scope="module")
