@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,11 +20,12 @@ from services.common.models import Result, Usage
 from services.common.settings import Settings
 from services.common.store import get_task, make_engine, record_results
 from services.common.topology import SUBMIT_ROUTING_KEY, Names
+from services.common.webserver import gunicorn_command
 from services.ingest import intake
 from services.ingest.app import create_app
 from services.ingest.metrics import IngestMetrics, make_metrics
 from services.ingest.routes import EXTENSION
-from services.ingest.serve import gunicorn_command
+from services.ingest.serve import APP
 from services.ingest.validation import (
     MAX_TASKS_PER_REQUEST,
     InvalidTask,
@@ -94,9 +96,10 @@ def test_decode_json_rejects_non_json(raw: bytes) -> None:
 
 
 def test_gunicorn_command_uses_this_interpreter() -> None:
-    command = gunicorn_command(8123)
-    assert command[1:3] == ["-m", "gunicorn"]
+    command = gunicorn_command(APP, 8123, 2, 8)
+    assert command[:3] == [sys.executable, "-m", "gunicorn"]
     assert command[command.index("--bind") + 1] == "0.0.0.0:8123"
+    assert "--no-control-socket" in command  # ingest and dashboard share a host
     assert command[-1] == "services.ingest.app:create_app()"
 
 

@@ -17,18 +17,12 @@ from types import FrameType
 
 from services.common.runtime import configure_logging
 from services.common.settings import Settings
+from services.common.webserver import gunicorn_command
 
 log = logging.getLogger(__name__)
 COLLECTOR_RESTART_S = 5.0
 STOP_GRACE_S = 15.0
 APP = "services.dashboard:create_app()"
-
-
-def gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
-    """Return the command line that serves the web app."""
-    return [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-            "--graceful-timeout", "10", "--timeout", "60", APP]
 
 
 def collector_command(extra: list[str]) -> list[str]:
@@ -104,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.management_url is not None:
         extra += ["--management-url", args.management_url]
     log.info("dashboard on http://0.0.0.0:%d (namespace %s)", args.port, settings.namespace)
-    return supervise(gunicorn_command(args.port, args.workers, args.threads),
+    return supervise(gunicorn_command(APP, args.port, args.workers, args.threads,
+                                      "--graceful-timeout", "10", "--timeout", "60"),
                      None if args.no_collector else collector_command(extra))
 
 

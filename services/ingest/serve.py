@@ -9,15 +9,9 @@ import tempfile
 from collections.abc import Sequence
 
 from services.common.settings import Settings
+from services.common.webserver import gunicorn_command
 
 APP = "services.ingest.app:create_app()"
-
-
-def gunicorn_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
-    """Return the gunicorn command line, run by this venv's interpreter."""
-    return [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}",
-            "--workers", str(workers), "--threads", str(threads),
-            "--access-logfile", "-", APP]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     args = parser.parse_args(argv)
     settings = Settings()  # read now so a bad variable fails here, not in every worker
-    command = gunicorn_command(args.port or settings.ingest_port, args.workers)
+    command = gunicorn_command(APP, args.port or settings.ingest_port, args.workers, 8,
+                               "--access-logfile", "-")
     env = dict(os.environ)
     # Workers count separately; a fresh shared directory lets /metrics sum them all.
     env.setdefault("PROMETHEUS_MULTIPROC_DIR",
