@@ -11,7 +11,7 @@ from typing import Any
 import pika
 import pytest
 
-from services.autoscale.depth import estimate_unacked, growth_per_min, management_url
+from services.autoscale.depth import estimate_unacked, growth_per_min
 from services.autoscale.policy import (
     Cooldown,
     ScaleDecision,
@@ -117,7 +117,7 @@ def test_growth_per_min_is_the_slope() -> None:
     assert growth_per_min([(0.0, 90), (30.0, 0)]) == pytest.approx(-180.0)
 
 
-def test_worker_reports_and_management_url() -> None:
+def test_worker_reports() -> None:
     reports = WorkerReports(default_task_s=1.0)
     assert reports.in_flight(0.0) is None and reports.task_s == 1.0
     reports.observe(Event(type="worker.heartbeat", data={"worker_id": "a", "in_flight": 3}), 0)
@@ -126,7 +126,6 @@ def test_worker_reports_and_management_url() -> None:
     assert reports.in_flight(12.0) == 7
     assert reports.in_flight(20.0) == 4  # a's heartbeat is stale
     assert reports.task_s == pytest.approx(0.5)
-    assert management_url("amqp://u:p%40ss@rabbit:5672/vh") == "http://u:p%40ss@rabbit:15672"
 
 
 # --- the autoscaler as a real process -----------------------------------------------------
@@ -173,13 +172,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
         yield running, mock
     finally:
         running.stop_all()
-        print_logs(running)
-
-
-def print_logs(stack: Stack) -> None:
-    """Print each process's last lines (pytest shows them when the test failed)."""
-    for log in sorted(stack.log_dir.glob("*.log")):
-        print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+        running.print_logs()
 
 
 def test_autoscaler_follows_a_backlog_up_and_back_to_the_minimum(

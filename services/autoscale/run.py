@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Gauge
 from pydantic import ValidationError
 
-from services.autoscale.depth import DepthProbe, management_url, vhost_of
+from services.autoscale.depth import DepthProbe
 from services.autoscale.policy import Cooldown, apply_cooldown, suggest_workers
 from services.autoscale.pool import WorkerPool
 from services.autoscale.telemetry import WorkerReports
@@ -28,6 +28,7 @@ from services.common.amqp import Bus
 from services.common.config import AgentqConfig
 from services.common.models import TIERS, Event
 from services.common.publishing import emit
+from services.common.queue_depth import management_url
 from services.common.settings import Settings
 from services.common.topology import Names, declare_topology
 
@@ -134,8 +135,8 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
     config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     prefetch = settings.worker_prefetch or options.concurrency
-    probe = DepthProbe(bus.connection, [names.work_queue(t) for t in options.tiers], prefetch,
-                       options.management, vhost_of(settings.amqp_url))
+    probe = DepthProbe(bus.connection, settings.amqp_url,
+                       [names.work_queue(t) for t in options.tiers], prefetch, options.management)
     args = ["worker", "--concurrency", str(options.concurrency), "--grace", str(options.grace_s)]
     if options.tiers != list(TIERS):
         args += ["--tiers", ",".join(options.tiers)]
@@ -159,7 +160,6 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
     finally:
         log.info("stopping: draining %d workers", pool.size)
         await pool.close()
-        await probe.close()
         await bus.close()
 
 

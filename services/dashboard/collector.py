@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
 from services.common.models import Event, Result
+from services.common.queue_depth import management_url
 from services.common.runtime import run
 from services.common.settings import Settings
 from services.common.store import make_engine
@@ -28,7 +29,7 @@ from services.common.topology import Names, declare_topology
 from services.dashboard.evaluator import Evaluator
 from services.dashboard.models import create_tables
 from services.dashboard.rollup import aggregate
-from services.dashboard.sampler import QueueSampler, management_url
+from services.dashboard.sampler import QueueSampler
 from services.dashboard.writer import apply_delta, prune, record_readings
 
 log = logging.getLogger(__name__)
