@@ -195,3 +195,13 @@ def test_bad_bodies_get_their_errors_and_nothing_else_breaks(pipeline: Pipeline)
 def test_healthz_reports_its_dependencies(pipeline: Pipeline) -> None:
     status, body = http("GET", f"{pipeline.ingest}/healthz")
     assert status == 200 and body["status"] == "ok"
+
+
+def test_a_task_shows_running_while_the_provider_works(pipeline: Pipeline) -> None:
+    pipeline.control(latency_ms=3000)
+    try:
+        task_id = pipeline.submit({"prompt": f"slow one {uuid.uuid4()}"})
+        wait_until(lambda: pipeline.task(task_id)["status"] == "running", 10, "running")
+        assert pipeline.wait_done([task_id])[task_id]["status"] == "succeeded"
+    finally:
+        pipeline.control(latency_ms=0)

@@ -15,6 +15,7 @@ RETRY_LEVELS_MS: tuple[int, ...] = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000
 DELIVERY_LIMIT = 20  # a message redelivered this often (crash loop) is dead-lettered
 TELEMETRY_MAX_LENGTH = 1_000_000  # telemetry queues drop their oldest rather than grow forever
 SUBMIT_ROUTING_KEY = "task"
+STARTED_EVENT = "task.started"
 
 # Message headers agentq sets on work messages.
 ROUTE_HEADER = "x-agentq-route"
@@ -61,6 +62,11 @@ class Names:
         return f"{self.ns}.results.store"
 
     @property
+    def started_store(self) -> str:
+        """The queue of `task.started` events that mark stored tasks as running."""
+        return f"{self.ns}.results.started"
+
+    @property
     def events(self) -> str:
         return f"{self.ns}.events"
 
@@ -94,7 +100,8 @@ class Names:
     def queues(self) -> list[str]:
         """Return every queue name, main ones first."""
         return [self.submit, self.tasks, *(self.work_queue(t) for t in TIERS),
-                self.results_store, self.dashboard_events, self.dashboard_results,
+                self.results_store, self.started_store, self.dashboard_events,
+                self.dashboard_results,
                 self.dead, self.rejected, *(self.retry_queue(d) for d in RETRY_LEVELS_MS)]
 
     def monitored_queues(self) -> list[str]:
@@ -144,6 +151,8 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     telemetry = {"x-queue-type": "classic", "x-max-length": TELEMETRY_MAX_LENGTH,
                  "x-overflow": "drop-head"}
     await queue(names.dashboard_events, telemetry, names.events)
+    # "running" is a courtesy to people watching a task: lossy under overload, never blocking.
+    await queue(names.started_store, telemetry, names.events, STARTED_EVENT)
     await queue(names.dashboard_results, telemetry, names.results)
     await queue(names.dead, {"x-queue-type": "quorum"}, names.dlx)
     await queue(names.rejected, {"x-queue-type": "quorum"})

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
-from services.common.models import Result
+from services.common.models import Event, Result
 from services.common.settings import Settings
-from services.common.store import make_engine, record_results
+from services.common.store import make_engine, mark_running, record_results
 from services.common.topology import Names, declare_topology
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     writer = BatchCommitter[Result](functools.partial(record_results, engine), BATCH_SIZE,
                                     BATCH_WAIT_S, observe=_count)
 
+    running = BatchCommitter[str](functools.partial(mark_running, engine), BATCH_SIZE,
+                                 BATCH_WAIT_S)
+
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
             result = Result.model_validate_json(message.body)
@@ -44,17 +47,26 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             raise RejectMessage(f"not a Result: {exc.errors()[0]['msg']}") from None
         await writer.add(result)
 
+    async def handle_started(message: AbstractIncomingMessage) -> None:
+        try:
+            event = Event.model_validate_json(message.body)
+        except ValidationError as exc:
+            raise RejectMessage(f"not an Event: {exc.errors()[0]['msg']}") from None
+        if event.task_id:
+            await running.add(event.task_id)
+
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     writer_stop = asyncio.Event()
-    flusher = asyncio.create_task(writer.run(writer_stop))
+    flushers = [asyncio.create_task(w.run(writer_stop)) for w in (writer, running)]
     try:
         await declare_topology(await bus.connection.channel(), names)
         await bus.consume(names.results_store, handle, prefetch=PREFETCH)
-        log.info("recorder consuming %s", names.results_store)
+        await bus.consume(names.started_store, handle_started, prefetch=PREFETCH)
+        log.info("recorder consuming %s and %s", names.results_store, names.started_store)
         await stop.wait()
         await bus.stop_consuming(grace_s=10)
     finally:
         writer_stop.set()
-        await flusher
+        await asyncio.gather(*flushers)
         await bus.close()
         engine.dispose()

@@ -28,6 +28,7 @@ from services.common.topology import (
     DELAY_HEADER,
     ERROR_HEADER,
     ROUTE_HEADER,
+    STARTED_EVENT,
     Names,
     declare_topology,
     retry_level,
@@ -60,6 +61,7 @@ class Worker:
         # under way in the whole process at `concurrency`, whatever the tiers.
         self.slots = asyncio.Semaphore(concurrency)
         self.rng = random.Random()
+        self._announcements: set[asyncio.Task[None]] = set()
 
     @property
     def busy(self) -> int:
@@ -77,6 +79,7 @@ class Worker:
         attempt = int(headers.get(ATTEMPT_HEADER) or 1)
         if not await self.controls.admit(task, tier, headers):  # held, refused or deduped
             return
+        self.announce(task, tier, attempt)
         started = time.time()
         try:
             completion = await self.call(task, tier)
@@ -93,6 +96,18 @@ class Worker:
                    tier=tier, model=result.model, cost_usd=result.cost_usd,
                    attempts=attempt, llm_ms=result.latency_ms.llm, reason=result.route_reason,
                    status=result.status)
+
+    def announce(self, task: Task, tier: str, attempt: int) -> None:
+        """Say the task is running, without holding the task up for the broker's confirm."""
+        publish = asyncio.create_task(emit(self.bus, STARTED_EVENT, SERVICE, tenant=task.tenant,
+                                           task_id=task.id, tier=tier, attempt=attempt))
+        self._announcements.add(publish)
+        publish.add_done_callback(self._announced)
+
+    def _announced(self, publish: asyncio.Task[None]) -> None:
+        self._announcements.discard(publish)
+        if not publish.cancelled() and publish.exception() is not None:
+            log.debug("task.started not published: %r", publish.exception())
 
     async def call(self, task: Task, tier: str) -> Completion:
         """Call the tier's model within the process's slots and the pools' shared limits."""
