@@ -22,10 +22,7 @@ from sqlalchemy import create_engine, text
 
 from bench.report import percentile
 from services.common.store import engine_url
-from tests.stack import Stack, delete_namespace, free_port, http, wait_until, write_config
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.stack import AMQP_URL, http, running_pipeline, wait_until
 
 
 def publish_amqp(ns: str, count: int, rate: float = 0.0, tag: str = "burst") -> None:
@@ -66,25 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
 
-    ns = f"agentq_bench_{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix=ns))
+    tmp = Path(tempfile.mkdtemp(prefix="agentq_bench_"))
     db_url = f"sqlite:///{tmp / 'results.db'}"
-    mock_port, ingest_port = free_port(), free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1")
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": db_url,
-                   "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
-                   "AGENTQ_METRICS_PORT": "-1", "AGENTQ_LOG_LEVEL": "WARNING"}, tmp)
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port),
-                    "--latency-ms", str(args.latency_ms))
-        for name in ("ingest", "intake", "router", "recorder"):
-            stack.start(name, name)
-        for i in range(args.workers):
-            stack.start(f"worker-{i}", "worker", "--concurrency", str(args.concurrency))
-        ingest = f"http://127.0.0.1:{ingest_port}"
-        wait_until(lambda: http("GET", f"{ingest}/healthz")[0] == 200, 60, "ingest")
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
+    with running_pipeline(tmp, workers=args.workers, concurrency=args.concurrency,
+                          env={"AGENTQ_LOG_LEVEL": "WARNING"},
+                          mock_args=("--latency-ms", str(args.latency_ms)),
+                          database_url=db_url, prefix="agentq_bench") as pipeline:
         engine = create_engine(engine_url(db_url))
         total = 2 * args.tasks
 
@@ -95,24 +79,21 @@ def main(argv: list[str] | None = None) -> int:
                 )).scalar_one())
 
         started = time.perf_counter()
-        http_seconds = submit_http(ingest, args.tasks, threads=8)
+        http_seconds = submit_http(pipeline.ingest, args.tasks, threads=8)
         amqp_started = time.perf_counter()
-        publish_amqp(ns, args.tasks)
+        publish_amqp(pipeline.ns, args.tasks)
         amqp_seconds = time.perf_counter() - amqp_started
         wait_until(lambda: finished() >= total, 600, f"{total} results", interval=0.25)
         elapsed = time.perf_counter() - started
         steady = int(args.steady_rate * args.steady_seconds)
-        publish_amqp(ns, steady, rate=args.steady_rate, tag="steady")
+        publish_amqp(pipeline.ns, steady, rate=args.steady_rate, tag="steady")
         total += steady
         wait_until(lambda: finished() >= total, 300, f"{total} results", interval=0.25)
 
         with engine.connect() as conn:
             rows = conn.execute(text(
                 "SELECT status, latency_total_ms, result_json FROM agentq_tasks")).all()
-        stats = http("GET", f"{mock}/stats")[1]
-    finally:
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
+        stats = pipeline.stats()
 
     succeeded = sum(1 for r in rows if r.status == "succeeded")
     burst = sorted(r.latency_total_ms for r in rows if '"phase":"steady"' not in r.result_json)

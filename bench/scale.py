@@ -20,10 +20,7 @@ from pathlib import Path
 import pika
 
 from services.common.topology import Names
-from tests.stack import Stack, delete_namespace, free_port, http, wait_until, write_config
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 
 def publish_backlog(ns: str, count: int) -> None:
@@ -46,22 +43,21 @@ def consumers(ns: str) -> int:
     return int(ok.method.consumer_count)
 
 
-def run_round(stack: Stack, ns: str, mock: str, workers: int, per_worker: int,
-              concurrency: int) -> tuple[int, float]:
+def run_round(pipeline: Pipeline, workers: int, per_worker: int) -> tuple[int, float]:
     """Run one worker count over its backlog; return (tasks, seconds)."""
-    names = [f"worker-{workers}-{i}" for i in range(workers)]
-    for name in names:
-        stack.start(name, "worker", "--tiers", "cheap", "--concurrency", str(concurrency))
-    wait_until(lambda: consumers(ns) == workers, 120, f"{workers} workers to register")
-    http("POST", f"{mock}/stats/reset")
+    ids = [f"{workers}-{i}" for i in range(workers)]
+    for worker_id in ids:
+        pipeline.start_worker(worker_id)  # worker --concurrency C --tiers cheap
+    wait_until(lambda: consumers(pipeline.ns) == workers, 120, f"{workers} workers to register")
+    http("POST", f"{pipeline.mock}/stats/reset")
     tasks = workers * per_worker
     started = time.perf_counter()
-    publish_backlog(ns, tasks)
-    wait_until(lambda: http("GET", f"{mock}/stats")[1]["completed"] >= tasks, 600,
+    publish_backlog(pipeline.ns, tasks)
+    wait_until(lambda: pipeline.stats()["completed"] >= tasks, 600,
                f"{tasks} completions", interval=0.02)
     elapsed = time.perf_counter() - started
-    for name in names:
-        stack.stop(name)
+    for worker_id in ids:
+        pipeline.stack.stop(f"worker-{worker_id}")
     return tasks, elapsed
 
 
@@ -76,37 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",") if n]
 
-    ns = f"agentq_bench_{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix=ns))
-    mock_port = free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    # A limiter ceiling far above what 8 workers can use: the workers are the bound.
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=1_000_000, tpm=1_000_000_000)
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": f"sqlite:///{tmp / 'r.db'}",
-                   "AGENTQ_CONFIG": str(config), "AGENTQ_METRICS_PORT": "-1",
-                   "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
-                   "AGENTQ_LOG_LEVEL": "WARNING"}, tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="agentq_bench_"))
     bound = args.concurrency / (args.latency_ms / 1000)
     print(f"mockllm {args.latency_ms:.0f} ms ± {args.jitter_ms:.0f} ms, no rate limit; "
           f"--concurrency {args.concurrency} per worker (bound {bound:.1f} tasks/s a worker); "
           f"{args.per_worker} tasks per worker", flush=True)
     print(f"{'workers':>7} {'tasks':>6} {'seconds':>8} {'tasks/s':>8} {'per worker':>10} "
           f"{'efficiency':>10}", flush=True)
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port), "--latency-ms",
-                    str(args.latency_ms), "--jitter-ms", str(args.jitter_ms))
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
+    # Only mockllm runs throughout; each round starts its workers on the cheap tier's queue.
+    # A limiter ceiling far above what 8 workers can use: the workers are the bound.
+    with running_pipeline(tmp, workers=0, concurrency=args.concurrency,
+                          env={"AGENTQ_LOG_LEVEL": "WARNING"},
+                          mock_args=("--latency-ms", str(args.latency_ms),
+                                     "--jitter-ms", str(args.jitter_ms)),
+                          rpm=1_000_000, tpm=1_000_000_000, worker_args=("--tiers", "cheap"),
+                          services=(), database_url=f"sqlite:///{tmp / 'r.db'}",
+                          prefix="agentq_bench") as pipeline:
         base: float | None = None
         for workers in counts:
-            tasks, seconds = run_round(stack, ns, mock, workers, args.per_worker,
-                                       args.concurrency)
+            tasks, seconds = run_round(pipeline, workers, args.per_worker)
             rate = tasks / seconds
             base = base or rate / workers
             print(f"{workers:>7} {tasks:>6} {seconds:>8.1f} {rate:>8.1f} {rate / workers:>10.1f} "
                   f"{rate / (workers * base):>10.0%}", flush=True)
-    finally:
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
     print(f"logs: {tmp}")
     return 0
 

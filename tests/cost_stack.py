@@ -12,33 +12,17 @@ from typing import Any
 
 import pika
 
-from tests.stack import ScratchDatabase, Stack, delete_namespace, free_port, http, wait_until
+from tests.stack import AMQP_URL, PRICES, TIER_MODELS, Pipeline, running_pipeline, wait_until
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-PRICES = {"gpt-4o-mini": (0.15, 0.60), "claude-3-5-haiku": (0.80, 4.00), "gpt-4o": (2.50, 10.00),
-          "claude-sonnet-4": (3.00, 15.00), "o1": (15.00, 60.00)}
-TIER_MODELS = {"cheap": ["gpt-4o-mini"], "standard": ["gpt-4o"], "premium": ["o1"]}
-
-
-def tier_table(mock_url: str, tiers: dict[str, list[str]] | None = None, extra: str = "") -> str:
-    """Return an agentq.toml on the simulated provider; `extra` adds sections."""
-    lines = [f'[providers.mock]\nbase_url = "{mock_url}"\n']
-    for tier, models in (tiers or TIER_MODELS).items():
-        entries = ", ".join(
-            f'{{ provider = "mock", model = "{m}", input_per_mtok = {PRICES[m][0]}, '
-            f"output_per_mtok = {PRICES[m][1]} }}" for m in models)
-        lines.append(f"[tiers.{tier}]\nmodels = [{entries}]\n")
-    lines.append('[routing.kinds]\nclassify = "cheap"\nextract = "cheap"\n'
-                 'summarize = "standard"\nreason = "premium"\n')
-    return "\n".join(lines) + extra
+__all__ = ["PRICES", "TIER_MODELS", "CostStack", "cost_stack"]
 
 
 class CostStack:
     """Handles on a running stack: submit tasks over AMQP, collect their Results."""
 
-    def __init__(self, stack: Stack, ns: str, mock: str) -> None:
-        self.stack, self.ns, self.mock = stack, ns, mock
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.stack, self.ns, self.mock = pipeline.stack, pipeline.ns, pipeline.mock
         self.connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
@@ -74,11 +58,10 @@ class CostStack:
         return self.wait(self.submit(tasks), timeout)
 
     def stats(self) -> dict[str, Any]:
-        return dict(http("GET", f"{self.mock}/stats")[1])
+        return self.pipeline.stats()
 
     def control(self, **changes: Any) -> None:
-        status, body = http("POST", f"{self.mock}/control", changes)
-        assert status == 200, body
+        self.pipeline.control(**changes)
 
     def close(self) -> None:
         if self.connection.is_open:
@@ -97,35 +80,20 @@ def _consumers(connection: Any, queue: str) -> int:
 @contextmanager
 def cost_stack(tmp: Path, tiers: dict[str, list[str]] | None = None, extra: str = "",
                workers: int = 1, env: dict[str, str] | None = None) -> Iterator[CostStack]:
-    """Start mockllm, intake, router and `workers` workers on a fresh namespace."""
-    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
-    database = ScratchDatabase(ns, tmp)
-    mock_port = free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    config_path = tmp / "agentq.toml"
-    config_path.write_text(tier_table(f"{mock}/v1", tiers, extra))
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": database.url,
-                   "AGENTQ_CONFIG": str(config_path), "AGENTQ_AMQP_URL": AMQP_URL,
-                   "AGENTQ_REDIS_URL": REDIS_URL, "AGENTQ_METRICS_PORT": "-1",
-                   "AGENTQ_RETRY_BASE_MS": "100", "AGENTQ_RETRY_MAX_MS": "1000",
-                   **(env or {})}, tmp)
-    handle: CostStack | None = None
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port))
-        for name in ("intake", "router"):
-            stack.start(name, name)
-        for i in range(workers):
-            stack.start(f"worker-{i}", "worker", "--concurrency", "16")
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
-        handle = CostStack(stack, ns, mock)
-        conn = handle.connection
-        wait_until(lambda: (_consumers(conn, f"{ns}.submit") and _consumers(conn, f"{ns}.tasks")
-                            and _consumers(conn, f"{ns}.work.cheap") >= workers),
-                   60, "intake, router and workers to consume")
-        yield handle
-    finally:
-        if handle is not None:
+    """Start mockllm, intake, router and `workers` workers on a fresh namespace.
+
+    `tiers` and `extra` shape the tier table (tests.stack.write_config)."""
+    with running_pipeline(tmp, workers=workers, concurrency=16, services=("intake", "router"),
+                          env={"AGENTQ_RETRY_BASE_MS": "100", "AGENTQ_RETRY_MAX_MS": "1000",
+                               **(env or {})},
+                          tiers=tiers, extra_config=extra) as pipeline:
+        handle = CostStack(pipeline)
+        try:
+            conn, ns = handle.connection, handle.ns
+            wait_until(lambda: (_consumers(conn, f"{ns}.submit")
+                                and _consumers(conn, f"{ns}.tasks")
+                                and _consumers(conn, f"{ns}.work.cheap") >= workers),
+                       60, "intake, router and workers to consume")
+            yield handle
+        finally:
             handle.close()
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
-        database.drop()

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# The broker and cache every harness uses; AGENTQ_AMQP_URL / AGENTQ_REDIS_URL override them.
+AMQP_URL = os.environ.get("AGENTQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("AGENTQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Model prices (input, output per million tokens) and the default model of each tier.
+PRICES = {"gpt-4o-mini": (0.15, 0.60), "claude-3-5-haiku": (0.80, 4.00), "gpt-4o": (2.50, 10.00),
+          "claude-sonnet-4": (3.00, 15.00), "o1": (15.00, 60.00)}
+TIER_MODELS = {"cheap": ["gpt-4o-mini"], "standard": ["gpt-4o"], "premium": ["o1"]}
+# What running_pipeline starts besides mockllm, the workers and (optionally) the dashboard.
+PIPELINE_SERVICES = ("ingest", "intake", "router", "recorder")
 
 
 def free_port() -> int:
@@ -100,6 +107,14 @@ class Stack:
         for name in list(self.processes):
             self.stop(name)
 
+    def print_logs(self, *names: str, tail: int = 1500) -> None:
+        """Print the last `tail` characters of the logs of `names` (default: every process
+        that ran); pytest shows them when the test failed."""
+        logs = ([self.log_dir / f"{name}.log" for name in names] if names
+                else sorted(self.log_dir.glob("*.log")))
+        for log in logs:
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}")
+
 
 class ScratchDatabase:
     """A results database for one test run: a SQLite file, or a PostgreSQL schema of its own.
@@ -155,26 +170,57 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
     client.close()
 
 
-def write_config(path: Path, mock_url: str, rpm: int = 0, tpm: int = 0) -> Path:
-    """Write a tier table whose one provider is the simulated one at `mock_url`."""
-    models = {"cheap": ("gpt-4o-mini", 0.15, 0.60), "standard": ("gpt-4o", 2.50, 10.00),
-              "premium": ("o1", 15.00, 60.00)}
-    tiers = "".join(
-        f'[tiers.{tier}]\nmodels = [{{ provider = "mock", model = "{model}", '
-        f"input_per_mtok = {price_in}, output_per_mtok = {price_out} }}]\n"
-        for tier, (model, price_in, price_out) in models.items())
+def write_config(path: Path, mock_url: str, rpm: int = 0, tpm: int = 0,
+                 tiers: dict[str, list[str]] | None = None, extra: str = "") -> Path:
+    """Write a tier table whose one provider is the simulated one at `mock_url`.
+
+    `tiers` lists each tier's models (names from PRICES; default TIER_MODELS); `extra` is
+    TOML appended at the end (budgets, tenants, cache settings...).
+    """
+    table = "".join(
+        f"[tiers.{tier}]\nmodels = [" + ", ".join(
+            f'{{ provider = "mock", model = "{model}", input_per_mtok = {PRICES[model][0]}, '
+            f"output_per_mtok = {PRICES[model][1]} }}" for model in models) + "]\n"
+        for tier, models in (tiers or TIER_MODELS).items())
     path.write_text(
-        f'[providers.mock]\nbase_url = "{mock_url}"\nrpm = {rpm}\ntpm = {tpm}\n\n{tiers}\n'
+        f'[providers.mock]\nbase_url = "{mock_url}"\nrpm = {rpm}\ntpm = {tpm}\n\n{table}\n'
         '[routing.kinds]\nclassify = "cheap"\nextract = "cheap"\nsummarize = "standard"\n'
-        'reason = "premium"\n')
+        f'reason = "premium"\n{extra}')
     return path
 
 
-class Pipeline:
-    """Handles on a running stack: its URLs, namespace and simulated provider."""
+@contextmanager
+def scratch_namespace(tmp: Path, prefix: str = "agentq_test",
+                      database_url: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield a fresh namespace and its results-database URL (a ScratchDatabase unless
+    `database_url` is given); delete its queues, keys and database schema afterwards."""
+    ns = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    database = ScratchDatabase(ns, tmp) if database_url is None else None
+    try:
+        yield ns, database.url if database is not None else str(database_url)
+    finally:
+        delete_namespace(AMQP_URL, REDIS_URL, ns)
+        if database is not None:
+            database.drop()
 
-    def __init__(self, stack: Stack, ns: str, ingest: str, mock: str) -> None:
+
+class Pipeline:
+    """Handles on a running stack: its URLs, namespace and simulated provider.
+
+    `dashboard` is the dashboard's URL ("" when it was not started); `start_worker` starts
+    one more worker like the first ones.
+    """
+
+    def __init__(self, stack: Stack, ns: str, ingest: str, mock: str, *,
+                 concurrency: int = 16, worker_args: tuple[str, ...] = (),
+                 dashboard: str = "") -> None:
         self.stack, self.ns, self.ingest, self.mock = stack, ns, ingest, mock
+        self.concurrency, self.worker_args, self.dashboard = concurrency, worker_args, dashboard
+
+    def start_worker(self, i: int | str, *args: str) -> None:
+        """Start process `worker-{i}`: --concurrency, the pipeline's worker_args, then `args`."""
+        self.stack.start(f"worker-{i}", "worker", "--concurrency", str(self.concurrency),
+                         *self.worker_args, *args)
 
     def submit(self, task: Any) -> str:
         status, body = http("POST", f"{self.ingest}/v1/tasks", task)
@@ -201,8 +247,10 @@ class Pipeline:
         wait_until(all_done, timeout, f"{len(ids)} tasks to finish", interval=0.2)
         return done
 
-    def stats(self) -> dict[str, int]:
-        return dict(http("GET", f"{self.mock}/stats")[1])
+    def stats(self) -> dict[str, Any]:
+        status, body = http("GET", f"{self.mock}/stats")
+        assert status == 200, body
+        return dict(body)
 
     def control(self, **changes: Any) -> None:
         status, body = http("POST", f"{self.mock}/control", changes)
@@ -212,28 +260,49 @@ class Pipeline:
 @contextmanager
 def running_pipeline(tmp: Path, workers: int = 2, concurrency: int = 16,
                      env: dict[str, str] | None = None, mock_args: tuple[str, ...] = (),
-                     rpm: int = 0, tpm: int = 0) -> Iterator[Pipeline]:
-    """Run mockllm, ingest, intake, router, recorder and workers in a namespace of their own."""
-    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
-    database = ScratchDatabase(ns, tmp)
-    mock_port, ingest_port = free_port(), free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=rpm, tpm=tpm)
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": database.url,
-                   "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
-                   "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
-                   "AGENTQ_METRICS_PORT": "-1", **(env or {})}, tmp)
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port), *mock_args)
-        for name in ("ingest", "intake", "router", "recorder"):
-            stack.start(name, name)
-        for i in range(1, workers + 1):
-            stack.start(f"worker-{i}", "worker", "--concurrency", str(concurrency))
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
-        ingest = f"http://127.0.0.1:{ingest_port}"
-        wait_until(lambda: http("GET", f"{ingest}/healthz")[0] == 200, 60, "ingest /healthz")
-        yield Pipeline(stack, ns, ingest, mock)
-    finally:
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
-        database.drop()
+                     rpm: int = 0, tpm: int = 0, *, worker_args: tuple[str, ...] = (),
+                     services: tuple[str, ...] = PIPELINE_SERVICES, dashboard: bool = False,
+                     dashboard_args: tuple[str, ...] = (),
+                     tiers: dict[str, list[str]] | None = None, extra_config: str = "",
+                     database_url: str | None = None, prefix: str = "agentq_test",
+                     print_logs: bool = False) -> Iterator[Pipeline]:
+    """Run mockllm, `services`, `workers` workers and, with `dashboard`, the dashboard in a
+    namespace of their own; stop them and delete the namespace afterwards.
+
+    Workers are worker-1..N, each `worker --concurrency C *worker_args`. `tiers`/
+    `extra_config` shape the tier table (see write_config); `database_url` replaces the
+    scratch database; `print_logs` prints every log's tail once the processes stopped.
+    """
+    with scratch_namespace(tmp, prefix, database_url) as (ns, db_url):
+        mock_port, ingest_port = free_port(), free_port()
+        mock = f"http://127.0.0.1:{mock_port}"
+        config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=rpm, tpm=tpm,
+                              tiers=tiers, extra=extra_config)
+        stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": db_url,
+                       "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
+                       "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
+                       "AGENTQ_METRICS_PORT": "-1", **(env or {})}, tmp)
+        dash_port = free_port() if dashboard else 0
+        pipeline = Pipeline(stack, ns, f"http://127.0.0.1:{ingest_port}", mock,
+                            concurrency=concurrency, worker_args=worker_args,
+                            dashboard=f"http://127.0.0.1:{dash_port}" if dashboard else "")
+        try:
+            stack.start("mockllm", "mockllm", "--port", str(mock_port), *mock_args)
+            for name in services:
+                stack.start(name, name)
+            for i in range(1, workers + 1):
+                pipeline.start_worker(i)
+            if dashboard:
+                stack.start("dashboard", "dashboard", "--port", str(dash_port), *dashboard_args)
+            wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
+            if "ingest" in services:
+                wait_until(lambda: http("GET", f"{pipeline.ingest}/healthz")[0] == 200, 60,
+                           "ingest /healthz")
+            if dashboard:
+                wait_until(lambda: http("GET", f"{pipeline.dashboard}/api/thresholds")[0] == 200,
+                           60, "the dashboard")
+            yield pipeline
+        finally:
+            stack.stop_all()
+            if print_logs:
+                stack.print_logs()

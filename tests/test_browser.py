@@ -21,20 +21,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.stack import (
-    ROOT,
-    ScratchDatabase,
-    Stack,
-    delete_namespace,
-    free_port,
-    http,
-    wait_until,
-    write_config,
-)
+from tests.stack import ROOT, Stack, http, running_pipeline
 
 pytestmark = pytest.mark.database
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking"]
@@ -68,44 +57,14 @@ class Dashboard:
             status, body = http("POST", f"{self.ingest}/v1/tasks", tasks)
             assert status == 202, body
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.stack.log(name)[-1500:]}"
-                         for name in ("dashboard", "worker-1"))
-
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
-    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
-    tmp = tmp_path_factory.mktemp(ns)
-    database = ScratchDatabase(ns, tmp)
-    mock_port, ingest_port, dash_port = free_port(), free_port(), free_port()
-    mock = f"http://127.0.0.1:{mock_port}"
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1")
-    stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": database.url,
-                   "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
-                   "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
-                   "AGENTQ_METRICS_PORT": "-1", "AGENTQ_DASHBOARD_PASSWORD": PASSWORD}, tmp)
-    try:
-        stack.start("mockllm", "mockllm", "--port", str(mock_port), "--latency-ms", "200",
-                    "--jitter-ms", "40", "--seed", "7")
-        stack.start("ingest", "ingest")
-        stack.start("intake", "intake")
-        stack.start("router", "router")
-        stack.start("recorder", "recorder")
-        stack.start("worker-1", "worker", "--concurrency", "4")
-        stack.start("dashboard", "dashboard", "--port", str(dash_port),
-                    "--eval-interval", "2")
-        ingest = f"http://127.0.0.1:{ingest_port}"
-        url = f"http://127.0.0.1:{dash_port}"
-        wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
-        wait_until(lambda: http("GET", f"{ingest}/healthz")[0] == 200, 60, "ingest /healthz")
-        wait_until(lambda: http("GET", f"{url}/api/thresholds")[0] == 200, 60,
-                   "the dashboard")
-        yield Dashboard(stack, ingest, url)
-    finally:
-        stack.stop_all()
-        delete_namespace(AMQP_URL, REDIS_URL, ns)
-        database.drop()
+    with running_pipeline(tmp_path_factory.mktemp("browser"), workers=1, concurrency=4,
+                          env={"AGENTQ_DASHBOARD_PASSWORD": PASSWORD},
+                          mock_args=("--latency-ms", "200", "--jitter-ms", "40", "--seed", "7"),
+                          dashboard=True, dashboard_args=("--eval-interval", "2")) as running:
+        yield Dashboard(running.stack, running.ingest, running.dashboard)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +99,7 @@ def test_dashboard_in_a_browser(dashboard: Dashboard, page: Page) -> None:
         _walk_through(dashboard, page)
     except BaseException:
         shot(page, "failure.png")
-        print(dashboard.logs())
+        dashboard.stack.print_logs("dashboard", "worker-1")
         raise
     assert page.errors == [], page.errors  # type: ignore[attr-defined]
 

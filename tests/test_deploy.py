@@ -23,12 +23,13 @@ from services.common.settings import Settings
 from services.common.topology import Names
 from services.up import stack
 from tests.stack import (
+    AMQP_URL,
+    REDIS_URL,
     ROOT,
-    ScratchDatabase,
     Stack,
-    delete_namespace,
     free_port,
     http,
+    scratch_namespace,
     wait_until,
 )
 
@@ -38,8 +39,6 @@ INFRA = {"rabbitmq", "redis", "postgres"}
 IMAGE_BUILD = {"context": ".", "dockerfile": "deploy/Dockerfile"}
 # Unset means "the built-in tier table", which is what the containers use.
 OPTIONAL_SETTINGS = {"AGENTQ_CONFIG"}
-LOCAL_AMQP = os.environ.get("AGENTQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-LOCAL_REDIS = os.environ.get("AGENTQ_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def interpolate(value: Any) -> Any:
@@ -196,7 +195,7 @@ class Localized:
         assert urlparse(env["AGENTQ_REDIS_URL"]).hostname == "redis"
         assert urlparse(env["AGENTQ_DATABASE_URL"]).hostname == "postgres"
         env.update({
-            "AGENTQ_AMQP_URL": LOCAL_AMQP, "AGENTQ_REDIS_URL": LOCAL_REDIS,
+            "AGENTQ_AMQP_URL": AMQP_URL, "AGENTQ_REDIS_URL": REDIS_URL,
             "AGENTQ_DATABASE_URL": self.database_url, "AGENTQ_NAMESPACE": self.ns,
             "AGENTQ_INGEST_PORT": str(self.port(int(env["AGENTQ_INGEST_PORT"]))),
             "AGENTQ_DASHBOARD_PORT": str(self.port(int(env["AGENTQ_DASHBOARD_PORT"]))),
@@ -224,36 +223,27 @@ class Localized:
 
 @pytest.fixture
 def composed(compose: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Stack, Localized]]:
-    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
-    database = ScratchDatabase(ns, tmp_path)
-    local = Localized(compose, ns, database.url)
-    running = Stack({}, tmp_path)
-    checks: dict[str, list[str]] = {}
-    try:
-        for name, service in app_services(compose).items():
-            replicas = service.get("deploy", {}).get("replicas", 1)
-            for i in range(1, replicas + 1):
-                process = f"{name}-{i}" if replicas > 1 else name
-                metrics = free_port()
-                running.start(process, *local.command(service),
-                              env=local.environment(service, metrics))
-                checks[process] = local.healthcheck(service, metrics)
-        for process, check in checks.items():
-            wait_until(lambda c=check, p=process: _passes(c) or _dead(running, p), 90,
-                       f"the healthcheck of {process}")
-            assert running.alive(process), running.log(process)[-3000:]
-        yield running, local
-    finally:
-        running.stop_all()
-        print_logs(running)
-        delete_namespace(LOCAL_AMQP, LOCAL_REDIS, ns)
-        database.drop()
-
-
-def print_logs(stack: Stack) -> None:
-    """Print each process's last lines (pytest shows them when the test failed)."""
-    for log in sorted(stack.log_dir.glob("*.log")):
-        print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    with scratch_namespace(tmp_path) as (ns, database_url):
+        local = Localized(compose, ns, database_url)
+        running = Stack({}, tmp_path)
+        checks: dict[str, list[str]] = {}
+        try:
+            for name, service in app_services(compose).items():
+                replicas = service.get("deploy", {}).get("replicas", 1)
+                for i in range(1, replicas + 1):
+                    process = f"{name}-{i}" if replicas > 1 else name
+                    metrics = free_port()
+                    running.start(process, *local.command(service),
+                                  env=local.environment(service, metrics))
+                    checks[process] = local.healthcheck(service, metrics)
+            for process, check in checks.items():
+                wait_until(lambda c=check, p=process: _passes(c) or _dead(running, p), 90,
+                           f"the healthcheck of {process}")
+                assert running.alive(process), running.log(process)[-3000:]
+            yield running, local
+        finally:
+            running.stop_all()
+            running.print_logs()
 
 
 def _passes(check: list[str]) -> bool:
@@ -292,7 +282,7 @@ def test_the_compose_commands_run_the_pipeline(composed: tuple[Stack, Localized]
     # Three worker replicas share each tier's queue.
     import pika
 
-    connection = pika.BlockingConnection(pika.URLParameters(LOCAL_AMQP))
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     ok = connection.channel().queue_declare(Names(local.ns).work_queue("cheap"), passive=True)
     connection.close()
     assert ok.method.consumer_count == 3
