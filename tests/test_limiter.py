@@ -120,7 +120,7 @@ def test_unlimited_buckets_always_grant() -> None:
     (1000.0, 0, 1000.0),
 ])
 def test_settle(level: float, delta: int, expected: float) -> None:
-    state = bucket.settle(BucketState(level, 0.0), delta, 6000, 0.0)
+    state = bucket.settle(BucketState(level, 0.0), delta, 6000, 0.0, burst_s=60.0)
     assert state is not None and state.level == pytest.approx(expected)
 
 
@@ -477,7 +477,7 @@ def test_hold_on_429_makes_every_limiter_wait(names: Names) -> None:
 
 
 def test_settle_credits_back_and_debits(names: Names) -> None:
-    pools = {"p": PoolLimits(rpm=0, tpm=6_000)}  # 6,000 tokens, refilling 100 per second
+    pools = {"p": PoolLimits(rpm=0, tpm=6_000, burst_s=60.0)}  # 6,000 tokens, 100 a second
     tokens_key = PoolKeys.of(names, "p").tokens
 
     async def main(client: Redis) -> None:
