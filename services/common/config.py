@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,10 @@ class ProviderConfig(BaseModel):
     rpm: int = Field(default=0, ge=0)  # 0 = no limit known
     tpm: int = Field(default=0, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
+    # What the provider's TPM limit counts for a call: "reserved" = prompt + max_tokens at
+    # admission, never refunded (OpenAI and the simulated provider); "used" = the tokens the
+    # call really used. The limiter settles each call to this figure.
+    tpm_counts: Literal["reserved", "used"] = "reserved"
 
 
 class ModelEntry(BaseModel):

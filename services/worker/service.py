@@ -227,7 +227,9 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
         worker = Worker(bus, providers, config, settings,
                         CostControls(bus, config, redis, exact, semantic),
-                        Throttle(limiter, pools), concurrency)
+                        Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
+                                                  in config.providers.items()}),
+                        concurrency)
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
         log.info("worker %s consuming %s with prefetch %d", worker_id, tiers, prefetch)

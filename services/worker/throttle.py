@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from services.common.config import ModelEntry
-from services.common.models import Task
+from services.common.models import Task, Usage
 from services.common.tokens import count_messages
 from services.worker.limiter import Grant, PoolLimits, SharedLimiter, model_pool
 from services.worker.provider import Completion, ProviderError, ProviderRateLimited
@@ -20,10 +20,25 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 OBSERVE_INTERVAL_S = 0.5
 
 
+def reserved_completion(task: Task) -> int:
+    return task.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+
+
 def estimate_tokens(task: Task) -> int:
     """Estimate what a call will count against TPM: prompt plus the answer it may write."""
-    prompt = count_messages(m.model_dump() for m in task.messages)
-    return prompt + (task.max_tokens or DEFAULT_COMPLETION_ESTIMATE)
+    return count_messages(m.model_dump() for m in task.messages) + reserved_completion(task)
+
+
+def charged_tokens(task: Task, usage: Usage, counts: str) -> int:
+    """Return what the provider's TPM limit counted for a finished call.
+
+    A provider that reserves max_tokens at admission keeps them even when the answer is
+    short; crediting them back would let the pool admit more than the provider does (429s).
+    The real prompt count still replaces the estimate.
+    """
+    if counts == "used":
+        return usage.prompt_tokens + usage.completion_tokens
+    return usage.prompt_tokens + max(usage.completion_tokens, reserved_completion(task))
 
 
 def pools_of(entry: ModelEntry, limited: Mapping[str, PoolLimits]) -> list[str]:
@@ -36,9 +51,11 @@ def pools_of(entry: ModelEntry, limited: Mapping[str, PoolLimits]) -> list[str]:
 class Throttle:
     """Acquire before a call, settle after it, hold the pool on a 429."""
 
-    def __init__(self, limiter: SharedLimiter, pools: Mapping[str, PoolLimits]) -> None:
+    def __init__(self, limiter: SharedLimiter, pools: Mapping[str, PoolLimits],
+                 tpm_counts: Mapping[str, str]) -> None:
         self.limiter = limiter
         self._pools = dict(pools)
+        self._tpm_counts = dict(tpm_counts)  # provider -> "reserved" | "used"
         self._observed: dict[str, float] = {}
 
     async def call(self, entry: ModelEntry, task: Task,
@@ -57,8 +74,8 @@ class Throttle:
         except ProviderError:
             await self._settle(grants, 0)  # a failed call used no tokens
             raise
-        usage = completion.usage
-        await self._settle(grants, usage.prompt_tokens + usage.completion_tokens)
+        counts = self._tpm_counts.get(entry.provider, "reserved")
+        await self._settle(grants, charged_tokens(task, completion.usage, counts))
         await self._observe(pools, completion.headers)
         return completion
 
