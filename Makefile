@@ -39,7 +39,9 @@ test-postgres: install
 lint: install
 	$(BIN)/ruff check services tests bench
 
+# The benchmarks; `agentq bench limiter` also runs Celery, the peer it compares against.
 bench: install
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/agentq bench pipeline
 
 clean:
