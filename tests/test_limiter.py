@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from services.common.settings import Settings
 from services.common.topology import Names
 from services.worker.limiter import (
+    FairShareDeferred,
     LimiterOptions,
     PoolLimits,
     SharedLimiter,
@@ -316,7 +317,8 @@ def acquire_args(params: PoolParams, req: Request) -> list[str]:
     return ["acquire", *(repr(float(x)) for x in (params.rpm, params.tpm, params.burst_s,
                                                    req.cost)),
             req.tenant, repr(req.weight), repr(req.min_share),
-            *(repr(x) for x in (f.window, f.grace_s, f.min_wait_s, f.max_wait_s)), "600000"]
+            *(repr(x) for x in (f.window, f.grace_s, f.min_wait_s, f.max_wait_s)), "600000",
+            *(repr(float(x)) for x in (params.jitter, req.contenders, req.u))]
 
 
 def assert_same_state(ours: PoolState, lua: PoolState) -> None:
@@ -338,7 +340,7 @@ def test_lua_agrees_with_the_pure_reference(names: Names, seed: int) -> None:
                         tpm=rng.choice([0, 1000, 60_000, 2_000_000]),
                         fair=FairParams(window=rng.choice([100.0, 1000.0, 20_000.0]),
                                         grace_s=rng.choice([0.5, 2.0])),
-                        burst_s=rng.choice([0.5, 1.0, 60.0]))
+                        burst_s=rng.choice([0.5, 1.0, 60.0]), jitter=rng.choice([0.0, 0.1]))
     shares = {"a": TenantShare(), "b": TenantShare(weight=2.5),
               "c": TenantShare(weight=0.5, min_share=0.4)}
     keys = PoolKeys.of(names, "pool")
@@ -368,6 +370,25 @@ def test_lua_agrees_with_the_pure_reference(names: Names, seed: int) -> None:
                     assert close(before.tenants[tenant].vt + delta / w_eff,
                                  after.tenants[tenant].vt)
                 continue
+            if 0.25 <= roll < 0.32:  # seed after a restart: only the buckets Redis lost are written
+                if rng.random() < 0.5:
+                    await client.delete(rng.choice([keys.requests, keys.tokens]))
+                    before = await read_state(client, keys)
+                seeds = [rng.choice([None, rng.uniform(0, 2 * cap_t)]) for _ in range(2)]
+                rl, tl, now = await script(keys=keys.all(), args=[
+                    "seed", repr(float(params.rpm)), repr(float(params.tpm)),
+                    repr(params.burst_s), *("" if v is None else repr(v) for v in seeds)])
+                after = await read_state(client, keys)
+                for state, limit, v, got, reply in (
+                        (before.requests, params.rpm, seeds[0], after.requests, rl),
+                        (before.tokens, params.tpm, seeds[1], after.tokens, tl)):
+                    want = bucket.seed(state, v, limit, float(now), params.burst_s)
+                    if state is not None:
+                        assert got == state  # a live bucket is never touched
+                    assert close(bucket.level_at(want, limit, float(now), params.burst_s),
+                                 bucket.level_at(got, limit, float(now), params.burst_s))
+                    assert (reply == b"") == (limit <= 0)
+                continue
             if roll < 0.25:  # the provider reports what remains
                 rem = [rng.choice([None, rng.uniform(-1, 2 * cap_t)]) for _ in range(2)]
                 _, _, now = await script(keys=keys.all(), args=[
@@ -382,7 +403,8 @@ def test_lua_agrees_with_the_pure_reference(names: Names, seed: int) -> None:
                                  bucket.level_at(got, limit, float(now), params.burst_s))
                 continue
             req = Request(tenant, rng.choice([0, 1, rng.randint(1, int(2 * cap_t))]),
-                          share.weight, share.bounded_min_share)
+                          share.weight, share.bounded_min_share,
+                          rng.choice([1.0, 3.0, 18.0]), rng.random())
             reply = await script(keys=keys.all(), args=acquire_args(params, req))
             granted, wait_ms, rl, tl, reason, now, w_eff, vt = reply
             ours, expected_state = admit(before, req, params, float(now))
@@ -609,3 +631,153 @@ def test_redis_outage_falls_back_to_a_local_slice_and_recovers(names: Names) -> 
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+async def _level(client: Redis, key: str, limit: float, burst_s: float) -> float:
+    """Return a bucket's level now, as the script would read it."""
+    raw: dict[bytes, bytes] = cast(Any, await client.hgetall(key))
+    state = BucketState(float(raw[b"level"]), float(raw[b"ts"])) if raw else None
+    return bucket.level_at(state, limit, await redis_now(client), burst_s)
+
+
+def _own_redis() -> tuple[int, subprocess.Popen[bytes]]:
+    port = free_port()
+    return port, _start_redis(port)
+
+
+def test_a_slow_await_is_not_an_outage(names: Names) -> None:
+    port, proc = _own_redis()
+    pools = {"p": PoolLimits(rpm=600, tpm=0, burst_s=1.0)}  # a bucket of 10, 10 per second
+    options = LimiterOptions(redis_timeout_s=0.1, heartbeat_interval_s=0.2,
+                             probe_interval_s=0.2)
+    busy = "local t = redis.call('TIME') local s = t[1] + t[2] / 1e6 " \
+           "repeat t = redis.call('TIME') until t[1] + t[2] / 1e6 > s + tonumber(ARGV[1])"
+
+    async def main(client: Redis) -> None:
+        async with SharedLimiter(client, names, pools, options=options) as limiter:
+            assert (await limiter.acquire("p", "t", 1)).mode == "shared"
+            # Redis (not gone, just blocked for 2.5 timeouts) answers late once: the limiter
+            # retries, pings Redis, finds it alive and stays on the shared pool.
+            blocker = Redis(port=port)
+            stall = asyncio.create_task(blocker.eval(busy, 0, "0.25"))
+            await asyncio.sleep(0.03)
+            grant = await limiter.acquire("p", "t", 1)
+            await stall
+            await blocker.aclose()
+            await asyncio.sleep(0.5)  # heartbeats and the confirming pings are done
+            stats = limiter.stats()
+            assert stats["redis_timeouts"] >= 1, stats
+            assert grant.mode == "shared" and grant.attempts >= 2
+            assert not limiter.fallback and stats["fallback_events"] == 0, stats
+            # Nothing lowered the shared bucket to an (empty) local slice: it refilled.
+            keys = PoolKeys.of(names, "p")
+            assert await _level(client, keys.requests, 600, 1.0) >= 5
+
+    try:
+        run(main, url=f"redis://127.0.0.1:{port}/0")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_recovering_from_an_unresponsive_redis_keeps_its_live_buckets(names: Names) -> None:
+    port, proc = _own_redis()
+    pools = {"p": PoolLimits(rpm=600, tpm=0, burst_s=1.0)}
+    options = LimiterOptions(redis_timeout_s=0.1, heartbeat_interval_s=0.1,
+                             probe_interval_s=0.1)
+
+    async def main(client: Redis) -> None:
+        keys = PoolKeys.of(names, "p")
+        async with SharedLimiter(client, names, pools, options=options) as limiter:
+            await limiter.acquire("p", "t", 1)
+            admin = Redis(port=port)
+            # Unresponsive for longer than the confirming pings, but it keeps its data.
+            await admin.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+            await _until(lambda: _true(limiter.fallback), 5.0, "the local fallback")
+            assert limiter.stats()["fallback_events"] == 1
+            # Meanwhile the worker draws its local slice dry, until it shares the pool again.
+            modes = [(await limiter.acquire("p", "t", 1)).mode]
+            while modes[-1] == "local" and len(modes) < 500:
+                modes.append((await limiter.acquire("p", "t", 1)).mode)
+            assert len(modes) >= 3 and not limiter.fallback
+            # The same Redis (run id) kept the pool's buckets: they are live and were not
+            # lowered to the local slice's empty level on the way back.
+            assert await _level(client, keys.requests, 600, 1.0) >= 8
+            await admin.aclose()
+
+    try:
+        run(main, url=f"redis://127.0.0.1:{port}/0")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_callers_of_one_tenant_take_turns_at_redis(names: Names) -> None:
+    pools = {"p": PoolLimits(rpm=1_200, tpm=0, burst_s=0.5)}  # a bucket of 10, 20 per second
+
+    async def main(client: Redis) -> None:
+        limiter = SharedLimiter(client, names, pools)
+        order: list[int] = []
+
+        async def caller(i: int) -> None:
+            await limiter.acquire("p", "t", 1)
+            order.append(i)
+
+        await asyncio.gather(*(caller(i) for i in range(40)))
+        stats = limiter.stats()
+        assert stats["grants"] == 40
+        assert order == list(range(40))  # served in the order they asked
+        # 30 waited for capacity; only the head of the queue asks Redis, about once per grant
+        # (each caller polling on its own asked ~15 times per grant here).
+        assert stats["denials"] <= 2 * 30, stats
+
+    run(main)
+
+
+def test_a_tenant_over_its_share_is_deferred_not_held(names: Names) -> None:
+    pools = {"p": PoolLimits(rpm=0, tpm=60_000, burst_s=60.0)}  # 60,000 tokens, 1,000 a second
+    options = LimiterOptions(fair_window_s=0.0, min_window_tokens=1_000, grace_s=10.0)
+    keys = PoolKeys.of(names, "p")
+
+    async def main(client: Redis) -> None:
+        limiter = SharedLimiter(client, names, pools, options=options)
+        await limiter.acquire("p", "light", 500)  # the light tenant is backlogged...
+        for _ in range(3):  # ...and the flood gets a window (1,000) and a call ahead of it
+            await limiter.acquire("p", "flood", 500)
+        level = await _level(client, keys.tokens, 60_000, 60.0)
+        vt = float(cast(bytes, await client.hget(keys.vt, "flood")))
+        with pytest.raises(FairShareDeferred) as raised:
+            await limiter.acquire("p", "flood", 500, defer_fair_over_s=0.1)
+        assert 0.1 < raised.value.wait_s <= 1.0 * 1.1  # fair waits are capped at 1 s (+ jitter)
+        decisions = limiter.stats()["decisions"]
+        # The tenant still leads: the next deferrable caller is told so without asking Redis.
+        with pytest.raises(FairShareDeferred):
+            await limiter.acquire("p", "flood", 500, defer_fair_over_s=0.1)
+        assert limiter.stats()["decisions"] == decisions
+        assert limiter.stats()["deferrals"] == 2
+        # Nothing was taken: the bucket only refilled, the flood's virtual time did not move.
+        assert await _level(client, keys.tokens, 60_000, 60.0) >= level
+        assert float(cast(bytes, await client.hget(keys.vt, "flood"))) == vt
+        # A longer threshold waits instead, and so does the light tenant, which is behind.
+        grant = await limiter.acquire("p", "light", 500, defer_fair_over_s=0.1)
+        assert grant.attempts == 1
+
+    run(main)
+
+
+def test_a_capacity_wait_is_never_deferred(names: Names) -> None:
+    pools = {"p": PoolLimits(rpm=120, tpm=0, burst_s=0.5)}  # a bucket of 1, 2 per second
+
+    async def main(client: Redis) -> None:
+        limiter = SharedLimiter(client, names, pools)
+        await limiter.acquire("p", "a", 1)
+        await limiter.acquire("p", "b", 1, defer_fair_over_s=0.1)  # two tenants, both active
+        grant = await limiter.acquire("p", "a", 1, defer_fair_over_s=0.001)
+        assert grant.attempts >= 2 and grant.waited_s >= 0.3  # waited for the bucket
+        assert limiter.stats()["deferrals"] == 0
+
+    run(main)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Counter
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -25,6 +26,7 @@ from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
     ATTEMPT_HEADER,
+    DEFERRALS_HEADER,
     DELAY_HEADER,
     ERROR_HEADER,
     ROUTE_HEADER,
@@ -34,7 +36,12 @@ from services.common.topology import (
     retry_level,
 )
 from services.worker.controls import CostControls
-from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
+from services.worker.limiter import (
+    FairShareDeferred,
+    SharedLimiter,
+    pools_from_config,
+    tenants_from_config,
+)
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
@@ -43,6 +50,12 @@ from services.worker.throttle import Throttle
 log = logging.getLogger(__name__)
 SERVICE = "worker"
 HEARTBEAT_S = 5.0
+# A tenant over its fair share sends its task back to the queue, so that workers can reach
+# the other tenants' tasks behind a flood; after this many turns it waits in place instead.
+MAX_DEFERRALS = 50
+DEFERRED = Counter("agentq_worker_fair_deferrals_total",
+                   "Tasks sent back to the queue because their tenant was over its fair share",
+                   ["tier"])
 
 
 class Worker:
@@ -81,8 +94,15 @@ class Worker:
             return
         self.announce(task, tier, attempt)
         started = time.time()
+        deferrals = int(headers.get(DEFERRALS_HEADER) or 0)
         try:
-            completion = await self.call(task, tier)
+            completion = await self.call(task, tier, defer=deferrals < MAX_DEFERRALS)
+        except FairShareDeferred as exc:
+            await self.controls.abandon(task, tier, headers)
+            await self.later(task, tier, {**headers, DEFERRALS_HEADER: deferrals + 1},
+                             exc.wait_s * 1000)
+            DEFERRED.labels(tier).inc()
+            return
         except ProviderError as exc:
             await self.on_failure(task, tier, attempt, headers, exc, started)
             return
@@ -109,13 +129,16 @@ class Worker:
         if not publish.cancelled() and publish.exception() is not None:
             log.debug("task.started not published: %r", publish.exception())
 
-    async def call(self, task: Task, tier: str) -> Completion:
-        """Call the tier's model within the process's slots and the pools' shared limits."""
+    async def call(self, task: Task, tier: str, defer: bool = False) -> Completion:
+        """Call the tier's model within the process's slots and the pools' shared limits.
+
+        With `defer`, a tenant over its fair share gets FairShareDeferred instead of a wait.
+        """
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
         try:
             async with self.slots:
                 completion = await self.throttle.call(
-                    entry, task, lambda: self.providers.complete(entry, task))
+                    entry, task, lambda: self.providers.complete(entry, task), defer)
         except ProviderError as exc:
             self.controls.settle(entry, exc)
             raise
@@ -137,6 +160,14 @@ class Worker:
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
 
+    async def later(self, task: Task, tier: str, headers: dict[str, Any],
+                    delay_ms: float) -> None:
+        """Send the task back to the tail of its tier's queue after about `delay_ms`."""
+        level = retry_level(delay_ms)
+        await self.bus.publish(self.bus.names.retry, tier, task, priority=task.priority,
+                               message_id=task.id, headers={**headers, DELAY_HEADER: level},
+                               expiration=max(1.0, min(delay_ms, level)) / 1000)
+
     async def on_failure(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
                          exc: ProviderError, started: float) -> None:
         """Schedule a retry through the delay queues, or fail and dead-letter the task."""
@@ -144,11 +175,7 @@ class Worker:
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
                                       _retry_after_s(exc.headers))
-            level = retry_level(delay_ms)
-            await self.bus.publish(
-                self.bus.names.retry, tier, task, priority=task.priority, message_id=task.id,
-                headers={**headers, ATTEMPT_HEADER: attempt + 1, DELAY_HEADER: level},
-                expiration=min(delay_ms, level) / 1000)
+            await self.later(task, tier, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)

@@ -7,6 +7,7 @@ from services.worker.limiter.headers import (
 )
 from services.worker.limiter.limiter import Grant, SharedLimiter
 from services.worker.limiter.pools import (
+    FairShareDeferred,
     LimiterError,
     LimiterOptions,
     PoolLimits,
@@ -18,6 +19,7 @@ from services.worker.limiter.pools import (
 )
 
 __all__ = [
+    "FairShareDeferred",
     "Grant",
     "LimiterError",
     "LimiterOptions",

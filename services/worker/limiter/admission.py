@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from services.worker.limiter.bucket import DEFAULT_BURST_S, BucketState, decide
+from services.worker.limiter.bucket import DEFAULT_BURST_S, BucketState, call_interval, decide
 from services.worker.limiter.fairness import (
     FairParams,
     TenantState,
@@ -14,7 +14,8 @@ from services.worker.limiter.fairness import (
     joining_vt,
 )
 
-Reason = Literal["ok", "hold", "fair", "rate"]
+# "timeout" is SharedLimiter's own: a Redis call that timed out once, retried (never a script's).
+Reason = Literal["ok", "hold", "fair", "rate", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class PoolParams:
     tpm: float
     fair: FairParams
     burst_s: float = DEFAULT_BURST_S
+    jitter: float = 0.0  # a wait is lengthened by up to this fraction, at random
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class Request:
     cost: float
     weight: float = 1.0
     min_share: float = 0.0
+    # How many callers poll the pool's buckets in all (the asking worker's estimate), and a
+    # uniform random number in [0, 1): a capacity wait is spread over the next `contenders`
+    # calls' worth of refill, so that the pollers come back about one per call, not as a herd.
+    contenders: float = 1.0
+    u: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,11 @@ def _others(state: PoolState, tenant: str, now: float) -> tuple[bool, float | No
     return len(others) < len(active), min((t.vt for t in others), default=None), weight
 
 
+def spread(wait: float, interval: float, req: Request, params: PoolParams) -> float:
+    """Lengthen a wait at random: by up to `jitter` of it plus a call's refill per contender."""
+    return wait + req.u * (params.jitter * wait + (req.contenders - 1) * interval)
+
+
 def admit(state: PoolState, req: Request, params: PoolParams,
           now: float) -> tuple[Outcome, PoolState]:
     """Decide one acquire step at `now` and return the pool's next state."""
@@ -90,13 +102,16 @@ def admit(state: PoolState, req: Request, params: PoolParams,
     if slowest is not None and vt - slowest > params.fair.window:
         reason = "fair"
         wait = fair_wait(vt, slowest, others_weight + req.weight, params.tpm, params.fair)
+        wait = spread(wait, 0.0, req, params)  # a tenant's pollers need not come as a herd
     else:
         decision = decide(state.requests, state.tokens, params.rpm, params.tpm, req.cost, now,
                           params.burst_s)
         if decision.granted:
             vt = vt + req.cost / w_eff
         else:
-            reason, wait = "rate", decision.wait_s
+            reason = "rate"
+            wait = spread(decision.wait_s, call_interval(params.rpm, params.tpm, req.cost,
+                                                         params.burst_s), req, params)
 
     tenants = {name: (t if t.active_until is None or t.active_until > now
                       else replace(t, active_until=None))

@@ -59,6 +59,19 @@ def shortfall(level: float, need: float, limit: float) -> float:
     return (need - level) / (limit / 60)
 
 
+def call_interval(rpm: float, tpm: float, cost_tokens: float,
+                  burst_s: float = DEFAULT_BURST_S) -> float:
+    """Return the seconds the pool takes to refill one call's worth (its binding bucket)."""
+    interval = 0.0
+    if rpm > 0:
+        interval = 1 / (rpm / 60)
+    if tpm > 0:
+        tokens = min(cost_tokens, capacity(tpm, burst_s)) / (tpm / 60)
+        if tokens > interval:
+            interval = tokens
+    return interval
+
+
 def expiry_ms(level: float, limit: float, burst_s: float = DEFAULT_BURST_S) -> int:
     """Return how long to keep a stored bucket: until it is full again, plus a second."""
     return math.ceil((capacity(limit, burst_s) - level) / (limit / 60) * 1000) + 1000
@@ -112,6 +125,18 @@ def correct(state: BucketState | None, remaining: float | None, limit: float, no
     if remaining < level_at(state, limit, now, burst_s):
         return BucketState(remaining, now)
     return state
+
+
+def seed(state: BucketState | None, level: float | None, limit: float, now: float,
+         burst_s: float = DEFAULT_BURST_S) -> BucketState | None:
+    """Write `level` into a bucket Redis lost (missing); leave an existing one alone.
+
+    A restarted Redis reads every bucket as full; seeding only the missing ones never lowers
+    a bucket that other workers are drawing on.
+    """
+    if limit <= 0 or level is None or state is not None:
+        return state
+    return BucketState(min(level, capacity(limit, burst_s)), now)
 
 
 def utilisation(level: float | None, limit: float, burst_s: float = DEFAULT_BURST_S) -> float:

@@ -18,7 +18,7 @@ class FairParams:
     """How strictly shares are enforced in one pool."""
 
     window: float  # normalised tokens a tenant may lead the slowest active tenant by
-    grace_s: float = 2.0  # a tenant stays active this long after its last request
+    grace_s: float = 0.5  # a tenant stays active this long after the wait it was told
     min_wait_s: float = 0.01  # floors the recheck interval, so waiting never spins
     max_wait_s: float = 1.0  # caps it, so a tenant that goes idle releases the others soon
 

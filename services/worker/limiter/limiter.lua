@@ -6,7 +6,7 @@
 -- KEYS[1] requests bucket (hash level, ts)    KEYS[4] tenants' virtual times (hash)
 -- KEYS[2] tokens bucket (hash level, ts)      KEYS[5] tenants' weights (hash)
 -- KEYS[3] hold (string with a PX expiry)      KEYS[6] active tenants (zset: tenant -> until)
--- ARGV[1] mode: acquire | settle | sync | hold; the other arguments depend on the mode.
+-- ARGV[1] mode: acquire | settle | sync | seed | hold; the other arguments depend on the mode.
 -- Numbers go back as strings: Redis would truncate a Lua number to an integer.
 
 local function fmt(x)
@@ -47,6 +47,27 @@ local function shortfall(level, need, limit)
   return (need - level) / (limit / 60)
 end
 
+-- Seconds to refill one call's worth of the binding bucket (bucket.call_interval).
+local function call_interval(rpm, tpm, cost, burst)
+  local interval = 0
+  if rpm > 0 then
+    interval = 1 / (rpm / 60)
+  end
+  if tpm > 0 then
+    local tokens = math.min(cost, capacity(tpm, burst)) / (tpm / 60)
+    if tokens > interval then
+      interval = tokens
+    end
+  end
+  return interval
+end
+
+-- admission.spread: lengthen a wait at random (u in [0, 1)) by up to `jitter` of it plus one
+-- call's refill per other contender, so that waiters come back about one per call.
+local function spread(wait, interval, jitter, contenders, u)
+  return wait + u * (jitter * wait + (contenders - 1) * interval)
+end
+
 local function store(key, level, limit, burst, now)
   redis.call('HSET', key, 'level', fmt(level), 'ts', fmt(now))
   -- Once refilled it is the same as a missing bucket, so an idle pool simply expires.
@@ -55,7 +76,7 @@ local function store(key, level, limit, burst, now)
 end
 
 -- ARGV: mode, rpm, tpm, burst_s, cost, tenant, weight, min_share, window, grace_s,
---       min_wait_s, max_wait_s, state_ttl_ms
+--       min_wait_s, max_wait_s, state_ttl_ms, jitter, contenders, u
 -- Returns {granted, wait_ms, requests_level, tokens_level, reason, now, w_eff, vt}.
 local function acquire()
   local rpm, tpm, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -63,6 +84,7 @@ local function acquire()
   local weight, min_share, window = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local grace, min_wait, max_wait = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
   local state_ttl = tonumber(ARGV[13])
+  local jitter, contenders, u = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
   local now = clock()
 
   local held = redis.call('PTTL', KEYS[3])
@@ -121,6 +143,7 @@ local function acquire()
     elseif wait > max_wait then
       wait = max_wait
     end
+    wait = spread(wait, 0, jitter, contenders, u)
   else
     -- Both buckets must hold 1 request and `cost` tokens, or nothing is taken.
     local rlevel, tlevel, rwait, twait = nil, nil, 0, 0
@@ -134,7 +157,8 @@ local function acquire()
     end
     if rwait > 0 or twait > 0 then
       reason = 'rate'
-      wait = math.max(rwait, twait)
+      wait = spread(math.max(rwait, twait), call_interval(rpm, tpm, cost, burst), jitter,
+                    contenders, u)
     else
       granted = 1
       if rlevel ~= nil then
@@ -206,6 +230,31 @@ local function sync()
   return {rl, tl, fmt(now)}
 end
 
+-- ARGV: mode, rpm, tpm, burst_s, requests_level, tokens_level ('' = unknown). Writes the
+-- levels into buckets that do not exist (Redis restarted and lost them), never into one that
+-- does: other workers may be drawing on it. Returns {requests, tokens, now}.
+local function seed()
+  local rpm, tpm, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  local now = clock()
+  local levels = {tonumber(ARGV[5]), tonumber(ARGV[6])}
+  local limits = {rpm, tpm}
+  local out = {'', ''}
+  for i = 1, 2 do
+    local limit, level = limits[i], levels[i]
+    if limit > 0 then
+      if level ~= nil and redis.call('EXISTS', KEYS[i]) == 0 then
+        local cap = capacity(limit, burst)
+        if level > cap then
+          level = cap
+        end
+        store(KEYS[i], level, limit, burst, now)
+      end
+      out[i] = fmt(level_at(KEYS[i], limit, burst, now))
+    end
+  end
+  return {out[1], out[2], fmt(now)}
+end
+
 -- ARGV: mode, hold_ms. Extends the pool's hold, never shortens it. Returns the hold in ms.
 local function hold()
   local ms = tonumber(ARGV[2])
@@ -224,6 +273,8 @@ elseif mode == 'settle' then
   return settle()
 elseif mode == 'sync' then
   return sync()
+elseif mode == 'seed' then
+  return seed()
 elseif mode == 'hold' then
   return hold()
 end

@@ -11,18 +11,27 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from services.common.topology import Names
-from services.worker.limiter.admission import Outcome, PoolParams, Request
+from services.worker.limiter import bucket
+from services.worker.limiter.admission import Outcome, PoolParams, Request, spread
+from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams
 from services.worker.limiter.headers import remaining_from_headers, retry_after_from_headers
 from services.worker.limiter.local import LocalBuckets
-from services.worker.limiter.pools import LimiterOptions, PoolLimits, TenantShare, UnknownPool
+from services.worker.limiter.pools import (
+    FairShareDeferred,
+    LimiterOptions,
+    PoolLimits,
+    TenantShare,
+    UnknownPool,
+)
 from services.worker.limiter.shared import RedisPools
 from services.worker.limiter.stats import LimiterStats
 
@@ -33,7 +42,14 @@ T = TypeVar("T")
 # What Redis raises when it is unreachable, restarting, read-only or out of memory. The
 # worker must keep calling (throttled locally) through all of these, so none may escape.
 _REDIS_DOWN = (RedisError, OSError, TimeoutError)
+# A call that took too long: most often the event loop's own lag under load, not Redis. Only
+# pings that time out in a row too make it an outage. (TimeoutError is also an OSError.)
+_TIMEOUTS = (TimeoutError, RedisTimeout)
 _EQUAL_SHARE = TenantShare()
+
+
+class _SlowRedis(Exception):
+    """A Redis call timed out once: the caller retries; Redis is pinged to tell if it is down."""
 
 
 def _resume_cancellation() -> None:
@@ -60,6 +76,23 @@ class Grant:
     w_eff: float = 1.0
 
 
+@dataclass
+class _Turn:
+    """One (pool, tenant)'s callers in this process: the head asks Redis, the rest queue.
+
+    asyncio.Lock is FIFO (a new caller never barges past queued ones), so the callers are
+    served in order and each asks right after the one before it was granted.
+    """
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    callers: int = 0
+    polling: bool = False  # the head is waiting for the buckets' capacity
+    fair_until: float = 0.0  # monotonic time until which the tenant is over its fair share
+    # The buckets' levels right after the last grant (requests, tokens, monotonic time): the
+    # next caller need not ask before they can have refilled to its needs.
+    levels: tuple[float | None, float | None, float] | None = None
+
+
 class SharedLimiter:
     """Shares each pool's RPM and TPM among every worker through Redis, fairly by tenant."""
 
@@ -79,13 +112,17 @@ class SharedLimiter:
         self._workers = 1  # last known live workers; 1 until Redis has told us otherwise
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
+        self._run_id: str | None = None  # Redis's, to tell a restart (state lost) from a blip
+        self._turns: dict[tuple[str, str], _Turn] = {}
+        self._polling: dict[str, int] = {}  # per pool, heads waiting for its buckets
         self._random = random.Random()
 
     def _pool_params(self, limits: PoolLimits) -> PoolParams:
         o = self._options
         window = max(o.min_window_tokens, o.fair_window_s * limits.tpm / 60)
         fair = FairParams(window, o.grace_s, o.fair_min_wait_s, o.fair_max_wait_s)
-        return PoolParams(limits.rpm, limits.tpm, fair, limits.burst_s)
+        return PoolParams(limits.rpm, limits.tpm, fair, limits.burst_s, o.jitter)
 
     @property
     def fallback(self) -> bool:
@@ -119,15 +156,16 @@ class SharedLimiter:
 
     async def close(self) -> None:
         """Stop the heartbeat and leave the set of live workers."""
-        tasks = [t for t in (self._heartbeat_task, self._probe_task) if t is not None]
-        self._heartbeat_task = self._probe_task = None
+        tasks = [t for t in (self._heartbeat_task, self._probe_task, self._confirm_task)
+                 if t is not None]
+        self._heartbeat_task = self._probe_task = self._confirm_task = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if not self._fallback:
             try:
                 await self._redis(self._shared.heartbeat(self.worker_id, 0, leave=True))
-            except _REDIS_DOWN as exc:  # the heartbeat expires on its own
+            except (_SlowRedis, *_REDIS_DOWN) as exc:  # the heartbeat expires on its own
                 log.debug("limiter: could not leave the workers set: %s", exc)
 
     async def __aenter__(self) -> SharedLimiter:
@@ -149,6 +187,10 @@ class SharedLimiter:
             return
         try:
             self._set_workers(await self._heartbeat())
+            if self._run_id is None:
+                self._run_id = await self._redis(self._shared.run_id())
+        except _SlowRedis as exc:
+            log.debug("limiter: heartbeat skipped: %s", exc)
         except _REDIS_DOWN as exc:
             self._lost(exc)
 
@@ -163,14 +205,42 @@ class SharedLimiter:
     # -- Redis round trips and the fallback state --
 
     async def _redis(self, call: Awaitable[T]) -> T:
+        """Await one Redis call; raise _SlowRedis if it times out, and its error if it fails."""
         try:
             async with asyncio.timeout(self._options.redis_timeout_s):
                 result = await call
+        except _TIMEOUTS as exc:
+            _resume_cancellation()
+            self._timed_out(exc)
+            raise _SlowRedis(f"no answer within {self._options.redis_timeout_s} s") from exc
         except _REDIS_DOWN:
             _resume_cancellation()
             raise
         _resume_cancellation()
         return result
+
+    def _timed_out(self, exc: BaseException) -> None:
+        """A call timed out: find out in the background whether Redis is down or we were slow."""
+        self._stats.redis_timeout()
+        running = self._confirm_task is not None and not self._confirm_task.done()
+        if not self._fallback and not running:
+            self._confirm_task = asyncio.create_task(self._confirm(exc), name="limiter-confirm")
+
+    async def _confirm(self, first: BaseException) -> None:
+        """Ping Redis: an outage only if it refuses, or if every ping in a row times out."""
+        o = self._options
+        for _ in range(max(1, o.outage_pings)):
+            try:
+                async with asyncio.timeout(o.redis_timeout_s):
+                    await self._shared.ping()
+            except _TIMEOUTS as exc:
+                first = exc
+                continue
+            except _REDIS_DOWN as exc:
+                self._lost(exc)
+                return
+            return  # Redis answers: the timeout was a slow await (often our own loop's lag)
+        self._lost(first)
 
     def _lost(self, exc: BaseException) -> None:
         self._stats.redis_error()
@@ -195,45 +265,141 @@ class SharedLimiter:
         self._next_probe = time.monotonic() + self._options.probe_interval_s
         try:
             live = await self._heartbeat()
-            await self._reseed()
+            run_id = await self._redis(self._shared.run_id())
+            await self._reseed(run_id)
+        except _SlowRedis as exc:
+            log.debug("limiter: Redis still too slow: %s", exc)
+            return
         except _REDIS_DOWN as exc:
             self._lost(exc)
             return
+        self._run_id = run_id
         self._fallback = False
         self._stats.fallback(False)
         self._set_workers(live)
         log.info("limiter: Redis is back; sharing the pools again")
 
-    async def _reseed(self) -> None:
-        # A restarted Redis has lost its buckets, which then read as full: lower them to what
-        # all workers' local slices hold together, so that recovering is not a burst.
+    async def _reseed(self, run_id: str) -> None:
+        """Seed the buckets a restarted Redis lost with what the local slices hold together.
+
+        A lost bucket reads as full, and recovering must not be a burst. But a Redis that kept
+        its state (the same run id: we lost the connection, not Redis its data) holds live
+        buckets that other workers draw on: those are never touched. Even after a restart,
+        only missing buckets are written (another worker may have seeded them already).
+        """
+        if self._run_id is not None and run_id == self._run_id:
+            return
         n = self._workers
         for pool, limits in self._pools.items():
             req, tok = self._local.levels(pool, limits.divided(n))
             if req is not None or tok is not None:
-                await self._redis(self._shared.sync(
+                await self._redis(self._shared.seed(
                     pool, self._params[pool], None if req is None else max(0.0, req) * n,
                     None if tok is None else max(0.0, tok) * n))
 
     # -- the public API --
 
-    async def acquire(self, pool: str, tenant: str, tokens: int) -> Grant:
-        """Wait until the pool has a request and `tokens` tokens for this tenant; take them."""
+    async def acquire(self, pool: str, tenant: str, tokens: int, *,
+                      defer_fair_over_s: float | None = None) -> Grant:
+        """Wait until the pool has a request and `tokens` tokens for this tenant; take them.
+
+        With `defer_fair_over_s`, a tenant over its fair share that would wait longer than that
+        gets FairShareDeferred (nothing taken) instead of a wait; capacity waits never raise.
+        """
         limits = self._limits(pool)
         share = self._tenants.get(tenant, _EQUAL_SHARE)
-        req = Request(tenant, max(0, int(tokens)), share.weight, share.bounded_min_share)
+        cost = max(0, int(tokens))
+        key = (pool, tenant)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        self._defer_if_ahead(pool, turn, defer_fair_over_s)
         started = time.monotonic()
         attempts = 0
-        while True:
-            attempts += 1
-            outcome, mode = await self._attempt(pool, limits, req)
-            if outcome.granted:
-                break
-            self._stats.denied(pool, outcome.reason)
-            await asyncio.sleep(self._sleep_for(outcome.wait_s))
+        turn.callers += 1
+        try:
+            # One caller per (pool, tenant) asks Redis at a time; the others queue behind it.
+            async with turn.lock:
+                try:
+                    while True:
+                        behind = turn.fair_until - time.monotonic()
+                        if behind > 0:  # a caller before us was told the tenant leads
+                            self._defer_if_ahead(pool, turn, defer_fair_over_s)
+                            await asyncio.sleep(behind)
+                        if turn.levels is not None:  # the grant before ours left the buckets
+                            refill = self._refill_wait(pool, limits, turn, cost)
+                            if refill > 0:
+                                self._set_polling(pool, turn, True)
+                                await asyncio.sleep(refill)
+                        attempts += 1
+                        req = Request(tenant, cost, share.weight, share.bounded_min_share,
+                                      self._contenders(pool, turn), self._random.random())
+                        outcome, mode = await self._attempt(pool, limits, req)
+                        if outcome.granted:
+                            if mode == "shared" and turn.callers > 1:  # others queue behind
+                                turn.levels = (outcome.requests_level, outcome.tokens_level,
+                                               time.monotonic())
+                            break
+                        self._stats.denied(pool, outcome.reason)
+                        self._set_polling(pool, turn, outcome.reason == "rate")
+                        wait = self._sleep_for(outcome, mode)
+                        if outcome.reason == "fair":
+                            turn.fair_until = time.monotonic() + wait
+                            continue  # sleeps at the top, unless deferred
+                        await asyncio.sleep(wait)
+                finally:
+                    self._set_polling(pool, turn, False)
+        finally:
+            turn.callers -= 1
+            if turn.callers == 0 and turn.fair_until <= time.monotonic():
+                self._turns.pop(key, None)
         waited = time.monotonic() - started
-        self._stats.granted(pool, mode, int(req.cost), waited)
-        return Grant(pool, tenant, int(req.cost), mode, waited, attempts, outcome.w_eff)
+        self._stats.granted(pool, mode, cost, waited)
+        return Grant(pool, tenant, cost, mode, waited, attempts, outcome.w_eff)
+
+    def _defer_if_ahead(self, pool: str, turn: _Turn, defer_over_s: float | None) -> None:
+        """Raise FairShareDeferred if the tenant leads for longer than the caller would wait."""
+        if defer_over_s is None:
+            return
+        behind = turn.fair_until - time.monotonic()
+        if behind > defer_over_s:
+            self._stats.deferred(pool)
+            raise FairShareDeferred(behind)
+
+    def _refill_wait(self, pool: str, limits: PoolLimits, turn: _Turn, cost: int) -> float:
+        """Return how long the buckets the last grant left need to refill for `cost` (spread).
+
+        A lower bound: other workers' grants since then only make the real wait longer.
+        """
+        assert turn.levels is not None
+        requests, tokens, at = turn.levels
+        turn.levels = None
+        now = time.monotonic()
+        wait = 0.0
+        for level, limit, need in ((requests, limits.rpm, 1), (tokens, limits.tpm, cost)):
+            if level is not None and limit > 0:
+                have = bucket.level_at(BucketState(level, at), limit, now, limits.burst_s)
+                need = min(need, bucket.capacity(limit, limits.burst_s))
+                wait = max(wait, bucket.shortfall(have, need, limit))
+        if wait <= 0:
+            return 0.0
+        params = self._params[pool]
+        req = Request("", cost, contenders=self._contenders(pool, turn),
+                      u=self._random.random())
+        interval = bucket.call_interval(limits.rpm, limits.tpm, cost, limits.burst_s)
+        return min(spread(wait, interval, req, params), self._options.max_sleep_s)
+
+    def _set_polling(self, pool: str, turn: _Turn, polling: bool) -> None:
+        if turn.polling != polling:
+            turn.polling = polling
+            self._polling[pool] = self._polling.get(pool, 0) + (1 if polling else -1)
+
+    def _contenders(self, pool: str, turn: _Turn) -> float:
+        """Estimate how many callers poll the pool's buckets across all workers."""
+        # Only one caller per (pool, tenant) polls in each process; assume the other workers
+        # have as many as this one.
+        heads = self._polling.get(pool, 0) + (0 if turn.polling else 1)
+        return float(self._workers * heads)
 
     async def _attempt(self, pool: str, limits: PoolLimits,
                        req: Request) -> tuple[Outcome, Mode]:
@@ -244,6 +410,10 @@ class SharedLimiter:
             try:
                 outcome, _ = await self._redis(self._shared.acquire(
                     pool, self._params[pool], req, int(self._options.state_ttl_s * 1000)))
+            except _SlowRedis:
+                # Not an outage (yet): ask again soon. Had the script run, it took a call's
+                # worth that nobody uses; the bucket refills it.
+                return Outcome(False, self._options.timeout_retry_s, "timeout"), "shared"
             except _REDIS_DOWN as exc:
                 self._lost(exc)
             else:
@@ -255,9 +425,12 @@ class SharedLimiter:
         self._stats.levels(pool, mine, outcome.requests_level, outcome.tokens_level)
         return outcome, "local"
 
-    def _sleep_for(self, wait_s: float) -> float:
-        wait = min(max(wait_s, 0.001), self._options.max_sleep_s)
-        return wait * (1 + self._random.random() * self._options.jitter)
+    def _sleep_for(self, outcome: Outcome, mode: Mode) -> float:
+        wait = outcome.wait_s
+        if mode == "local" or outcome.reason not in ("fair", "rate"):
+            # The script spreads its own fair and capacity waits; spread the others here.
+            wait = wait * (1 + self._random.random() * self._options.jitter)
+        return min(max(wait, 0.001), self._options.max_sleep_s)
 
     async def settle(self, grant: Grant, actual_tokens: int) -> None:
         """Credit back (or debit) the difference between the estimate and the real usage."""
@@ -270,6 +443,9 @@ class SharedLimiter:
             try:
                 level = await self._redis(self._shared.settle(
                     grant.pool, limits.tpm, limits.burst_s, delta, grant.tenant, grant.w_eff))
+            except _SlowRedis as exc:  # it may have been applied: never apply it twice
+                log.debug("limiter: settle of %d tokens may be lost: %s", delta, exc)
+                return
             except _REDIS_DOWN as exc:
                 self._lost(exc)
             else:
@@ -285,11 +461,17 @@ class SharedLimiter:
             return
         self._stats.held(pool, seconds)
         self._local.hold(pool, seconds)  # so the hold outlives a Redis outage
-        if not self._fallback:
+        for _ in range(2):  # a hold is rare and matters: retry one timeout
+            if self._fallback:
+                return
             try:
                 await self._redis(self._shared.hold(pool, math.ceil(seconds * 1000)))
+            except _SlowRedis as exc:
+                log.debug("limiter: hold timed out: %s", exc)
+                continue
             except _REDIS_DOWN as exc:
                 self._lost(exc)
+            return
 
     async def rate_limited(self, pool: str, headers: Mapping[str, str]) -> float:
         """Record a 429 and hold the pool as long as its headers ask; return the hold."""
@@ -311,6 +493,9 @@ class SharedLimiter:
             try:
                 levels = await self._redis(self._shared.sync(pool, self._params[pool],
                                                              requests, tokens))
+            except _SlowRedis as exc:  # the next response's headers will tell us again
+                log.debug("limiter: remaining levels not applied: %s", exc)
+                return
             except _REDIS_DOWN as exc:
                 self._lost(exc)
             else:

@@ -17,6 +17,18 @@ class UnknownPool(LimiterError, KeyError):
     """No limits are configured under this pool name."""
 
 
+class FairShareDeferred(LimiterError):
+    """The tenant is over its fair share for longer than the caller would wait; nothing taken.
+
+    Raised by `acquire(..., defer_fair_over_s=...)` so that the caller can put its work back
+    (at the tail of its queue) instead of holding a slot while other tenants catch up.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"over the fair share; ask again in {wait_s:.3f} s")
+        self.wait_s = wait_s
+
+
 @dataclass(frozen=True)
 class PoolLimits:
     """One pool's budget; 0 means no limit known."""
@@ -79,15 +91,19 @@ class LimiterOptions:
 
     fair_window_s: float = 1.0  # a tenant may lead by this many seconds of the pool's TPM...
     min_window_tokens: float = 1_000.0  # ...and by at least this many (tokens / weight)
-    grace_s: float = 2.0  # a tenant counts as backlogged this long after its last request
+    # A tenant counts as backlogged this long beyond the wait it was last told (its callers
+    # come back within that wait), so one that has stopped asking stops holding others back.
+    grace_s: float = 0.5
     fair_min_wait_s: float = 0.01
     fair_max_wait_s: float = 1.0
     state_ttl_s: float = 600.0  # idle pools' fairness state expires after this
-    redis_timeout_s: float = 0.5  # a slower answer counts as an outage
+    redis_timeout_s: float = 0.5  # a slower answer is retried, and makes us ping Redis...
+    outage_pings: int = 3  # ...and only this many pings in a row timing out is an outage
     probe_interval_s: float = 1.0  # how often to try Redis again during an outage
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     max_sleep_s: float = 5.0  # ask again at least this often, whatever the wait
     jitter: float = 0.1  # spreads waiters' wake-ups so they do not retry in one herd
+    timeout_retry_s: float = 0.05  # a caller whose Redis call timed out asks again after this
     default_hold_s: float = 1.0  # a 429 without usable headers holds the pool this long
     max_hold_s: float = 120.0

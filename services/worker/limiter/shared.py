@@ -64,13 +64,14 @@ def _pool_args(params: PoolParams, state_ttl_ms: int) -> tuple[list[str], list[s
     fair = params.fair
     return (["acquire", _num(params.rpm), _num(params.tpm), _num(params.burst_s)],
             [_num(fair.window), _num(fair.grace_s), _num(fair.min_wait_s),
-             _num(fair.max_wait_s), str(state_ttl_ms)])
+             _num(fair.max_wait_s), str(state_ttl_ms), _num(params.jitter)])
 
 
 class RedisPools:
     """The limiter's calls to Redis; every one is a single atomic script run (EVALSHA)."""
 
     def __init__(self, redis: Redis, names: Names) -> None:
+        self._redis = redis
         self._names = names
         self._limiter = redis.register_script(LIMITER_LUA)
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
@@ -91,7 +92,8 @@ class RedisPools:
         """Run one acquire step; return its outcome and the Redis time it was decided at."""
         head, tail = _pool_args(params, state_ttl_ms)
         reply = await self._run(pool, (*head, _num(req.cost), req.tenant, _num(req.weight),
-                                       _num(req.min_share), *tail))
+                                       _num(req.min_share), *tail, _num(req.contenders),
+                                       _num(req.u)))
         granted, wait_ms, req_level, tok_level, reason, now, w_eff, vt = reply
         outcome = Outcome(granted=int(granted) == 1, wait_s=float(_text(wait_ms)) / 1000,
                           reason=cast(Reason, _text(reason)), requests_level=_float(req_level),
@@ -115,9 +117,25 @@ class RedisPools:
             "" if remaining_tokens is None else _num(remaining_tokens)))
         return _float(reply[0]), _float(reply[1])
 
+    async def seed(self, pool: str, params: PoolParams, requests: float | None,
+                   tokens: float | None) -> tuple[float | None, float | None]:
+        """Write levels into the pool's buckets that Redis lost; return both levels after."""
+        reply = await self._run(pool, (
+            "seed", _num(params.rpm), _num(params.tpm), _num(params.burst_s),
+            "" if requests is None else _num(requests), "" if tokens is None else _num(tokens)))
+        return _float(reply[0]), _float(reply[1])
+
     async def hold(self, pool: str, ms: int) -> int:
         """Put the pool on hold for `ms` unless it already is for longer; return the hold."""
         return int(await self._run(pool, ("hold", max(1, ms))))
+
+    async def run_id(self) -> str:
+        """Return the Redis server's run id, which changes when it restarts (losing state)."""
+        info = await self._redis.info("server")
+        return _text(info.get("run_id", ""))
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
 
     async def heartbeat(self, member: str, ttl_ms: int, leave: bool = False) -> int:
         """Refresh (or remove) this worker's heartbeat; return the live workers."""

@@ -8,8 +8,9 @@ from collections import Counter, deque
 from services.worker.limiter import bucket, metrics
 from services.worker.limiter.pools import PoolLimits
 
-_TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "settles",
-           "holds", "rate_limited", "redis_errors", "fallback_events")
+_TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "deferrals",
+           "settles", "holds", "rate_limited", "redis_errors", "redis_timeouts",
+           "fallback_events")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,6 +43,10 @@ class LimiterStats:
         self._counts["denials"] += 1
         metrics.DENIALS.labels(pool, reason).inc()
 
+    def deferred(self, pool: str) -> None:
+        """A caller over its tenant's fair share was told to come back (FairShareDeferred)."""
+        self._counts["deferrals"] += 1
+
     def decided(self, pool: str, elapsed_s: float) -> None:
         self._latencies.append(elapsed_s)
         metrics.DECISION_SECONDS.labels(pool).observe(elapsed_s)
@@ -61,6 +66,10 @@ class LimiterStats:
 
     def redis_error(self) -> None:
         self._counts["redis_errors"] += 1
+
+    def redis_timeout(self) -> None:
+        """A Redis call timed out (retried; an outage only if pings time out too)."""
+        self._counts["redis_timeouts"] += 1
 
     def fallback(self, on: bool) -> None:
         if on:
