@@ -29,14 +29,15 @@ def measure(system: System, workload: Workload, opts: Options) -> Result:
             done[record.tenant] += 1
 
     def tick() -> None:
-        if specs := backlog.top_up(system.queued()):
+        if specs := backlog.top_up(done):
             system.publish(specs)
         collect()
         watch.update(dict(http("GET", f"{system.mock}/stats", timeout=5)[1]), time.monotonic())
 
     started = time.monotonic()
-    system.publish(backlog.top_up(0))
-    print(f"  [{system.name}] backlog of {backlog.high:,} published; waiting for the burst "
+    system.publish(backlog.top_up(done))
+    print(f"  [{system.name}] backlog of {sum(backlog.published.values()):,} published; "
+          "waiting for the burst "
           "to be spent", flush=True)
     while True:
         tick()

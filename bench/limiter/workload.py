@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.tokens import count_messages, count_text
@@ -11,6 +12,7 @@ from services.common.tokens import count_messages, count_text
 TENANTS = ("flood", "light-a", "light-b")
 FLOOD = TENANTS[0]
 LIGHT = TENANTS[1:]
+BLOCK = 60  # tasks published at a time when a tenant runs low
 # Filler words of four letters: one token each by services/common/tokens.py's count.
 _WORDS = ("data", "text", "case", "item", "word", "line", "note", "part", "form", "list",
           "page", "site", "unit", "plan", "task", "goal", "step", "rule", "file", "code")
@@ -88,22 +90,35 @@ class Workload:
             out.append(self._spec(tenant, self.made[tenant]))
         return out
 
+    def share(self, tenant: str) -> float:
+        """Return the tenant's share of the tasks the workload makes."""
+        flood = 10 * self.opts.flood_ratio
+        return (flood if tenant == FLOOD else 10) / (flood + 10 * len(LIGHT))
+
     def charged(self, tenant: str) -> int:
         """What the provider's TPM limit charges one call of this tenant."""
         return count_messages(self.cost[tenant]) + self.opts.max_tokens
 
 
 class Backlog:
-    """Keep between `low` and `high` tasks of a workload waiting; count what went out."""
+    """Keep every tenant backlogged: at least its share of `low` tasks outstanding."""
 
     def __init__(self, workload: Workload, low: int, high: int) -> None:
         self.workload, self.low, self.high = workload, low, high
         self.published: Counter[str] = Counter()
 
-    def top_up(self, waiting: int) -> list[Spec]:
-        """Return the tasks to publish now that `waiting` are in the broker (often none)."""
-        if waiting >= self.low:
-            return []
-        specs = self.workload.take(self.high - waiting)
-        self.published.update(s.tenant for s in specs)
+    def top_up(self, done: Mapping[str, int]) -> list[Spec]:
+        """Return the tasks to publish now, given how many of each tenant's are done.
+
+        Topping up on the broker's total depth would let a tenant run dry while another's
+        deferred tasks keep the queue full; the fair share is only defined among tenants
+        that stay backlogged. Tasks come in the workload's fixed mix, at most `high` a call.
+        """
+        specs: list[Spec] = []
+        while len(specs) < self.high and any(
+                self.published[t] - done.get(t, 0) < self.low * self.workload.share(t)
+                for t in TENANTS):
+            batch = self.workload.take(BLOCK)
+            self.published.update(s.tenant for s in batch)
+            specs += batch
         return specs
