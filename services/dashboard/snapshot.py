@@ -197,12 +197,12 @@ def alert_list(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         unit = UNITS.get(row["rule"], "")
         value, threshold = describe(row["value"], unit), describe(row["threshold"], unit)
-        detail = f" ({row['detail']})" if row.get("detail") else ""
+        detail = f"· {row['detail']}" if row.get("detail") else ""
         out.append({"rule": row["rule"], "title": TITLES.get(row["rule"], row["rule"]),
                     "state": row["state"], "since": row["since"], "value": row["value"],
                     "threshold": row["threshold"],
-                    "text": f"{TITLES.get(row['rule'], row['rule'])}: {value} "
-                            f"(threshold {threshold}){detail}"})
+                    "text": f"{TITLES.get(row['rule'], row['rule'])}: {value}, "
+                            f"threshold {threshold} {detail}".rstrip()})
     return out
 
 

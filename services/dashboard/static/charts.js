@@ -145,11 +145,14 @@
     });
     traces.push({type: "bar", name: "429s", x, y: s.rate_limited, yaxis: "y2",
       marker: {color: "rgba(217,83,79,0.55)"}});
+    // Whole-number ticks: with few 429s "auto" ticks at 0.5 steps print 0, 1, 1 under ",d".
+    const most429 = Math.max(0, ...s.rate_limited.filter((v) => v !== null));
     const lay = layout(doc, {
       yaxis: Object.assign(layout(doc).yaxis, {range: [0, 105], ticksuffix: "%", rangemode: "normal"}),
-      yaxis2: {overlaying: "y", side: "right", showgrid: false, rangemode: "tozero",
-        tickmode: "auto", nticks: 5, tickformat: ",d", fixedrange: true,
-        title: {text: "429s"}}});
+      yaxis2: Object.assign({overlaying: "y", side: "right", showgrid: false,
+        rangemode: "tozero", tickformat: ",d", fixedrange: true, title: {text: "429s"}},
+        most429 < 5 ? {tickmode: "linear", dtick: 1, range: [0, Math.max(1, most429)]}
+                    : {tickmode: "auto", nticks: 5})});
     lay.margin = Object.assign({}, lay.margin, {r: 48});
     const has = traces.length > 1 || anyValue([s.rate_limited]);
     return [traces, has ? lay : empty(lay, "No limiter stats yet")];
