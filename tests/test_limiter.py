@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -188,6 +189,69 @@ def test_joining_vt(vt: float | None, slowest: float | None, active: bool,
     assert joining_vt(vt, slowest, 50.0, active) == expected
 
 
+def test_joining_vt_from_the_queue_keeps_its_place_within_a_window() -> None:
+    # Back from the queue: not lifted to the slowest, only to a window behind the askers.
+    assert joining_vt(10.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 50.0
+    assert joining_vt(80.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 80.0
+    assert joining_vt(None, 0.0, 50.0, False, queued=True, slowest_asking=100.0) == 50.0
+    assert joining_vt(500.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 150.0
+
+
+def test_queued_tenant_that_is_not_asking_makes_the_leader_wait() -> None:
+    """A tenant whose tasks sit in the queue behind a flood counts as backlogged: the flood
+    is held to its fair share (and deferred), until the queued work goes stale."""
+    params = PoolParams(rpm=0, tpm=60_000, fair=FairParams(window=1000.0))
+    now = 100.0
+    flood = TenantState(vt=50_000.0, weight=1.0, active_until=now + 1)
+    light = TenantState(vt=10_000.0, weight=1.0)  # not asking: no worker reached its tasks
+    req = Request("flood", 500)
+
+    alone = PoolState(tenants={"flood": flood, "light": light})
+    assert admit(alone, req, params, now)[0].reason == "ok"  # nobody else is backlogged
+
+    queued = replace(alone, backlog={"light": (3, now + 60)})
+    outcome, after = admit(queued, req, params, now)
+    assert (outcome.granted, outcome.reason) == (False, "fair") and outcome.wait_s > 0
+    assert after.tenants["light"].vt == 10_000.0  # it keeps its place while it waits
+
+    stale = replace(alone, backlog={"light": (3, now - 1)})  # not touched within the TTL
+    outcome, after = admit(stale, req, params, now)
+    assert outcome.reason == "ok" and after.backlog == {}
+    assert admit(replace(alone, backlog={"light": (0, now + 60)}), req, params,
+                 now)[0].reason == "ok"  # all its tasks done
+
+    # A never-seen tenant with queued work counts too (from vt 0).
+    assert admit(replace(alone, backlog={"new": (1, now + 60)}), req, params,
+                 now)[0].reason == "fair"
+
+    # When its tasks reach a worker, its catch-up is bounded to a window behind the askers.
+    outcome, _ = admit(queued, Request("light", 500), params, now)
+    assert outcome.granted and outcome.vt == 50_000.0 - 1000.0 + 500
+
+
+def test_backlog_mode_counts_and_never_goes_below_zero(names: Names) -> None:
+    keys = PoolKeys.of(names, "p")
+
+    async def main(client: Redis) -> None:
+        script = client.register_script(LIMITER_LUA)
+
+        async def add(tenant: str, delta: int) -> int:
+            return int(await script(keys=keys.all(),
+                                    args=["backlog", tenant, str(delta), "60000"]))
+
+        assert await add("a", 1) == 1 and await add("a", 1) == 2
+        assert await add("a", -1) == 1 and await add("a", -1) == 0
+        assert await add("a", -1) == 0 and await add("b", -1) == 0  # clamped at 0
+        assert await client.hgetall(keys.backlog) == {}
+        assert await client.zcard(keys.queued) == 0
+        assert await add("a", 1) == 1
+        assert 59_000 < await client.pttl(keys.queued) <= 60_000
+        until = await client.zscore(keys.queued, "a")
+        assert until is not None and 59 < until - await redis_now(client) <= 60
+
+    run(main)
+
+
 @pytest.mark.parametrize(("weight", "min_share", "others", "expected"), [
     (1.0, 0.0, 3.0, 1.0), (1.0, 0.5, 3.0, 3.0), (5.0, 0.5, 3.0, 5.0), (1.0, 0.5, 0.0, 1.0)])
 def test_effective_weight(weight: float, min_share: float, others: float,
@@ -286,8 +350,12 @@ async def read_state(client: Redis, keys: PoolKeys) -> PoolState:
                                                                      withscores=True)))
     tenants = {name.decode(): TenantState(float(vt), float(weights[name]), active.get(name))
                for name, vt in vts.items()}
+    counts: dict[bytes, bytes] = cast(Any, await client.hgetall(keys.backlog))
+    queued: list[tuple[bytes, float]] = cast(Any, await client.zrange(keys.queued, 0, -1,
+                                                                      withscores=True))
+    backlog = {name.decode(): (int(counts.get(name, b"0")), until) for name, until in queued}
     return PoolState(as_bucket(await client.hgetall(keys.requests)),
-                     as_bucket(await client.hgetall(keys.tokens)), 0.0, tenants)
+                     as_bucket(await client.hgetall(keys.tokens)), 0.0, tenants, backlog)
 
 
 async def scramble(client: Redis, keys: PoolKeys, params: PoolParams,
@@ -310,6 +378,14 @@ async def scramble(client: Redis, keys: PoolKeys, params: PoolParams,
             await client.zrem(keys.active, tenant)
         else:
             await client.zadd(keys.active, {tenant: now + rng.uniform(-2, 3)})
+    # Queued work, fresh or stale, of the configured tenants and of one never seen ("d").
+    for tenant in [*shares, "d"]:
+        if rng.random() < 0.5:
+            await client.hdel(keys.backlog, tenant)
+            await client.zrem(keys.queued, tenant)
+        else:
+            await client.hset(keys.backlog, tenant, str(rng.randint(0, 3)))
+            await client.zadd(keys.queued, {tenant: now + rng.uniform(-2, 30)})
 
 
 def acquire_args(params: PoolParams, req: Request) -> list[str]:
@@ -331,6 +407,9 @@ def assert_same_state(ours: PoolState, lua: PoolState) -> None:
         theirs_t = lua.tenants[name]
         assert close(mine_t.vt, theirs_t.vt) and close(mine_t.weight, theirs_t.weight)
         assert close(mine_t.active_until, theirs_t.active_until), name
+    assert set(ours.backlog) == set(lua.backlog)
+    for name, (count, until) in ours.backlog.items():
+        assert count == lua.backlog[name][0] and close(until, lua.backlog[name][1])
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -34,6 +34,7 @@ from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, Names, declar
 from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
 from services.router.metrics import ROUTED
 from services.router.policy import RouteDecision, choose_tier
+from services.worker.limiter import Backlog
 
 log = logging.getLogger(__name__)
 SERVICE = "router"
@@ -57,8 +58,9 @@ class Router:
 
     def __init__(self, bus: Bus, cache: ExactCache, config: AgentqConfig,
                  semantic: SemanticCache | None = None,
-                 ledger: SpendLedger | None = None) -> None:
+                 ledger: SpendLedger | None = None, backlog: Backlog | None = None) -> None:
         self.bus = bus
+        self.backlog = backlog  # tells the limiter which tenants have tasks queued
         self.cache = cache
         self.config = config
         self.semantic = semantic
@@ -96,6 +98,8 @@ class Router:
             headers[VERIFY_HEADER] = json.dumps({"key": semantic.key,
                                                  "output": semantic.answer.output,
                                                  "similarity": semantic.similarity})
+        if self.backlog is not None:  # before the publish: a worker may finish it at once
+            await self.backlog.queued(task.tenant, decision.tier)
         await self.bus.publish(self.bus.names.work, decision.tier, task,
                                priority=task.priority, message_id=task.id, headers=headers)
         ROUTED.labels(tier=decision.tier, cache="miss").inc()
@@ -136,7 +140,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await semantic.sync(force=True)  # load every live entry before the first lookup
         gc.freeze()  # full collections skip what start-up built (the index among it): short pauses
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
-        router = Router(bus, exact, config, semantic, SpendLedger(redis, names))
+        router = Router(bus, exact, config, semantic, SpendLedger(redis, names),
+                        Backlog(redis, names, config))
         await bus.consume(names.tasks, router.handle, prefetch=200)
         log.info("router consuming %s", names.tasks)
         await stop.wait()

@@ -35,8 +35,10 @@ from services.common.topology import (
     declare_topology,
     retry_level,
 )
+from services.common.work_headers import ROUTED_TIER_HEADER
 from services.worker.controls import CostControls
 from services.worker.limiter import (
+    Backlog,
     FairShareDeferred,
     SharedLimiter,
     pools_from_config,
@@ -62,8 +64,10 @@ class Worker:
     """Handle one work message from start to a confirmed Result."""
 
     def __init__(self, bus: Bus, providers: Providers, config: AgentqConfig, settings: Settings,
-                 controls: CostControls, throttle: Throttle, concurrency: int) -> None:
+                 controls: CostControls, throttle: Throttle, concurrency: int,
+                 backlog: Backlog | None = None) -> None:
         self.bus = bus
+        self.backlog = backlog  # counts a task out of its tenant's queued work when it ends
         self.providers = providers
         self.config = config
         self.settings = settings
@@ -91,12 +95,14 @@ class Worker:
             raise RejectMessage(f"unknown tier {tier!r}")
         attempt = int(headers.get(ATTEMPT_HEADER) or 1)
         if not await self.controls.admit(task, tier, headers):  # held, refused or deduped
+            budget = self.config.tenant(task.tenant).budget
+            if budget is None or budget.hard_action != "hold":  # refused or deduped: it ended
+                await self.done(task, tier, headers)
             return
-        self.announce(task, tier, attempt)
         started = time.time()
         deferrals = int(headers.get(DEFERRALS_HEADER) or 0)
         try:
-            completion = await self.call(task, tier, defer=deferrals < MAX_DEFERRALS)
+            completion = await self.call(task, tier, attempt, defer=deferrals < MAX_DEFERRALS)
         except FairShareDeferred as exc:
             await self.controls.abandon(task, tier, headers)
             await self.later(task, tier, {**headers, DEFERRALS_HEADER: deferrals + 1},
@@ -112,10 +118,16 @@ class Worker:
         if result is None:  # the answer failed its validator: escalated to the next tier
             return
         await publish_result(self.bus, result, task.reply_to)
+        await self.done(task, tier, headers)
         await emit(self.bus, "task.completed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, model=result.model, cost_usd=result.cost_usd,
                    attempts=attempt, llm_ms=result.latency_ms.llm, reason=result.route_reason,
                    status=result.status)
+
+    async def done(self, task: Task, tier: str, headers: dict[str, Any]) -> None:
+        """Count the task out of its tenant's queued work (the router counted it in)."""
+        if self.backlog is not None:
+            await self.backlog.done(task.tenant, str(headers.get(ROUTED_TIER_HEADER) or tier))
 
     def announce(self, task: Task, tier: str, attempt: int) -> None:
         """Say the task is running, without holding the task up for the broker's confirm."""
@@ -129,16 +141,22 @@ class Worker:
         if not publish.cancelled() and publish.exception() is not None:
             log.debug("task.started not published: %r", publish.exception())
 
-    async def call(self, task: Task, tier: str, defer: bool = False) -> Completion:
+    async def call(self, task: Task, tier: str, attempt: int = 1,
+                   defer: bool = False) -> Completion:
         """Call the tier's model within the process's slots and the pools' shared limits.
 
         With `defer`, a tenant over its fair share gets FairShareDeferred instead of a wait.
         """
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
+
+        async def send() -> Completion:
+            # Announced once the limiter granted the call: a deferred task is not running.
+            self.announce(task, tier, attempt)
+            return await self.providers.complete(entry, task)
+
         try:
             async with self.slots:
-                completion = await self.throttle.call(
-                    entry, task, lambda: self.providers.complete(entry, task), defer)
+                completion = await self.throttle.call(entry, task, send, defer)
         except ProviderError as exc:
             self.controls.settle(entry, exc)
             raise
@@ -193,6 +211,7 @@ class Worker:
             route_reason=str(headers.get(ROUTE_HEADER, "")))
         await self.controls.abandon(task, tier, headers)
         await publish_result(self.bus, result, task.reply_to)
+        await self.done(task, tier, headers)
         await self.bus.publish(self.bus.names.dlx, f"{tier}.{exc.code}", task,
                                message_id=task.id,
                                headers={**headers, ERROR_HEADER: f"{exc.code}: {exc}"[:4000]})
@@ -256,7 +275,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
                         CostControls(bus, config, redis, exact, semantic),
                         Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
                                                   in config.providers.items()}),
-                        concurrency)
+                        concurrency, Backlog(redis, names, config))
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
         log.info("worker %s consuming %s with prefetch %d", worker_id, tiers, prefetch)

@@ -17,8 +17,10 @@ from services.worker.limiter.pools import (
     pools_from_config,
     tenants_from_config,
 )
+from services.worker.limiter.shared import Backlog
 
 __all__ = [
+    "Backlog",
     "FairShareDeferred",
     "Grant",
     "LimiterError",
