@@ -55,6 +55,9 @@ HEARTBEAT_S = 5.0
 # A tenant over its fair share sends its task back to the queue, so that workers can reach
 # the other tenants' tasks behind a flood; after this many turns it waits in place instead.
 MAX_DEFERRALS = 50
+# Each turn through the queue costs a publish, a delivery and a limiter decision: a deferred
+# task stays out at least this long, so a flood does not keep the broker busy cycling.
+DEFER_MIN_MS = 2_000
 DEFERRED = Counter("agentq_worker_fair_deferrals_total",
                    "Tasks sent back to the queue because their tenant was over its fair share",
                    ["tier"])
@@ -106,7 +109,7 @@ class Worker:
         except FairShareDeferred as exc:
             await self.controls.abandon(task, tier, headers)
             await self.later(task, tier, {**headers, DEFERRALS_HEADER: deferrals + 1},
-                             exc.wait_s * 1000)
+                             max(DEFER_MIN_MS, exc.wait_s * 1000))
             DEFERRED.labels(tier).inc()
             return
         except ProviderError as exc:
