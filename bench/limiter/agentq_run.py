@@ -14,7 +14,7 @@ from typing import Any
 import pika
 
 from bench.limiter.measure import limiter_figures
-from bench.limiter.system import Record, connect, kill_groups, queue_depth
+from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
 from services.common.topology import Names, declare
 from tests.stack import (
@@ -104,7 +104,6 @@ class AgentqSystem:
         exit_stack.callback(self.collector.stop)
         self.channel = connect(exit_stack).channel()
         self.props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        self.queues = [f"{self.ns}.submit", f"{self.ns}.tasks", f"{self.ns}.work.cheap"]
         self.window_events_from = 0.0
 
     def _stop_workers(self) -> None:
@@ -121,9 +120,6 @@ class AgentqSystem:
                     "tier": "cheap", "cache": "off", "metadata": {"bench": "limiter"}}
             self.channel.basic_publish(f"{self.ns}.submit", "task", json.dumps(body).encode(),
                                        self.props)
-
-    def queued(self) -> int:
-        return queue_depth(self.channel, self.queues)
 
     def collect(self) -> list[Record]:
         return self.collector.take()

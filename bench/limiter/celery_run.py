@@ -14,7 +14,7 @@ import pika
 import pika.exceptions
 import redis
 
-from bench.limiter.system import Record, connect, kill_groups, queue_depth
+from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
 from tests.stack import AMQP_URL, REDIS_URL, ROOT, Stack, free_port, http, wait_until
 
@@ -97,9 +97,6 @@ class CelerySystem:
             for s in specs:
                 self.app.send_task(self.task_name, args=[s.tenant, s.messages, s.max_tokens],
                                    queue=self.queue, producer=producer)
-
-    def queued(self) -> int:
-        return queue_depth(self.channel, [self.queue])
 
     def collect(self) -> list[Record]:
         raw = self.redis.lrange(self.served_key, self.read, -1)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import pika
 
@@ -31,7 +31,6 @@ class System(Protocol):
     mock: str
 
     def publish(self, specs: list[Spec]) -> None: ...
-    def queued(self) -> int: ...
     def collect(self) -> list[Record]: ...
     def limiter_snapshot(self) -> dict[str, float] | None: ...
     def events_p99(self) -> float | None: ...
@@ -48,14 +47,6 @@ def connect(exit_stack: contextlib.ExitStack) -> pika.BlockingConnection:
 
     exit_stack.callback(close)
     return connection
-
-
-def queue_depth(channel: Any, queues: list[str]) -> int:
-    """Return how many messages wait in `queues` in all."""
-    total = 0
-    for queue in queues:
-        total += channel.queue_declare(queue, passive=True).method.message_count
-    return total
 
 
 def kill_groups(processes: list[subprocess.Popen[bytes]], grace_s: float) -> None:
