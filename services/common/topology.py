@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aio_pika
@@ -46,6 +47,14 @@ class Names:
 
     def work_queue(self, tier: str) -> str:
         return f"{self.ns}.work.{tier}"
+
+    def lane_queue(self, tier: str, tenant: str) -> str:
+        """Return the work queue of one tenant in one tier (its lane)."""
+        return f"{self.ns}.work.{lane_route(tier, tenant)}"
+
+    def lanes_key(self, tier: str) -> str:
+        """Return the Redis set of the tenants that have a lane in `tier`."""
+        return self.redis_key("lanes", tier)
 
     @property
     def retry(self) -> str:
@@ -111,6 +120,16 @@ class Names:
                 self.results_store, self.dead, self.rejected]
 
 
+def lane_route(tier: str, tenant: str) -> str:
+    """Return the work routing key of a tenant's lane: `<tier>.<tenant>`."""
+    return f"{tier}.{tenant}"
+
+
+def tier_of(route: str) -> str:
+    """Return the tier of a work routing key, a tier's own (`cheap`) or a lane's."""
+    return route.split(".", 1)[0]
+
+
 def retry_level(delay_ms: float) -> int:
     """Return the holding-queue level that a retry delay waits in."""
     for level in RETRY_LEVELS_MS:
@@ -158,7 +177,8 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     await queue(names.dead, {"x-queue-type": "quorum"}, names.dlx)
     await queue(names.rejected, {"x-queue-type": "quorum"})
     for level in RETRY_LEVELS_MS:
-        # Expired retries go back to the work exchange under their original routing key (tier).
+        # Expired retries go back to the work exchange under their original routing key (the
+        # tier or the lane they came from).
         declared = await channel.declare_queue(
             names.retry_queue(level), durable=True,
             arguments={"x-queue-type": "classic", "x-message-ttl": level,
@@ -167,9 +187,18 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
                                                         DELAY_HEADER: level})
 
 
-async def delete_topology(channel: AbstractChannel, names: Names) -> None:
-    """Delete every queue and exchange of a namespace (tests and `agentq topology --delete`)."""
-    for name in names.queues():
+async def declare_lane(channel: AbstractChannel, names: Names, tier: str, tenant: str) -> None:
+    """Declare a tenant's lane in a tier and bind it to the work exchange; idempotent."""
+    declared = await channel.declare_queue(names.lane_queue(tier, tenant), durable=True,
+                                           arguments=_quorum(names))
+    await declared.bind(names.work, routing_key=lane_route(tier, tenant))
+
+
+async def delete_topology(channel: AbstractChannel, names: Names,
+                          lanes: Iterable[tuple[str, str]] = ()) -> None:
+    """Delete every queue and exchange of a namespace, and the (tier, tenant) `lanes` given
+    (tests and `agentq topology --delete`)."""
+    for name in [*names.queues(), *(names.lane_queue(t, tenant) for t, tenant in lanes)]:
         await channel.queue_delete(name)
     for name in names.exchanges():
         await channel.exchange_delete(name)

@@ -18,6 +18,7 @@ from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
+from services.common.lanes import LaneDirectory
 from services.common.models import Latency, Result, Task
 from services.common.pricing import saved
 from services.common.publishing import emit, publish_result
@@ -34,7 +35,6 @@ from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, Names, declar
 from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
 from services.router.metrics import ROUTED
 from services.router.policy import RouteDecision, choose_tier
-from services.worker.limiter import Backlog
 
 log = logging.getLogger(__name__)
 SERVICE = "router"
@@ -58,9 +58,9 @@ class Router:
 
     def __init__(self, bus: Bus, cache: ExactCache, config: AgentqConfig,
                  semantic: SemanticCache | None = None,
-                 ledger: SpendLedger | None = None, backlog: Backlog | None = None) -> None:
+                 ledger: SpendLedger | None = None, lanes: LaneDirectory | None = None) -> None:
         self.bus = bus
-        self.backlog = backlog  # tells the limiter which tenants have tasks queued
+        self.lanes = lanes  # each tenant's work waits in its own lane (None: the tier's queue)
         self.cache = cache
         self.config = config
         self.semantic = semantic
@@ -98,9 +98,9 @@ class Router:
             headers[VERIFY_HEADER] = json.dumps({"key": semantic.key,
                                                  "output": semantic.answer.output,
                                                  "similarity": semantic.similarity})
-        if self.backlog is not None:  # before the publish: a worker may finish it at once
-            await self.backlog.queued(task.tenant, decision.tier)
-        await self.bus.publish(self.bus.names.work, decision.tier, task,
+        route = (await self.lanes.route(decision.tier, task.tenant) if self.lanes is not None
+                 else decision.tier)
+        await self.bus.publish(self.bus.names.work, route, task,
                                priority=task.priority, message_id=task.id, headers=headers)
         ROUTED.labels(tier=decision.tier, cache="miss").inc()
         await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
@@ -141,7 +141,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         gc.freeze()  # full collections skip what start-up built (the index among it): short pauses
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         router = Router(bus, exact, config, semantic, SpendLedger(redis, names),
-                        Backlog(redis, names, config))
+                        LaneDirectory(await bus.connection.channel(), redis, names))
         await bus.consume(names.tasks, router.handle, prefetch=200)
         log.info("router consuming %s", names.tasks)
         await stop.wait()

@@ -17,6 +17,7 @@ from services.common.cache import CachedAnswer, ExactCache, cache_key, cacheable
 from services.common.config import AgentqConfig, ModelEntry
 from services.common.embedder import EmbedderError
 from services.common.guard import answers_agree
+from services.common.lanes import LaneDirectory
 from services.common.models import ErrorInfo, Latency, Result, Task
 from services.common.pricing import premium_baseline
 from services.common.publishing import emit, publish_result
@@ -51,8 +52,9 @@ class CostControls:
     """What the worker does to spend less: one instance per worker process."""
 
     def __init__(self, bus: Bus, config: AgentqConfig, redis: Redis, exact: ExactCache,
-                 semantic: SemanticCache | None) -> None:
+                 semantic: SemanticCache | None, lanes: LaneDirectory) -> None:
         self.bus = bus
+        self.lanes = lanes  # where an escalated task goes: its tenant's lane in the next tier
         self.config = config
         self.exact = exact
         self.semantic = semantic
@@ -75,10 +77,10 @@ class CostControls:
 
     # -- before the call -------------------------------------------------------------------
 
-    async def admit(self, task: Task, tier: str, headers: dict[str, Any]) -> bool:
-        """Return whether to call the provider; False when the task was held, failed for its
-        budget, or answered by a twin's call."""
-        if not await self._within_budget(task, tier, headers):
+    async def admit(self, task: Task, tier: str, headers: dict[str, Any], route: str) -> bool:
+        """Return whether to call the provider; False when the task was held (back to `route`
+        later), failed for its budget, or answered by a twin's call."""
+        if not await self._within_budget(task, tier, headers, route):
             return False
         if not self._dedups(task, headers):
             return True
@@ -104,7 +106,8 @@ class CostControls:
         # An escalation or a verification must call the model; the lock is already settled.
         return cacheable(task) and CASCADE_HEADER not in headers and VERIFY_HEADER not in headers
 
-    async def _within_budget(self, task: Task, tier: str, headers: dict[str, Any]) -> bool:
+    async def _within_budget(self, task: Task, tier: str, headers: dict[str, Any],
+                             route: str) -> bool:
         budget = self.config.tenant(task.tenant).budget
         if budget is None or await self.ledger.level(task.tenant, budget) != "hard":
             return True
@@ -115,7 +118,7 @@ class CostControls:
             level = retry_level(delay_ms)
             held = int(headers.get(HELD_HEADER) or 0) + 1
             await self.bus.publish(
-                self.bus.names.retry, tier, task, priority=task.priority, message_id=task.id,
+                self.bus.names.retry, route, task, priority=task.priority, message_id=task.id,
                 headers={**headers, DELAY_HEADER: level, HELD_HEADER: held},
                 expiration=min(delay_ms, level) / 1000)
             return False
@@ -194,7 +197,8 @@ class CostControls:
         state = prior.plus(tier, result.model, result.usage, result.cost_usd, valid=False)
         reason = f"{header_text(headers, ROUTE_HEADER)};escalated:{tier}->{upper}({why})"
         await self.bus.publish(
-            self.bus.names.work, upper, task, priority=task.priority, message_id=task.id,
+            self.bus.names.work, await self.lanes.route(upper, task.tenant), task,
+            priority=task.priority, message_id=task.id,
             headers={**headers, ROUTE_HEADER: reason, ATTEMPT_HEADER: 1,
                      CASCADE_HEADER: state.to_header()})
         await emit(self.bus, "task.escalated", SERVICE, tenant=task.tenant, task_id=task.id,

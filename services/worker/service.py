@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from prometheus_client import Counter
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -19,6 +18,7 @@ from services.common.amqp import Bus, RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig
 from services.common.embedder import make_embedder
+from services.common.lanes import LaneDirectory, LaneWatcher
 from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
 from services.common.publishing import emit, publish_result
@@ -26,24 +26,18 @@ from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
     ATTEMPT_HEADER,
-    DEFERRALS_HEADER,
     DELAY_HEADER,
     ERROR_HEADER,
     ROUTE_HEADER,
     STARTED_EVENT,
     Names,
+    declare_lane,
     declare_topology,
     retry_level,
+    tier_of,
 )
-from services.common.work_headers import ROUTED_TIER_HEADER
 from services.worker.controls import CostControls
-from services.worker.limiter import (
-    Backlog,
-    FairShareDeferred,
-    SharedLimiter,
-    pools_from_config,
-    tenants_from_config,
-)
+from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
@@ -52,33 +46,22 @@ from services.worker.throttle import Throttle
 log = logging.getLogger(__name__)
 SERVICE = "worker"
 HEARTBEAT_S = 5.0
-# A tenant over its fair share sends its task back to the queue, so that workers can reach
-# the other tenants' tasks behind a flood; after this many turns it waits in place instead.
-MAX_DEFERRALS = 50
-# Each turn through the queue costs a publish, a delivery and a limiter decision: a deferred
-# task stays out at least this long, so a flood does not keep the broker busy cycling.
-DEFER_MIN_MS = 2_000
-DEFERRED = Counter("agentq_worker_fair_deferrals_total",
-                   "Tasks sent back to the queue because their tenant was over its fair share",
-                   ["tier"])
 
 
 class Worker:
     """Handle one work message from start to a confirmed Result."""
 
     def __init__(self, bus: Bus, providers: Providers, config: AgentqConfig, settings: Settings,
-                 controls: CostControls, throttle: Throttle, concurrency: int,
-                 backlog: Backlog | None = None) -> None:
+                 controls: CostControls, throttle: Throttle, concurrency: int) -> None:
         self.bus = bus
-        self.backlog = backlog  # counts a task out of its tenant's queued work when it ends
         self.providers = providers
         self.config = config
         self.settings = settings
         self.controls = controls
         self.throttle = throttle
         self.concurrency = concurrency
-        # Each tier's queue may hand over up to `concurrency` messages; this caps the calls
-        # under way in the whole process at `concurrency`, whatever the tiers.
+        # Each lane may hand over up to its prefetch; this caps the provider calls under way
+        # in the whole process at `concurrency`, whatever the lanes and tiers.
         self.slots = asyncio.Semaphore(concurrency)
         self.rng = random.Random()
         self._announcements: set[asyncio.Task[None]] = set()
@@ -93,27 +76,19 @@ class Worker:
         except ValidationError as exc:
             raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
         headers: dict[str, Any] = dict(message.headers or {})
-        tier = str(message.routing_key or "")
+        # A retry goes back where the task came from: its lane, or the tier's own queue.
+        route = str(message.routing_key or "")
+        tier = tier_of(route)
         if tier not in TIERS:
             raise RejectMessage(f"unknown tier {tier!r}")
         attempt = int(headers.get(ATTEMPT_HEADER) or 1)
-        if not await self.controls.admit(task, tier, headers):  # held, refused or deduped
-            budget = self.config.tenant(task.tenant).budget
-            if budget is None or budget.hard_action != "hold":  # refused or deduped: it ended
-                await self.done(task, tier, headers)
+        if not await self.controls.admit(task, tier, headers, route):  # held, refused, deduped
             return
         started = time.time()
-        deferrals = int(headers.get(DEFERRALS_HEADER) or 0)
         try:
-            completion = await self.call(task, tier, attempt, defer=deferrals < MAX_DEFERRALS)
-        except FairShareDeferred as exc:
-            await self.controls.abandon(task, tier, headers)
-            await self.later(task, tier, {**headers, DEFERRALS_HEADER: deferrals + 1},
-                             max(DEFER_MIN_MS, exc.wait_s * 1000))
-            DEFERRED.labels(tier).inc()
-            return
+            completion = await self.call(task, tier, attempt)
         except ProviderError as exc:
-            await self.on_failure(task, tier, attempt, headers, exc, started)
+            await self.on_failure(task, tier, route, attempt, headers, exc, started)
             return
         result = await self.controls.conclude(
             task, tier, headers, self.success_result(task, tier, attempt, headers, completion,
@@ -121,16 +96,10 @@ class Worker:
         if result is None:  # the answer failed its validator: escalated to the next tier
             return
         await publish_result(self.bus, result, task.reply_to)
-        await self.done(task, tier, headers)
         await emit(self.bus, "task.completed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, model=result.model, cost_usd=result.cost_usd,
                    attempts=attempt, llm_ms=result.latency_ms.llm, reason=result.route_reason,
                    status=result.status)
-
-    async def done(self, task: Task, tier: str, headers: dict[str, Any]) -> None:
-        """Count the task out of its tenant's queued work (the router counted it in)."""
-        if self.backlog is not None:
-            await self.backlog.done(task.tenant, str(headers.get(ROUTED_TIER_HEADER) or tier))
 
     def announce(self, task: Task, tier: str, attempt: int) -> None:
         """Say the task is running, without holding the task up for the broker's confirm."""
@@ -144,22 +113,19 @@ class Worker:
         if not publish.cancelled() and publish.exception() is not None:
             log.debug("task.started not published: %r", publish.exception())
 
-    async def call(self, task: Task, tier: str, attempt: int = 1,
-                   defer: bool = False) -> Completion:
-        """Call the tier's model within the process's slots and the pools' shared limits.
-
-        With `defer`, a tenant over its fair share gets FairShareDeferred instead of a wait.
-        """
+    async def call(self, task: Task, tier: str, attempt: int = 1) -> Completion:
+        """Call the tier's model within the pools' shared limits and the process's slots."""
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
 
         async def send() -> Completion:
-            # Announced once the limiter granted the call: a deferred task is not running.
-            self.announce(task, tier, attempt)
-            return await self.providers.complete(entry, task)
+            # A slot is taken once the limiter granted the call: a task waiting for its
+            # tenant's fair share must not keep another tenant's granted call from running.
+            async with self.slots:
+                self.announce(task, tier, attempt)
+                return await self.providers.complete(entry, task)
 
         try:
-            async with self.slots:
-                completion = await self.throttle.call(entry, task, send, defer)
+            completion = await self.throttle.call(entry, task, send)
         except ProviderError as exc:
             self.controls.settle(entry, exc)
             raise
@@ -181,22 +147,22 @@ class Worker:
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
 
-    async def later(self, task: Task, tier: str, headers: dict[str, Any],
+    async def later(self, task: Task, route: str, headers: dict[str, Any],
                     delay_ms: float) -> None:
-        """Send the task back to the tail of its tier's queue after about `delay_ms`."""
+        """Send the task back to the tail of its queue (`route`) after about `delay_ms`."""
         level = retry_level(delay_ms)
-        await self.bus.publish(self.bus.names.retry, tier, task, priority=task.priority,
+        await self.bus.publish(self.bus.names.retry, route, task, priority=task.priority,
                                message_id=task.id, headers={**headers, DELAY_HEADER: level},
                                expiration=max(1.0, min(delay_ms, level)) / 1000)
 
-    async def on_failure(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
-                         exc: ProviderError, started: float) -> None:
+    async def on_failure(self, task: Task, tier: str, route: str, attempt: int,
+                         headers: dict[str, Any], exc: ProviderError, started: float) -> None:
         """Schedule a retry through the delay queues, or fail and dead-letter the task."""
         s = self.settings
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
                                       _retry_after_s(exc.headers))
-            await self.later(task, tier, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
+            await self.later(task, route, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)
@@ -214,7 +180,6 @@ class Worker:
             route_reason=str(headers.get(ROUTE_HEADER, "")))
         await self.controls.abandon(task, tier, headers)
         await publish_result(self.bus, result, task.reply_to)
-        await self.done(task, tier, headers)
         await self.bus.publish(self.bus.names.dlx, f"{tier}.{exc.code}", task,
                                message_id=task.id,
                                headers={**headers, ERROR_HEADER: f"{exc.code}: {exc}"[:4000]})
@@ -274,16 +239,27 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         await declare_topology(await bus.connection.channel(), names)
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
+        lanes_channel = await bus.connection.channel()
         worker = Worker(bus, providers, config, settings,
-                        CostControls(bus, config, redis, exact, semantic),
+                        CostControls(bus, config, redis, exact, semantic,
+                                     LaneDirectory(lanes_channel, redis, names)),
                         Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
                                                   in config.providers.items()}),
-                        concurrency, Backlog(redis, names, config))
+                        concurrency)
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
-        log.info("worker %s consuming %s with prefetch %d", worker_id, tiers, prefetch)
+
+        async def consume_lane(tier: str, tenant: str) -> None:
+            await declare_lane(lanes_channel, names, tier, tenant)
+            await bus.consume(names.lane_queue(tier, tenant), worker.handle, prefetch=prefetch)
+            log.info("worker %s consuming the lane of %s in %s", worker_id, tenant, tier)
+
+        log.info("worker %s consuming %s and their lanes, prefetch %d each", worker_id, tiers,
+                 prefetch)
+        watching = asyncio.create_task(LaneWatcher(redis, names, tiers, consume_lane).run(stop))
         heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop))
         await stop.wait()
+        await watching
         log.info("worker %s draining %d in flight", worker_id, bus.in_flight)
         await bus.stop_consuming(grace_s=grace_s)
         log.info("worker %s drained", worker_id)
