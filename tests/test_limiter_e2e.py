@@ -53,6 +53,51 @@ def test_limiter_stats_are_published_for_the_dashboard(limited: Pipeline) -> Non
     connection.close()
 
 
+FLOOD_RPM = 120  # 2 calls/s once the burst is spent
+
+
+@pytest.fixture(scope="module")
+def flooded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path_factory.mktemp("flooded"), workers=2, concurrency=16,
+                          mock_args=("--rpm", str(FLOOD_RPM)), rpm=FLOOD_RPM) as running:
+        yield running
+
+
+def test_a_light_tenant_is_served_while_a_flood_waits_in_its_own_lane(
+        flooded: Pipeline) -> None:
+    # The flood alone spends the burst, then queues far more than the refill serves.
+    flood = [item["id"] for chunk in range(0, 300, 100) for item in _post_list(
+        flooded, [{"prompt": f"flood {i} {uuid.uuid4()}", "tenant": "flood", "tier": "cheap"}
+                  for i in range(chunk, chunk + 100)])]
+    wait_until(lambda: flooded.stats()["completed"] >= FLOOD_RPM * 0.8, 60,
+               "the flood to spend the burst")
+    light = [item["id"] for item in _post_list(
+        flooded, [{"prompt": f"light {i} {uuid.uuid4()}", "tenant": "light", "tier": "cheap"}
+                  for i in range(6)])]
+    done = flooded.wait_done(light, timeout=60)
+    assert {body["status"] for body in done.values()} == {"succeeded"}
+    # Behind the flood in one FIFO queue they would have waited for ~150 s of its tasks.
+    waiting = [i for i in flood if flooded.task(i)["status"] in ("queued", "running")]
+    assert len(waiting) > 100
+    assert max(body["result"]["latency_ms"]["total"] for body in done.values()) < 20_000
+    # Every worker took the light tenant's lane; the tier's own queue holds nothing.
+    queues = {q: _depth_and_consumers(flooded.ns, q)
+              for q in (f"{flooded.ns}.work.cheap.light", f"{flooded.ns}.work.cheap.flood",
+                        f"{flooded.ns}.work.cheap")}
+    assert queues[f"{flooded.ns}.work.cheap.light"] == (0, 2)
+    assert queues[f"{flooded.ns}.work.cheap.flood"][0] > 0
+    assert queues[f"{flooded.ns}.work.cheap"] == (0, 2)
+
+
+def _depth_and_consumers(ns: str, queue: str) -> tuple[int, int]:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        ok = connection.channel().queue_declare(queue, passive=True).method
+        return ok.message_count, ok.consumer_count
+    finally:
+        connection.close()
+
+
 def _post_list(pipeline: Pipeline, tasks: list[dict]) -> list[dict]:
 
     status, body = http("POST", f"{pipeline.ingest}/v1/tasks", tasks)

@@ -165,14 +165,18 @@ class Bus:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def stop_consuming(self, grace_s: float) -> None:
-        """Take no new messages and let the ones in hand finish, for at most `grace_s`."""
+    async def stop_consuming(self, grace_s: float,
+                             then: Callable[[], None] | None = None) -> None:
+        """Take no new messages, call `then`, and let the ones in hand finish, for at most
+        `grace_s`."""
         for queue, tag in self._consumers:
             try:
                 await queue.cancel(tag)
             except Exception:  # a closed channel has no consumer left to cancel
                 log.debug("cancel of %s failed", tag, exc_info=True)
         self._consumers.clear()
+        if then is not None:
+            then()
         deadline = asyncio.get_running_loop().time() + grace_s
         # A delivery that raced the cancel starts its handler a loop turn later, so keep
         # draining until a turn passes with nothing in hand (or the grace runs out).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -65,6 +66,7 @@ class Worker:
         self.slots = asyncio.Semaphore(concurrency)
         self.rng = random.Random()
         self._announcements: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()  # handlers not yet granted a call
 
     @property
     def busy(self) -> int:
@@ -87,6 +89,9 @@ class Worker:
         started = time.time()
         try:
             completion = await self.call(task, tier, attempt)
+        except asyncio.CancelledError:  # shutting down: the message goes back to its queue
+            await self.controls.abandon(task, tier, headers)
+            raise
         except ProviderError as exc:
             await self.on_failure(task, tier, route, attempt, headers, exc, started)
             return
@@ -116,21 +121,33 @@ class Worker:
     async def call(self, task: Task, tier: str, attempt: int = 1) -> Completion:
         """Call the tier's model within the pools' shared limits and the process's slots."""
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
+        handler = asyncio.current_task()
+        assert handler is not None
 
         async def send() -> Completion:
+            self._waiting.discard(handler)
             # A slot is taken once the limiter granted the call: a task waiting for its
             # tenant's fair share must not keep another tenant's granted call from running.
             async with self.slots:
                 self.announce(task, tier, attempt)
                 return await self.providers.complete(entry, task)
 
+        self._waiting.add(handler)
         try:
             completion = await self.throttle.call(entry, task, send)
         except ProviderError as exc:
             self.controls.settle(entry, exc)
             raise
+        finally:
+            self._waiting.discard(handler)
         self.controls.settle(entry, None)
         return completion
+
+    def give_back_waiting(self) -> None:
+        """Send every task still waiting for the limiter back to its queue (at shutdown):
+        none of it has started, and another worker can run it sooner than this one's grace."""
+        for handler in list(self._waiting):
+            handler.cancel()
 
     def success_result(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
                        completion: Completion, started: float) -> Result:
@@ -246,6 +263,9 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
                         Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
                                                   in config.providers.items()}),
                         concurrency)
+        # Full collections skip what start-up built (SDK clients, config, the embedder):
+        # their pauses land on the limiter's awaits as latency.
+        gc.freeze()
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
 
@@ -261,7 +281,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         await stop.wait()
         await watching
         log.info("worker %s draining %d in flight", worker_id, bus.in_flight)
-        await bus.stop_consuming(grace_s=grace_s)
+        await bus.stop_consuming(grace_s=grace_s, then=worker.give_back_waiting)
         log.info("worker %s drained", worker_id)
         await heartbeat
     finally:
