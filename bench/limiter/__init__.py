@@ -13,20 +13,22 @@ Each system gets the same simulated provider (its own mockllm, limits --rpm/--tp
   calling the provider through the `openai` SDK with rate_limit = RPM ÷ W per worker and
   autoretry with backoff on 429 (bench/limiter/celery_peer.py).
 
-The backlog: three tenants; `flood` sends 10× as many tasks as each of `light-a` and
-`light-b`, with long prompts; the light tenants' prompts are short. Tasks go in, shuffled, to
-`<ns>.submit` (agentq) or the Celery queue, and a feeder keeps at least --queued of them
-waiting in the broker, so every tenant stays backlogged the whole time.
+The backlog: three tenants; `flood` keeps 10× as many tasks waiting as each of `light-a`
+and `light-b`, with long prompts; the light tenants' prompts are short. Tasks go in,
+shuffled, to `<ns>.submit` (agentq) or the Celery queue, and a feeder tops each tenant up
+to its part of --queued outstanding tasks (flood 10/12, each light tenant 1/12), so every
+tenant stays backlogged the whole time.
 
 Measured over a fixed window (--window s) that opens once the initial burst the full
 buckets allow is spent (the provider's buckets, estimated from its /stats, are below 2 %,
-or are no longer being drawn down): requests and tokens the provider admitted per minute as
+or have not been drawn down for 10 s while the provider admitted at least 90 % of its RPM
+or TPM): requests and tokens the provider admitted per minute as
 % of its limits (tokens as the provider counts them: prompt + max_tokens), 429s it answered,
 the limiter's decision latency (agentq: its histogram `agentq_limiter_decision_seconds`,
 scraped from every worker's metrics port at both ends of the window; the workers'
 `limiter.stats` events as a cross-check), and each tenant's share of the tokens served
-(prompt + completion of the calls that succeeded) against its max-min fair share, with
-Jain's fairness index over share ÷ fair share.
+(as the pool's TPM counts them, prompt + max_tokens, of the calls that succeeded) against
+its max-min fair share, with Jain's fairness index over share ÷ fair share.
 
 Modules: workload (tenants, prompts, the backlog), window (one system's run and window),
 measure (the arithmetic of the figures), cpu, agentq_run and celery_run (the two systems),

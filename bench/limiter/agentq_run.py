@@ -37,8 +37,9 @@ def metrics(port: int) -> str:
 class Collector(threading.Thread):
     """Consume agentq's results and limiter.stats events on a connection of its own."""
 
-    def __init__(self, ns: str) -> None:
+    def __init__(self, ns: str, max_tokens: int) -> None:
         super().__init__(name="bench-collector", daemon=True)
+        self.max_tokens = max_tokens
         self.connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         channel = self.connection.channel()
         results = channel.queue_declare("", exclusive=True).method.queue
@@ -55,7 +56,9 @@ class Collector(threading.Thread):
     def _result(self, _ch: Any, _m: Any, _p: Any, body: bytes) -> None:
         r = json.loads(body)
         usage = r.get("usage") or {}
-        tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        # Counted as the pool's TPM counts it: the provider reserves max_tokens at admission.
+        tokens = int(usage.get("prompt_tokens", 0)) + max(
+            int(usage.get("completion_tokens", 0)), self.max_tokens)
         with self.lock:
             self.records.append(Record(time.time(), r["tenant"], tokens,
                                        r["status"] == "succeeded"))
@@ -99,7 +102,7 @@ class AgentqSystem:
                                       env={"AGENTQ_METRICS_PORT": str(port)})
         for port in self.ports:
             wait_until(lambda p=port: metrics(p), 60, f"worker metrics on port {port}")
-        self.collector = Collector(self.ns)
+        self.collector = Collector(self.ns, opts.max_tokens)
         self.collector.start()
         exit_stack.callback(self.collector.stop)
         self.channel = connect(exit_stack).channel()

@@ -93,5 +93,6 @@ def call_llm(self: Task, tenant: str, messages: list[dict[str, str]], max_tokens
         model=MODEL, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
         temperature=0)
     usage = response.usage
-    _record(tenant, (usage.prompt_tokens + usage.completion_tokens) if usage else 0,
-            "succeeded")
+    # Counted as the pool's TPM counts it (prompt + max_tokens reserved), like agentq's.
+    _record(tenant, (usage.prompt_tokens + max(usage.completion_tokens, max_tokens))
+            if usage else 0, "succeeded")

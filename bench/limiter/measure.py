@@ -15,6 +15,9 @@ from bench.limiter.workload import TENANTS, Options
 Stats = dict[str, Any]  # a provider's /stats body
 
 
+STEADY_S = 10.0
+
+
 class ProviderWatch:
     """Estimate the provider's two buckets (full at its start) from its /stats over time."""
 
@@ -25,7 +28,8 @@ class ProviderWatch:
         self.admitted_tok = 0.0
         self.at = now
         self.first_admit: float | None = None
-        self.history: deque[tuple[float, float, float]] = deque(maxlen=64)
+        # (time, requests left, tokens left, requests admitted, tokens charged) per update
+        self.history: deque[tuple[float, float, float, float, float]] = deque(maxlen=64)
         self.last: Stats = {}
 
     def update(self, stats: Stats, now: float) -> None:
@@ -44,21 +48,26 @@ class ProviderWatch:
         self.admitted_req, self.admitted_tok, self.at = admitted, charged, now
         if self.first_admit is None and admitted > 0:
             self.first_admit = now
-        self.history.append((now, self.level_req, self.level_tok))
+        self.history.append((now, self.level_req, self.level_tok, admitted, charged))
         self.last = stats
 
     def steady(self, now: float) -> bool:
-        """Whether the initial burst is spent: a bucket nearly empty, or neither drawn down."""
+        """Whether the initial burst is spent: a bucket nearly empty, or neither drawn down
+        for STEADY_S while the provider admitted near its limits (a system still filling its
+        queues draws nothing down either)."""
         if self.first_admit is None or now - self.first_admit < self.opts.min_warmup:
             return False
         if self.level_req < 0.02 * self.opts.rpm or self.level_tok < 0.02 * self.opts.tpm:
             return True
-        last, req, tok = self.history[-1]
-        older = [h for h in self.history if last - h[0] >= 5.0]
+        last, req, tok, admitted, charged = self.history[-1]
+        older = [h for h in self.history if last - h[0] >= STEADY_S]
         if not older:
             return False
-        _, req0, tok0 = older[-1]
-        return req >= req0 - 0.02 * self.opts.rpm and tok >= tok0 - 0.02 * self.opts.tpm
+        then, req0, tok0, admitted0, charged0 = older[-1]
+        minutes = (last - then) / 60
+        busy = ((admitted - admitted0) / minutes >= 0.9 * self.opts.rpm
+                or (charged - charged0) / minutes >= 0.9 * self.opts.tpm)
+        return busy and req >= req0 - 0.02 * self.opts.rpm and tok >= tok0 - 0.02 * self.opts.tpm
 
 
 @dataclass

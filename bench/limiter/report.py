@@ -18,9 +18,10 @@ HOW_MEASURED = (
     "it drew on its bucket); decision latency from the\n  workers' "
     "agentq_limiter_decision_seconds histograms (Redis round trip as each worker's "
     "event loop\n  sees it), scraped at both ends of the window, p50/p99 "
-    "interpolated within buckets; tokens served from\n  the results (agentq) or the "
-    "task's records (Celery) of calls that succeeded in the window; fair share =\n  "
-    "max-min fair split (equal weights) among tenants that stayed backlogged.")
+    "interpolated within buckets; tokens served (prompt + max_tokens, as TPM\n  "
+    "counts them) from the results (agentq) or the task's records (Celery) of calls\n  "
+    "that succeeded in the window; fair share = max-min fair split (equal weights)\n  "
+    "among tenants that stayed backlogged.")
 
 
 def row(label: str, target: str, cells: list[str]) -> None:

@@ -18,7 +18,7 @@ POLL_S = 0.5
 def measure(system: System, workload: Workload, opts: Options) -> Result:
     """Feed the backlog, wait out the burst, measure one window; return the figures."""
     result = Result(system.name)
-    backlog = Backlog(workload, opts.queued, 2 * opts.queued)
+    backlog = Backlog(workload, opts.queued)
     done: Counter[str] = Counter()
     records: list[Record] = []
     watch = ProviderWatch(opts, workload.charged(FLOOD), time.monotonic())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from services.common.tokens import count_messages, count_text
 TENANTS = ("flood", "light-a", "light-b")
 FLOOD = TENANTS[0]
 LIGHT = TENANTS[1:]
-BLOCK = 60  # tasks published at a time when a tenant runs low
+BLOCK = 60  # a tenant is topped up once this many of its tasks are done
 # Filler words of four letters: one token each by services/common/tokens.py's count.
 _WORDS = ("data", "text", "case", "item", "word", "line", "note", "part", "form", "list",
           "page", "site", "unit", "plan", "task", "goal", "step", "rule", "file", "code")
@@ -78,14 +79,12 @@ class Workload:
         return Spec(tenant, [{"role": "user", "content": prompt(tenant, index, size)}],
                     self.opts.max_tokens)
 
-    def take(self, n: int) -> list[Spec]:
+    def take(self, wanted: Mapping[str, int]) -> list[Spec]:
+        """Return `wanted[tenant]` new tasks of each tenant, shuffled together."""
+        tenants = [t for t, n in wanted.items() for _ in range(n)]
+        self.rng.shuffle(tenants)
         out = []
-        for _ in range(n):
-            if not self.block:
-                # Blocks of 10 light tasks each: locally random, the exact ratio overall.
-                self.block = [FLOOD] * (10 * self.opts.flood_ratio) + [*LIGHT] * 10
-                self.rng.shuffle(self.block)
-            tenant = self.block.pop()
+        for tenant in tenants:
             self.made[tenant] += 1
             out.append(self._spec(tenant, self.made[tenant]))
         return out
@@ -101,24 +100,28 @@ class Workload:
 
 
 class Backlog:
-    """Keep every tenant backlogged: at least its share of `low` tasks outstanding."""
+    """Keep every tenant backlogged: its share of `size` tasks outstanding, the flood's
+    share flood_ratio times each light tenant's."""
 
-    def __init__(self, workload: Workload, low: int, high: int) -> None:
-        self.workload, self.low, self.high = workload, low, high
+    def __init__(self, workload: Workload, size: int) -> None:
+        self.workload, self.size = workload, size
         self.published: Counter[str] = Counter()
 
     def top_up(self, done: Mapping[str, int]) -> list[Spec]:
         """Return the tasks to publish now, given how many of each tenant's are done.
 
-        Topping up on the broker's total depth would let a tenant run dry while another's
-        deferred tasks keep the queue full; the fair share is only defined among tenants
-        that stay backlogged. Tasks come in the workload's fixed mix, at most `high` a call.
+        Each tenant is topped up on its own outstanding tasks, in blocks of at least BLOCK:
+        topping up on the broker's total depth would let a tenant run dry while another's
+        tasks keep the queue full (the fair share is only defined among tenants that stay
+        backlogged), and topping up in the fixed mix would publish the flood's tasks ten at a
+        time for each light task served, a load on the machine that is no part of the system
+        measured.
         """
-        specs: list[Spec] = []
-        while len(specs) < self.high and any(
-                self.published[t] - done.get(t, 0) < self.low * self.workload.share(t)
-                for t in TENANTS):
-            batch = self.workload.take(BLOCK)
-            self.published.update(s.tenant for s in batch)
-            specs += batch
+        wanted = {}
+        for t in TENANTS:
+            missing = self.size * self.workload.share(t) - (self.published[t] - done.get(t, 0))
+            if missing >= min(BLOCK, self.size * self.workload.share(t) / 2):
+                wanted[t] = math.ceil(missing)
+        specs = self.workload.take(wanted)
+        self.published.update(s.tenant for s in specs)
         return specs
