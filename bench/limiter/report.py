@@ -74,8 +74,8 @@ def header(opts: Options, workload: Workload) -> None:
           f"× concurrency {opts.concurrency}; window {opts.window:.0f} s; "
           f"{os.cpu_count()} cores")
     charged = {t: workload.charged(t) for t in TENANTS}
-    print(f"  backlog: {FLOOD} sends {opts.flood_ratio}× the tasks of each of "
-          f"{', '.join(LIGHT)}, shuffled, ≥ {opts.queued:,} kept queued; prompts "
+    print(f"  backlog: {FLOOD} keeps {opts.flood_ratio}× the tasks of each of "
+          f"{', '.join(LIGHT)} waiting, ~{opts.queued:,} in all, shuffled; prompts "
           f"{opts.flood_prompt} vs {opts.light_prompt} tokens, max_tokens {opts.max_tokens} "
           f"(charged per call {charged[FLOOD]} vs {charged[LIGHT[0]]})")
     print()
