@@ -18,7 +18,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -28,7 +27,6 @@ from redis.asyncio import Redis
 from services.common.settings import Settings
 from services.common.topology import Names
 from services.worker.limiter import (
-    FairShareDeferred,
     LimiterOptions,
     PoolLimits,
     SharedLimiter,
@@ -189,69 +187,6 @@ def test_joining_vt(vt: float | None, slowest: float | None, active: bool,
     assert joining_vt(vt, slowest, 50.0, active) == expected
 
 
-def test_joining_vt_from_the_queue_keeps_its_place_within_a_window() -> None:
-    # Back from the queue: not lifted to the slowest, only to a window behind the askers.
-    assert joining_vt(10.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 50.0
-    assert joining_vt(80.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 80.0
-    assert joining_vt(None, 0.0, 50.0, False, queued=True, slowest_asking=100.0) == 50.0
-    assert joining_vt(500.0, 100.0, 50.0, False, queued=True, slowest_asking=100.0) == 150.0
-
-
-def test_queued_tenant_that_is_not_asking_makes_the_leader_wait() -> None:
-    """A tenant whose tasks sit in the queue behind a flood counts as backlogged: the flood
-    is held to its fair share (and deferred), until the queued work goes stale."""
-    params = PoolParams(rpm=0, tpm=60_000, fair=FairParams(window=1000.0))
-    now = 100.0
-    flood = TenantState(vt=50_000.0, weight=1.0, active_until=now + 1)
-    light = TenantState(vt=10_000.0, weight=1.0)  # not asking: no worker reached its tasks
-    req = Request("flood", 500)
-
-    alone = PoolState(tenants={"flood": flood, "light": light})
-    assert admit(alone, req, params, now)[0].reason == "ok"  # nobody else is backlogged
-
-    queued = replace(alone, backlog={"light": (3, now + 60)})
-    outcome, after = admit(queued, req, params, now)
-    assert (outcome.granted, outcome.reason) == (False, "fair") and outcome.wait_s > 0
-    assert after.tenants["light"].vt == 10_000.0  # it keeps its place while it waits
-
-    stale = replace(alone, backlog={"light": (3, now - 1)})  # not touched within the TTL
-    outcome, after = admit(stale, req, params, now)
-    assert outcome.reason == "ok" and after.backlog == {}
-    assert admit(replace(alone, backlog={"light": (0, now + 60)}), req, params,
-                 now)[0].reason == "ok"  # all its tasks done
-
-    # A never-seen tenant with queued work counts too (from vt 0).
-    assert admit(replace(alone, backlog={"new": (1, now + 60)}), req, params,
-                 now)[0].reason == "fair"
-
-    # When its tasks reach a worker, its catch-up is bounded to a window behind the askers.
-    outcome, _ = admit(queued, Request("light", 500), params, now)
-    assert outcome.granted and outcome.vt == 50_000.0 - 1000.0 + 500
-
-
-def test_backlog_mode_counts_and_never_goes_below_zero(names: Names) -> None:
-    keys = PoolKeys.of(names, "p")
-
-    async def main(client: Redis) -> None:
-        script = client.register_script(LIMITER_LUA)
-
-        async def add(tenant: str, delta: int) -> int:
-            return int(await script(keys=keys.all(),
-                                    args=["backlog", tenant, str(delta), "60000"]))
-
-        assert await add("a", 1) == 1 and await add("a", 1) == 2
-        assert await add("a", -1) == 1 and await add("a", -1) == 0
-        assert await add("a", -1) == 0 and await add("b", -1) == 0  # clamped at 0
-        assert await client.hgetall(keys.backlog) == {}
-        assert await client.zcard(keys.queued) == 0
-        assert await add("a", 1) == 1
-        assert 59_000 < await client.pttl(keys.queued) <= 60_000
-        until = await client.zscore(keys.queued, "a")
-        assert until is not None and 59 < until - await redis_now(client) <= 60
-
-    run(main)
-
-
 @pytest.mark.parametrize(("weight", "min_share", "others", "expected"), [
     (1.0, 0.0, 3.0, 1.0), (1.0, 0.5, 3.0, 3.0), (5.0, 0.5, 3.0, 5.0), (1.0, 0.5, 0.0, 1.0)])
 def test_effective_weight(weight: float, min_share: float, others: float,
@@ -350,12 +285,8 @@ async def read_state(client: Redis, keys: PoolKeys) -> PoolState:
                                                                      withscores=True)))
     tenants = {name.decode(): TenantState(float(vt), float(weights[name]), active.get(name))
                for name, vt in vts.items()}
-    counts: dict[bytes, bytes] = cast(Any, await client.hgetall(keys.backlog))
-    queued: list[tuple[bytes, float]] = cast(Any, await client.zrange(keys.queued, 0, -1,
-                                                                      withscores=True))
-    backlog = {name.decode(): (int(counts.get(name, b"0")), until) for name, until in queued}
     return PoolState(as_bucket(await client.hgetall(keys.requests)),
-                     as_bucket(await client.hgetall(keys.tokens)), 0.0, tenants, backlog)
+                     as_bucket(await client.hgetall(keys.tokens)), 0.0, tenants)
 
 
 async def scramble(client: Redis, keys: PoolKeys, params: PoolParams,
@@ -378,14 +309,6 @@ async def scramble(client: Redis, keys: PoolKeys, params: PoolParams,
             await client.zrem(keys.active, tenant)
         else:
             await client.zadd(keys.active, {tenant: now + rng.uniform(-2, 3)})
-    # Queued work, fresh or stale, of the configured tenants and of one never seen ("d").
-    for tenant in [*shares, "d"]:
-        if rng.random() < 0.5:
-            await client.hdel(keys.backlog, tenant)
-            await client.zrem(keys.queued, tenant)
-        else:
-            await client.hset(keys.backlog, tenant, str(rng.randint(0, 3)))
-            await client.zadd(keys.queued, {tenant: now + rng.uniform(-2, 30)})
 
 
 def acquire_args(params: PoolParams, req: Request) -> list[str]:
@@ -407,9 +330,6 @@ def assert_same_state(ours: PoolState, lua: PoolState) -> None:
         theirs_t = lua.tenants[name]
         assert close(mine_t.vt, theirs_t.vt) and close(mine_t.weight, theirs_t.weight)
         assert close(mine_t.active_until, theirs_t.active_until), name
-    assert set(ours.backlog) == set(lua.backlog)
-    for name, (count, until) in ours.backlog.items():
-        assert count == lua.backlog[name][0] and close(until, lua.backlog[name][1])
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -817,7 +737,7 @@ def test_callers_of_one_tenant_take_turns_at_redis(names: Names) -> None:
     run(main)
 
 
-def test_a_tenant_over_its_share_is_deferred_not_held(names: Names) -> None:
+def test_a_tenant_over_its_share_waits_and_takes_nothing_meanwhile(names: Names) -> None:
     pools = {"p": PoolLimits(rpm=0, tpm=60_000, burst_s=60.0)}  # 60,000 tokens, 1,000 a second
     options = LimiterOptions(fair_window_s=0.0, min_window_tokens=1_000, grace_s=10.0)
     keys = PoolKeys.of(names, "p")
@@ -829,34 +749,17 @@ def test_a_tenant_over_its_share_is_deferred_not_held(names: Names) -> None:
             await limiter.acquire("p", "flood", 500)
         level = await _level(client, keys.tokens, 60_000, 60.0)
         vt = float(cast(bytes, await client.hget(keys.vt, "flood")))
-        with pytest.raises(FairShareDeferred) as raised:
-            await limiter.acquire("p", "flood", 500, defer_fair_over_s=0.1)
-        assert 0.1 < raised.value.wait_s <= 1.0 * 1.1  # fair waits are capped at 1 s (+ jitter)
-        decisions = limiter.stats()["decisions"]
-        # The tenant still leads: the next deferrable caller is told so without asking Redis.
-        with pytest.raises(FairShareDeferred):
-            await limiter.acquire("p", "flood", 500, defer_fair_over_s=0.1)
-        assert limiter.stats()["decisions"] == decisions
-        assert limiter.stats()["deferrals"] == 2
+        flood = asyncio.create_task(limiter.acquire("p", "flood", 500))
+        await asyncio.sleep(0.2)
+        assert not flood.done()  # told to wait for its fair share (1 s, the cap)
         # Nothing was taken: the bucket only refilled, the flood's virtual time did not move.
         assert await _level(client, keys.tokens, 60_000, 60.0) >= level
         assert float(cast(bytes, await client.hget(keys.vt, "flood"))) == vt
-        # A longer threshold waits instead, and so does the light tenant, which is behind.
-        grant = await limiter.acquire("p", "light", 500, defer_fair_over_s=0.1)
-        assert grant.attempts == 1
-
-    run(main)
-
-
-def test_a_capacity_wait_is_never_deferred(names: Names) -> None:
-    pools = {"p": PoolLimits(rpm=120, tpm=0, burst_s=0.5)}  # a bucket of 1, 2 per second
-
-    async def main(client: Redis) -> None:
-        limiter = SharedLimiter(client, names, pools)
-        await limiter.acquire("p", "a", 1)
-        await limiter.acquire("p", "b", 1, defer_fair_over_s=0.1)  # two tenants, both active
-        grant = await limiter.acquire("p", "a", 1, defer_fair_over_s=0.001)
-        assert grant.attempts >= 2 and grant.waited_s >= 0.3  # waited for the bucket
-        assert limiter.stats()["deferrals"] == 0
+        # The light tenant, which is behind, is granted at once meanwhile...
+        assert (await limiter.acquire("p", "light", 500)).attempts == 1
+        # ...and the flood, level again within the window, once its wait is over.
+        grant = await flood
+        assert grant.attempts >= 2 and grant.waited_s >= 0.9
+        assert limiter.stats()["denials"] >= 1
 
     run(main)

@@ -24,7 +24,6 @@ ATTEMPT_HEADER = "x-agentq-attempt"
 # Not x-prefixed: a headers exchange ignores x- headers when matching.
 DELAY_HEADER = "agentq-delay"
 ERROR_HEADER = "x-agentq-error"
-DEFERRALS_HEADER = "x-agentq-deferrals"
 
 
 @dataclass(frozen=True)

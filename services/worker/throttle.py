@@ -9,13 +9,7 @@ from typing import Any
 from services.common.config import ModelEntry
 from services.common.models import Task, Usage
 from services.common.tokens import count_messages
-from services.worker.limiter import (
-    FairShareDeferred,
-    Grant,
-    PoolLimits,
-    SharedLimiter,
-    model_pool,
-)
+from services.worker.limiter import Grant, PoolLimits, SharedLimiter, model_pool
 from services.worker.provider import Completion, ProviderError, ProviderRateLimited
 
 # What a call without max_tokens is charged before its usage is known: OpenAI's own
@@ -24,8 +18,6 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 # Correcting drift from x-ratelimit-remaining-* costs a Redis round trip: once in a while is
 # enough to follow the provider's view.
 OBSERVE_INTERVAL_S = 0.5
-# A fairness wait longer than this is better spent serving another tenant's task.
-FAIR_DEFER_AFTER_S = 0.05
 
 
 def reserved_completion(task: Task) -> int:
@@ -67,25 +59,13 @@ class Throttle:
         self._observed: dict[str, float] = {}
 
     async def call(self, entry: ModelEntry, task: Task,
-                   send: Callable[[], Awaitable[Completion]], defer: bool = False) -> Completion:
-        """Run `send` once every pool of `entry` grants it capacity.
-
-        With `defer`, a fairness wait longer than FAIR_DEFER_AFTER_S raises FairShareDeferred
-        (nothing held) instead of waiting.
-        """
+                   send: Callable[[], Awaitable[Completion]]) -> Completion:
+        """Run `send` once every pool of `entry` grants it capacity."""
         pools = pools_of(entry, self._pools)
         if not pools:  # no known limits: nothing to share
             return await send()
         tokens = estimate_tokens(task)
-        grants: list[Grant] = []
-        try:
-            for pool in pools:
-                grants.append(await self.limiter.acquire(
-                    pool, task.tenant, tokens,
-                    defer_fair_over_s=FAIR_DEFER_AFTER_S if defer else None))
-        except FairShareDeferred:
-            await self._settle(grants, 0)  # give back what the first pools granted
-            raise
+        grants = [await self.limiter.acquire(pool, task.tenant, tokens) for pool in pools]
         try:
             completion = await send()
         except ProviderRateLimited as exc:

@@ -7,7 +7,6 @@ from services.worker.limiter.headers import (
 )
 from services.worker.limiter.limiter import Grant, SharedLimiter
 from services.worker.limiter.pools import (
-    FairShareDeferred,
     LimiterError,
     LimiterOptions,
     PoolLimits,
@@ -17,11 +16,8 @@ from services.worker.limiter.pools import (
     pools_from_config,
     tenants_from_config,
 )
-from services.worker.limiter.shared import Backlog
 
 __all__ = [
-    "Backlog",
-    "FairShareDeferred",
     "Grant",
     "LimiterError",
     "LimiterOptions",

@@ -37,8 +37,6 @@ class PoolState:
     tokens: BucketState | None = None
     hold_until: float = 0.0
     tenants: dict[str, TenantState] = field(default_factory=dict)
-    # Queued work per tenant: (tasks queued, touched until); stale once `until` has passed.
-    backlog: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,48 +67,17 @@ class Outcome:
     vt: float = 0.0
 
 
-@dataclass(frozen=True)
-class _Field:
-    """Who competes with the asking tenant, as the script sees it."""
-
-    active: bool  # the tenant itself is asking
-    queued: bool  # the tenant has fresh queued work
-    slowest: float | None  # min vt of the others, asking or queued
-    slowest_asking: float | None  # min vt of the others that are asking
-    weight: float  # the others' total weight
-
-
-def _others(state: PoolState, tenant: str, now: float) -> _Field:
-    """Return the tenant's standing and the other backlogged tenants' min vt and weight."""
-    # Lua walks the active set in score order, then the queued ones (touched-until order);
-    # summing in the same order keeps floats equal.
-    active = sorted(((t.active_until, name) for name, t in state.tenants.items()
-                     if t.active_until is not None and t.active_until > now))
-    asking = {name for _, name in active}
-    fresh = sorted((until, name) for name, (count, until) in state.backlog.items()
-                   if until > now)
-    queued = [name for _, name in fresh if state.backlog[name][0] > 0]
-    waiting = [name for name in queued if name not in asking and name != tenant]
-    slowest = slowest_asking = None
+def _others(state: PoolState, tenant: str, now: float) -> tuple[bool, float | None, float]:
+    """Return whether the tenant is active, and the other active tenants' min vt and weight."""
+    # Lua walks the active set in score order; summing in the same order keeps floats equal.
+    active = sorted(((t.active_until, name, t) for name, t in state.tenants.items()
+                     if t.active_until is not None and t.active_until > now),
+                    key=lambda row: (row[0], row[1]))
+    others = [t for _, name, t in active if name != tenant]
     weight = 0.0
-    is_active = False
-    for i, name in enumerate([n for _, n in active] + waiting):
-        if name == tenant:
-            is_active = True
-            continue
-        t = state.tenants.get(name)
-        v = 0.0 if t is None else t.vt
-        if slowest is None or v < slowest:
-            slowest = v
-        if i < len(active) and (slowest_asking is None or v < slowest_asking):
-            slowest_asking = v
-        weight = weight + (1.0 if t is None else t.weight)
-    return _Field(is_active, tenant in queued, slowest, slowest_asking, weight)
-
-
-def _fresh_backlog(state: PoolState, now: float) -> dict[str, tuple[int, float]]:
-    """Drop the entries whose touch is older than the safety TTL, as the script does."""
-    return {name: entry for name, entry in state.backlog.items() if entry[1] > now}
+    for t in others:
+        weight = weight + t.weight
+    return len(others) < len(active), min((t.vt for t in others), default=None), weight
 
 
 def spread(wait: float, interval: float, req: Request, params: PoolParams) -> float:
@@ -124,11 +91,9 @@ def admit(state: PoolState, req: Request, params: PoolParams,
     if state.hold_until > now:
         return Outcome(False, state.hold_until - now, "hold"), state
 
-    field_ = _others(state, req.tenant, now)
-    is_active, slowest, others_weight = field_.active, field_.slowest, field_.weight
+    is_active, slowest, others_weight = _others(state, req.tenant, now)
     mine = state.tenants.get(req.tenant)
-    vt = joining_vt(None if mine is None else mine.vt, slowest, params.fair.window, is_active,
-                    field_.queued, field_.slowest_asking)
+    vt = joining_vt(None if mine is None else mine.vt, slowest, params.fair.window, is_active)
     w_eff = effective_weight(req.weight, req.min_share, others_weight)
 
     wait = 0.0
@@ -136,9 +101,7 @@ def admit(state: PoolState, req: Request, params: PoolParams,
     decision = None
     if slowest is not None and vt - slowest > params.fair.window:
         reason = "fair"
-        behind = field_.slowest_asking is None or slowest < field_.slowest_asking
-        wait = fair_wait(vt, slowest, others_weight + req.weight, params.tpm, params.fair,
-                         behind)
+        wait = fair_wait(vt, slowest, others_weight + req.weight, params.tpm, params.fair)
         wait = spread(wait, 0.0, req, params)  # a tenant's pollers need not come as a herd
     else:
         decision = decide(state.requests, state.tokens, params.rpm, params.tpm, req.cost, now,
@@ -157,7 +120,7 @@ def admit(state: PoolState, req: Request, params: PoolParams,
     previous = None if mine is None or not is_active else mine.active_until
     tenants[req.tenant] = TenantState(vt, req.weight,
                                       until if previous is None else max(previous, until))
-    next_state = replace(state, tenants=tenants, backlog=_fresh_backlog(state, now))
+    next_state = replace(state, tenants=tenants)
     if decision is not None:
         next_state = replace(next_state, requests=decision.requests_state,
                              tokens=decision.tokens_state)

@@ -3,9 +3,7 @@
 Each tenant has a virtual time `vt`: the tokens it was granted divided by its weight. While
 several tenants are backlogged ("active"), a tenant whose `vt` leads the slowest active
 tenant's by more than a window waits, so over any backlogged period the tokens served track
-the weights. A tenant also counts as backlogged while it has tasks waiting in the queue
-(recorded by the router, cleared by the worker) that have not reached a worker yet.
-`limiter.lua` runs the same arithmetic atomically; `admission.py` composes it.
+the weights. `limiter.lua` runs the same arithmetic atomically; `admission.py` composes it.
 """
 
 from __future__ import annotations
@@ -41,22 +39,12 @@ def effective_weight(weight: float, min_share: float, others_weight: float) -> f
     return weight
 
 
-def joining_vt(vt: float | None, slowest: float | None, window: float, active: bool,
-               queued: bool = False, slowest_asking: float | None = None) -> float:
+def joining_vt(vt: float | None, slowest: float | None, window: float, active: bool) -> float:
     """Return the virtual time a tenant competes with, clamped when it (re)joins the backlog.
 
     Idling banks no credit (a returning tenant starts at the slowest active one), and an old
     lead is forgiven down to the edge of the window, so re-joining is never a penalty either.
-    A tenant that was `queued` (tasks waiting in the queue, not asking) was not idle: it keeps
-    its place, but catches up by at most a window on the slowest asking tenant.
     """
-    if queued and slowest_asking is not None and not active:
-        floor = slowest_asking - window
-        if vt is None or vt < floor:
-            vt = floor
-        if slowest is not None and vt > slowest + window:
-            return slowest + window
-        return vt
     if slowest is not None and not active:
         if vt is None or vt < slowest:
             return slowest
@@ -67,14 +55,9 @@ def joining_vt(vt: float | None, slowest: float | None, window: float, active: b
 
 
 def fair_wait(vt: float, slowest: float, total_weight: float, tpm: float,
-              params: FairParams, queued_behind: bool = False) -> float:
-    """Return how long a leading tenant waits: until the slowest could catch up at its share.
-
-    When the slowest is a tenant whose tasks are still queued (`queued_behind`), it cannot
-    catch up before workers reach its tasks: the leader waits the longest, so that its
-    callers defer their tasks to the tail of the queue rather than hold the workers.
-    """
-    if tpm > 0 and not queued_behind:
+              params: FairParams) -> float:
+    """Return how long a leading tenant waits: until the slowest could catch up at its share."""
+    if tpm > 0:
         # The slowest tenant's vt advances at (tpm/60) / total_weight per second.
         wait = (vt - slowest - params.window) * total_weight / (tpm / 60)
     else:

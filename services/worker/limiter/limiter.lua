@@ -6,8 +6,7 @@
 -- KEYS[1] requests bucket (hash level, ts)    KEYS[4] tenants' virtual times (hash)
 -- KEYS[2] tokens bucket (hash level, ts)      KEYS[5] tenants' weights (hash)
 -- KEYS[3] hold (string with a PX expiry)      KEYS[6] active tenants (zset: tenant -> until)
--- KEYS[7] tasks queued per tenant (hash)      KEYS[8] queued tenants (zset: tenant -> until)
--- ARGV[1] mode: acquire | settle | sync | seed | hold | backlog; the rest depend on the mode.
+-- ARGV[1] mode: acquire | settle | sync | seed | hold; the other arguments depend on the mode.
 -- Numbers go back as strings: Redis would truncate a Lua number to an integer.
 
 local function fmt(x)
@@ -93,38 +92,11 @@ local function acquire()
     return {0, tostring(held), '', '', 'hold', fmt(now), '', ''}
   end
 
-  -- Fair share: the backlogged tenants other than this one (asking, or with tasks queued
-  -- that no worker has reached yet), their slowest vt and total weight.
+  -- Fair share: the active tenants other than this one, their slowest vt and total weight.
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now))
   -- A pool has a handful of backlogged tenants, well within unpack's few thousand.
   local members = redis.call('ZRANGE', KEYS[6], 0, -1)
-  -- Queued work not touched within its TTL is forgotten: a count that drifted (a crash
-  -- between queueing and finishing) cannot hold the pool back for longer than that.
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', fmt(now))
-  if #stale > 0 then
-    redis.call('HDEL', KEYS[7], unpack(stale))
-    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', fmt(now))
-  end
-  local queued_names = redis.call('ZRANGE', KEYS[8], 0, -1)
-  local queued = false
-  local n_asking = #members
-  if #queued_names > 0 then
-    local asking = {}
-    for _, name in ipairs(members) do
-      asking[name] = true
-    end
-    local counts = redis.call('HMGET', KEYS[7], unpack(queued_names))
-    for i, name in ipairs(queued_names) do
-      if (tonumber(counts[i]) or 0) > 0 then
-        if name == tenant then
-          queued = true
-        elseif not asking[name] then
-          members[#members + 1] = name
-        end
-      end
-    end
-  end
-  local active, slowest, slowest_asking, others_weight = false, nil, nil, 0
+  local active, slowest, others_weight = false, nil, 0
   if #members > 0 then
     local vts = redis.call('HMGET', KEYS[4], unpack(members))
     local ws = redis.call('HMGET', KEYS[5], unpack(members))
@@ -136,23 +108,12 @@ local function acquire()
         if slowest == nil or v < slowest then
           slowest = v
         end
-        if i <= n_asking and (slowest_asking == nil or v < slowest_asking) then
-          slowest_asking = v
-        end
         others_weight = others_weight + (tonumber(ws[i]) or 1)
       end
     end
   end
   local vt = tonumber(redis.call('HGET', KEYS[4], tenant))
-  if queued and slowest_asking ~= nil and not active then
-    -- Back from the queue: it keeps its place, but catches up by at most a window.
-    if vt == nil or vt < slowest_asking - window then
-      vt = slowest_asking - window
-    end
-    if slowest ~= nil and vt > slowest + window then
-      vt = slowest + window
-    end
-  elseif slowest ~= nil and not active then
+  if slowest ~= nil and not active then
     -- (Re)joining the backlog: idling banks no credit, an old lead is forgiven to the window.
     if vt == nil or vt < slowest then
       vt = slowest
@@ -172,9 +133,7 @@ local function acquire()
   local rl, tl = '', ''
   if slowest ~= nil and vt - slowest > window then
     reason = 'fair'
-    -- Led by a tenant whose tasks are still queued: it cannot catch up before workers reach
-    -- them, so wait the longest (the caller defers its task to the tail of the queue).
-    if tpm > 0 and slowest_asking ~= nil and slowest >= slowest_asking then
+    if tpm > 0 then
       wait = (vt - slowest - window) * (others_weight + weight) / (tpm / 60)
     else
       wait = max_wait
@@ -307,25 +266,6 @@ local function hold()
   return left
 end
 
--- ARGV: mode, tenant, delta (an integer), ttl_ms. Counts the tenant's queued tasks, never
--- below 0; a task queued also marks the tenant's queued work fresh until now + ttl.
--- Returns the count.
-local function backlog()
-  local tenant, delta, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local count = redis.call('HINCRBY', KEYS[7], tenant, delta)
-  if count <= 0 then
-    redis.call('HDEL', KEYS[7], tenant)
-    redis.call('ZREM', KEYS[8], tenant)
-    return 0
-  end
-  if delta > 0 then
-    redis.call('ZADD', KEYS[8], fmt(clock() + ttl / 1000), tenant)
-    redis.call('PEXPIRE', KEYS[7], ttl)
-    redis.call('PEXPIRE', KEYS[8], ttl)
-  end
-  return count
-end
-
 local mode = ARGV[1]
 if mode == 'acquire' then
   return acquire()
@@ -337,7 +277,5 @@ elseif mode == 'seed' then
   return seed()
 elseif mode == 'hold' then
   return hold()
-elseif mode == 'backlog' then
-  return backlog()
 end
 return redis.error_reply('limiter.lua: unknown mode ' .. tostring(mode))

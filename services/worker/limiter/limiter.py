@@ -25,13 +25,7 @@ from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams
 from services.worker.limiter.headers import remaining_from_headers, retry_after_from_headers
 from services.worker.limiter.local import LocalBuckets
-from services.worker.limiter.pools import (
-    FairShareDeferred,
-    LimiterOptions,
-    PoolLimits,
-    TenantShare,
-    UnknownPool,
-)
+from services.worker.limiter.pools import LimiterOptions, PoolLimits, TenantShare, UnknownPool
 from services.worker.limiter.shared import RedisPools
 from services.worker.limiter.stats import LimiterStats
 
@@ -87,7 +81,6 @@ class _Turn:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     callers: int = 0
     polling: bool = False  # the head is waiting for the buckets' capacity
-    fair_until: float = 0.0  # monotonic time until which the tenant is over its fair share
     # The buckets' levels right after the last grant (requests, tokens, monotonic time): the
     # next caller need not ask before they can have refilled to its needs.
     levels: tuple[float | None, float | None, float] | None = None
@@ -299,13 +292,8 @@ class SharedLimiter:
 
     # -- the public API --
 
-    async def acquire(self, pool: str, tenant: str, tokens: int, *,
-                      defer_fair_over_s: float | None = None) -> Grant:
-        """Wait until the pool has a request and `tokens` tokens for this tenant; take them.
-
-        With `defer_fair_over_s`, a tenant over its fair share that would wait longer than that
-        gets FairShareDeferred (nothing taken) instead of a wait; capacity waits never raise.
-        """
+    async def acquire(self, pool: str, tenant: str, tokens: int) -> Grant:
+        """Wait until the pool has a request and `tokens` tokens for this tenant; take them."""
         limits = self._limits(pool)
         share = self._tenants.get(tenant, _EQUAL_SHARE)
         cost = max(0, int(tokens))
@@ -313,7 +301,6 @@ class SharedLimiter:
         turn = self._turns.get(key)
         if turn is None:
             turn = self._turns[key] = _Turn()
-        self._defer_if_ahead(pool, turn, defer_fair_over_s)
         started = time.monotonic()
         attempts = 0
         turn.callers += 1
@@ -322,10 +309,6 @@ class SharedLimiter:
             async with turn.lock:
                 try:
                     while True:
-                        behind = turn.fair_until - time.monotonic()
-                        if behind > 0:  # a caller before us was told the tenant leads
-                            self._defer_if_ahead(pool, turn, defer_fair_over_s)
-                            await asyncio.sleep(behind)
                         if turn.levels is not None:  # the grant before ours left the buckets
                             refill = self._refill_wait(pool, limits, turn, cost)
                             if refill > 0:
@@ -342,29 +325,16 @@ class SharedLimiter:
                             break
                         self._stats.denied(pool, outcome.reason)
                         self._set_polling(pool, turn, outcome.reason == "rate")
-                        wait = self._sleep_for(outcome, mode)
-                        if outcome.reason == "fair":
-                            turn.fair_until = time.monotonic() + wait
-                            continue  # sleeps at the top, unless deferred
-                        await asyncio.sleep(wait)
+                        await asyncio.sleep(self._sleep_for(outcome, mode))
                 finally:
                     self._set_polling(pool, turn, False)
         finally:
             turn.callers -= 1
-            if turn.callers == 0 and turn.fair_until <= time.monotonic():
+            if turn.callers == 0:
                 self._turns.pop(key, None)
         waited = time.monotonic() - started
         self._stats.granted(pool, mode, cost, waited)
         return Grant(pool, tenant, cost, mode, waited, attempts, outcome.w_eff)
-
-    def _defer_if_ahead(self, pool: str, turn: _Turn, defer_over_s: float | None) -> None:
-        """Raise FairShareDeferred if the tenant leads for longer than the caller would wait."""
-        if defer_over_s is None:
-            return
-        behind = turn.fair_until - time.monotonic()
-        if behind > defer_over_s:
-            self._stats.deferred(pool)
-            raise FairShareDeferred(behind)
 
     def _refill_wait(self, pool: str, limits: PoolLimits, turn: _Turn, cost: int) -> float:
         """Return how long the buckets the last grant left need to refill for `cost` (spread).

@@ -17,18 +17,6 @@ class UnknownPool(LimiterError, KeyError):
     """No limits are configured under this pool name."""
 
 
-class FairShareDeferred(LimiterError):
-    """The tenant is over its fair share for longer than the caller would wait; nothing taken.
-
-    Raised by `acquire(..., defer_fair_over_s=...)` so that the caller can put its work back
-    (at the tail of its queue) instead of holding a slot while other tenants catch up.
-    """
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"over the fair share; ask again in {wait_s:.3f} s")
-        self.wait_s = wait_s
-
-
 @dataclass(frozen=True)
 class PoolLimits:
     """One pool's budget; 0 means no limit known."""

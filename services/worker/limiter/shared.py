@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,12 +10,9 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from services.common.config import AgentqConfig
 from services.common.topology import Names
 from services.worker.limiter.admission import Outcome, PoolParams, Reason, Request
-from services.worker.limiter.pools import model_pool, pools_from_config
 
-log = logging.getLogger(__name__)
 _PACKAGE = resources.files("services.worker.limiter")
 LIMITER_LUA = _PACKAGE.joinpath("limiter.lua").read_text()
 HEARTBEAT_LUA = _PACKAGE.joinpath("heartbeat.lua").read_text()
@@ -32,20 +28,16 @@ class PoolKeys:
     vt: str
     weights: str
     active: str
-    backlog: str  # tasks queued per tenant (hash)
-    queued: str  # tenants with queued tasks (zset: tenant -> fresh until)
 
     @classmethod
     def of(cls, names: Names, pool: str) -> PoolKeys:
         # The braces make every key of a pool hash to one slot, as a Redis Cluster requires.
         tag = "{" + pool + "}"
         return cls(*(names.redis_key("limiter", tag, part)
-                     for part in ("req", "tok", "hold", "vt", "weights", "active", "backlog",
-                                  "queued")))
+                     for part in ("req", "tok", "hold", "vt", "weights", "active")))
 
     def all(self) -> list[str]:
-        return [self.requests, self.tokens, self.hold, self.vt, self.weights, self.active,
-                self.backlog, self.queued]
+        return [self.requests, self.tokens, self.hold, self.vt, self.weights, self.active]
 
 
 def workers_key(names: Names) -> str:
@@ -137,10 +129,6 @@ class RedisPools:
         """Put the pool on hold for `ms` unless it already is for longer; return the hold."""
         return int(await self._run(pool, ("hold", max(1, ms))))
 
-    async def backlog(self, pool: str, tenant: str, delta: int, ttl_ms: int) -> int:
-        """Count a task of the tenant queued (+1) or finished for good (-1); return the count."""
-        return int(await self._run(pool, ("backlog", tenant, str(int(delta)), str(ttl_ms))))
-
     async def run_id(self) -> str:
         """Return the Redis server's run id, which changes when it restarts (losing state)."""
         info = await self._redis.info("server")
@@ -153,52 +141,3 @@ class RedisPools:
         """Refresh (or remove) this worker's heartbeat; return the live workers."""
         return int(await self._heartbeat(keys=[workers_key(self._names)],
                                          args=[member, ttl_ms, "leave" if leave else "beat"]))
-
-
-BACKLOG_TTL_S = 60.0  # queued work not touched for this long stops counting (crash safety)
-
-
-def backlog_pools(config: AgentqConfig, tier: str) -> list[str]:
-    """Return the limited pools a tier's tasks draw from (its first model's, as it usually runs)."""
-    models = config.tiers[tier].models if tier in config.tiers else None
-    if not models:
-        return []
-    limited = pools_from_config(config)
-    entry = models[0]
-    return [name for name in (entry.provider, model_pool(entry.provider, entry.model))
-            if name in limited and (limited[name].rpm or limited[name].tpm)]
-
-
-class Backlog:
-    """Tell the limiter which tenants have tasks queued, so that the fair shares count them
-    as backlogged before their tasks reach a worker (a flood ahead of them in the FIFO queue
-    is then deferred to its tail). The router counts a task in, the worker counts it out when
-    it ends for good; neither must fail a task over it."""
-
-    def __init__(self, redis: Redis, names: Names, config: AgentqConfig,
-                 ttl_s: float = BACKLOG_TTL_S) -> None:
-        self._pools = RedisPools(redis, names)
-        self._config = config
-        self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._by_tier: dict[str, list[str]] = {}
-
-    def pools(self, tier: str) -> list[str]:
-        pools = self._by_tier.get(tier)
-        if pools is None:
-            pools = self._by_tier[tier] = backlog_pools(self._config, tier)
-        return pools
-
-    async def _add(self, tenant: str, tier: str, delta: int) -> None:
-        for pool in self.pools(tier):
-            try:
-                await self._pools.backlog(pool, tenant, delta, self._ttl_ms)
-            except Exception:  # the TTL bounds what a lost update costs
-                log.debug("backlog of %s in %s not updated", tenant, pool, exc_info=True)
-
-    async def queued(self, tenant: str, tier: str) -> None:
-        """Count one task of `tenant` queued for `tier`."""
-        await self._add(tenant, tier, 1)
-
-    async def done(self, tenant: str, tier: str) -> None:
-        """Count one task of `tenant` routed to `tier` as finished (never below 0)."""
-        await self._add(tenant, tier, -1)

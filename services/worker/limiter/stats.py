@@ -8,9 +8,8 @@ from collections import Counter, deque
 from services.worker.limiter import bucket, metrics
 from services.worker.limiter.pools import PoolLimits
 
-_TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "deferrals",
-           "settles", "holds", "rate_limited", "redis_errors", "redis_timeouts",
-           "fallback_events")
+_TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "settles",
+           "holds", "rate_limited", "redis_errors", "redis_timeouts", "fallback_events")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,10 +41,6 @@ class LimiterStats:
     def denied(self, pool: str, reason: str) -> None:
         self._counts["denials"] += 1
         metrics.DENIALS.labels(pool, reason).inc()
-
-    def deferred(self, pool: str) -> None:
-        """A caller over its tenant's fair share was told to come back (FairShareDeferred)."""
-        self._counts["deferrals"] += 1
 
     def decided(self, pool: str, elapsed_s: float) -> None:
         self._latencies.append(elapsed_s)
