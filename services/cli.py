@@ -7,8 +7,14 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from services.common.settings import Settings
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel
+
+    from services.common.topology import Names
 
 # Each loop service's default Prometheus port; `agentq up` gives every child its own.
 METRICS_PORTS = {"intake": 9101, "router": 9102, "recorder": 9103, "worker": 9110,
@@ -45,22 +51,47 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
     import aio_pika
 
-    from services.common.topology import Names, declare_topology, delete_topology
+    from services.common.topology import Names, declare_topology
 
-    async def go() -> None:
+    async def go() -> str:
         connection = await aio_pika.connect(settings.amqp_url)
         async with connection:
             channel = await connection.channel()
             names = Names(settings.namespace)
             if args.delete:
-                await delete_topology(channel, names)
-            else:
-                await declare_topology(channel, names)
+                return await _delete_topology(channel, names, settings.redis_url)
+            await declare_topology(channel, names)
+            return "declared"
 
-    asyncio.run(go())
-    print(f"topology {'deleted' if args.delete else 'declared'} for namespace "
-          f"{settings.namespace!r}")
+    done = asyncio.run(go())
+    print(f"topology {done} for namespace {settings.namespace!r}")
     return 0
+
+
+async def _delete_topology(channel: AbstractChannel, names: Names, redis_url: str) -> str:
+    """Delete a namespace's queues and exchanges, and the tenant lanes registered in Redis
+    (read before the registry itself is deleted); return what was done."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from services.common.lanes import registered_lanes
+    from services.common.models import TIERS
+    from services.common.topology import delete_topology
+
+    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        try:
+            lanes = await registered_lanes(redis, names, TIERS)
+        except (RedisError, OSError) as exc:
+            print(f"agentq topology: lane registry unreadable ({exc}); tenant lanes "
+                  "(<namespace>.work.<tier>.<tenant>) are left in place", file=sys.stderr)
+            await delete_topology(channel, names)
+            return "deleted (tenant lanes not found)"
+        await delete_topology(channel, names, lanes=lanes)
+        await redis.delete(*(names.lanes_key(tier) for tier in TIERS))
+    finally:
+        await redis.aclose()
+    return f"deleted with {len(lanes)} tenant lanes"
 
 
 # Verbs whose modules parse their own flags: `agentq VERB ...` runs `module.main([...])`.

@@ -149,25 +149,35 @@ class ScratchDatabase:
 
 
 def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
-    """Remove every queue, exchange and Redis key of a test namespace."""
+    """Remove every queue (tenant lanes too), exchange and Redis key of a test namespace.
+
+    The lanes are those registered in Redis, so the registry is read before its keys go.
+    """
     import asyncio
 
     import aio_pika
     import redis
 
+    from services.common.models import TIERS
     from services.common.topology import Names, delete_topology
 
-    async def drop_topology() -> None:
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            await delete_topology(await connection.channel(), Names(namespace))
-
-    asyncio.run(drop_topology())
+    names = Names(namespace)
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    try:
+        lanes = [(tier, tenant.decode()) for tier in TIERS
+                 for tenant in client.smembers(names.lanes_key(tier))]
+
+        async def drop_topology() -> None:
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                await delete_topology(await connection.channel(), names, lanes=lanes)
+
+        asyncio.run(drop_topology())
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def write_config(path: Path, mock_url: str, rpm: int = 0, tpm: int = 0,

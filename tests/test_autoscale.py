@@ -20,10 +20,11 @@ from services.autoscale.policy import (
     suggest_workers,
 )
 from services.autoscale.telemetry import WorkerReports
+from services.common.lanes import LaneDirectory
 from services.common.models import Event
 from services.common.settings import Settings
 from services.common.topology import Names as TopologyNames
-from services.common.topology import declare
+from services.common.topology import declare, lane_route
 from tests.stack import Stack, free_port, http, wait_until, write_config
 
 # One worker: 32 slots, 0.8 s per task -> 40 tasks/s.
@@ -188,15 +189,22 @@ def test_autoscaler_follows_a_backlog_up_and_back_to_the_minimum(
                       "--drain-seconds", "5", "--grace", "10")
         wait_until(lambda: events.depth(work)[1] == 1, 60, "the first worker")
 
-        publish_work(settings.amqp_url, ns, 240)
+        # All of it in two tenants' lanes, none in the tier's own queue: the autoscaler must
+        # count the lanes to see any backlog at all.
+        lanes = publish_work(settings, 240, tenants=("acme", "beta"))
         peak = wait_until(lambda: (c := events.depth(work)[1]) > 1 and c, 30,
                           "more than one worker")
         ups = [e for e in events.read() if e["type"] == "scale.up"]
         assert [(e["data"]["from"], e["data"]["to"]) for e in ups][0] == (0, 1)  # the start
         assert ups[1]["data"]["from"] == 1 and ups[1]["data"]["to"] > 1, ups
         assert ups[1]["service"] == "autoscale" and "ready" in ups[1]["data"]["reason"]
+        assert ups[1]["data"]["ready"] > 0, ups[1]
 
-        wait_until(lambda: events.depth(work) == (0, 1), 90, "the queue empty, one worker")
+        def drained() -> bool:
+            return (events.depth(work) == (0, 1)
+                    and all(events.depth(lane) == (0, 1) for lane in lanes))
+
+        wait_until(drained, 90, "the tier queue and lanes empty, one worker")
         downs = [e for e in events.read() if e["type"] == "scale.down"]
         assert downs and downs[-1]["data"]["to"] == 1, events.seen
         assert max(e["data"]["to"] for e in events.seen) >= peak
@@ -212,15 +220,38 @@ def test_autoscaler_follows_a_backlog_up_and_back_to_the_minimum(
     assert "draining" in running.log("autoscale")
 
 
-def publish_work(amqp_url: str, ns: str, count: int) -> None:
-    """Put `count` tasks straight on the cheap tier's queue, as the router would."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+def publish_work(settings: Settings, count: int, tenants: tuple[str, ...]) -> list[str]:
+    """Put `count` tasks in the cheap tier's lanes of `tenants`, round robin, as the router
+    would: each lane declared and registered by a LaneDirectory. Return the lane queues."""
+    import asyncio
+
+    import aio_pika
+    from redis.asyncio import Redis
+
+    names = TopologyNames(settings.namespace)
+
+    async def routes() -> list[str]:
+        connection = await aio_pika.connect(settings.amqp_url)
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            async with connection:
+                directory = LaneDirectory(await connection.channel(), redis, names)
+                return [await directory.route("cheap", tenant) for tenant in tenants]
+        finally:
+            await redis.aclose()
+
+    keys = asyncio.run(routes())
+    assert keys == [lane_route("cheap", tenant) for tenant in tenants]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     channel = connection.channel()
     channel.confirm_delivery()
     for i in range(count):
+        tenant = tenants[i % len(tenants)]
         task = {"id": str(uuid.uuid4()), "prompt": f"scale {i} {uuid.uuid4()}",
-                "kind": "classify", "cache": "off"}
-        channel.basic_publish(f"{ns}.work", "cheap", json.dumps(task).encode(),
+                "kind": "classify", "cache": "off", "tenant": tenant}
+        channel.basic_publish(names.work, lane_route("cheap", tenant),
+                              json.dumps(task).encode(),
                               pika.BasicProperties(content_type="application/json",
                                                    delivery_mode=2), mandatory=True)
     connection.close()
+    return [names.lane_queue("cheap", tenant) for tenant in tenants]

@@ -372,17 +372,38 @@ def test_every_app_deployment_has_its_service_pdb_and_verb_line() -> None:
     assert not (settings_variables() - OPTIONAL_SETTINGS) - covered
 
 
-def test_every_worker_tier_scales_on_its_queue() -> None:
+def test_every_worker_tier_scales_on_its_queue_and_lanes() -> None:
     namespace = next(d for d in of_kind("ConfigMap")
                      if d["metadata"]["name"] == "agentq")["data"]["AGENTQ_NAMESPACE"]
+    names = Names(namespace)
+    secret = next(d for d in of_kind("Secret") if d["metadata"]["name"] == "agentq")
+    auths = {d["metadata"]["name"]: d["spec"] for d in of_kind("TriggerAuthentication")}
     scaled = {d["spec"]["scaleTargetRef"]["name"]: d["spec"] for d in of_kind("ScaledObject")}
     assert set(scaled) == {f"worker-{t}" for t in TIERS}
+    every_queue = [*names.queues(), names.work, *(names.lane_queue(t, tenant) for t in TIERS
+                                                  for tenant in ("acme", "a.b-c_1", "x"))]
     for tier in TIERS:
         spec = scaled[f"worker-{tier}"]
         trigger = spec["triggers"][0]
+        metadata = trigger["metadata"]
         assert trigger["type"] == "rabbitmq"
-        assert trigger["metadata"]["queueName"] == Names(namespace).work_queue(tier)
-        assert trigger["metadata"]["mode"] == "QueueLength"
+        # The tier's backlog is its own queue plus every tenant lane: a regex, summed, which
+        # KEDA reads only through the management API (http), its URL from the Secret.
+        assert metadata["useRegex"] == "true" and metadata["operation"] == "sum"
+        assert metadata["protocol"] == "http"
+        assert int(metadata["pageSize"]) == 500  # the management API's largest page
+        selected = re.compile(metadata["queueName"])
+        mine = [names.work_queue(tier), *(names.lane_queue(tier, tenant)
+                                          for tenant in ("acme", "a.b-c_1", "x"))]
+        assert [q for q in every_queue if selected.search(q)] == mine, tier
+        assert not selected.search(f"{names.work_queue(tier)}x")  # no tier is a prefix
+        assert not selected.search(f"{names.work_queue(tier)}.")
+        assert metadata["mode"] == "QueueLength"
+        auth = auths[trigger["authenticationRef"]["name"]]
+        (host,) = [r for r in auth["secretTargetRef"] if r["parameter"] == "host"]
+        assert host["name"] == "agentq"
+        management = urlparse(secret["stringData"][host["key"]])
+        assert management.scheme in ("http", "https") and management.port == 15672
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
         assert spec["cooldownPeriod"] > 0
     overlay = K8S / "overlays" / "no-keda"

@@ -4,17 +4,23 @@ Ready counts come from passive declares (always available). Unacknowledged count
 the management API when it answers within a second (services.common.queue_depth); otherwise
 they are estimated from the consumers' prefetch windows and the in-flight counts the workers
 report in their heartbeats.
+
+The queues are listed anew at every sample (`DepthProbe` takes a list or an async function
+that returns one): tenant lanes appear while the autoscaler runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractConnection
 
 from services.common.queue_depth import QueueDepths
+
+QueueList = Callable[[], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,7 @@ class Depth:
 
     ready: int
     unacked: int
-    consumers: int
+    consumers: int  # the most any one queue has: each worker consumes every queue of its tiers
     source: str  # "management" or "estimate"
 
     @property
@@ -62,11 +68,16 @@ def growth_per_min(samples: list[tuple[float, int]]) -> float:
 
 
 class DepthProbe:
-    """Read the depth of a set of queues; keep a short history for the growth rate."""
+    """Read the depth of a set of queues; keep a short history for the growth rate.
 
-    def __init__(self, connection: AbstractConnection, amqp_url: str, queues: list[str],
-                 prefetch: int, management: str | None, window_s: float = 30.0) -> None:
-        self.queues = queues
+    `queues` is a fixed list, or an async function that lists them at each sample (the
+    autoscaler's: every tier queue and every registered lane, `WorkQueues.flat`).
+    """
+
+    def __init__(self, connection: AbstractConnection, amqp_url: str,
+                 queues: list[str] | QueueList, prefetch: int, management: str | None,
+                 window_s: float = 30.0) -> None:
+        self._queues = queues
         self.prefetch = prefetch
         self.window_s = window_s
         self.history: deque[tuple[float, int]] = deque()
@@ -74,9 +85,10 @@ class DepthProbe:
 
     async def sample(self, reported_in_flight: int | None) -> Depth:
         """Return the queues' depth now and add it to the history."""
-        readings = await self._depths.read(self.queues)
+        queues = self._queues if isinstance(self._queues, list) else await self._queues()
+        readings = await self._depths.read(queues)
         ready = sum(r.ready for r in readings)
-        consumers = sum(r.consumers for r in readings)
+        consumers = max((r.consumers for r in readings), default=0)
         known = [r.unacked for r in readings if r.unacked is not None]
         if readings and len(known) == len(readings):
             depth = Depth(ready, sum(known), consumers, "management")

@@ -1,8 +1,9 @@
 """`agentq autoscale`: run between --min and --max `agentq worker` processes on queue depth.
 
-Every --interval seconds: sample the work queues (ready + unacknowledged) and their growth,
-ask the policy for a worker count, hold it through the cool-down, then start workers or drain
-them (SIGTERM, wait for the exit), publishing `scale.up` / `scale.down` events.
+Every --interval seconds: sample the work queues (each tier's own queue and every tenant lane
+registered in Redis; ready + unacknowledged) and their growth, ask the policy for a worker
+count, hold it through the cool-down, then start workers or drain them (SIGTERM, wait for the
+exit), publishing `scale.up` / `scale.down` events.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Gauge
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from services.autoscale.depth import DepthProbe
 from services.autoscale.policy import Cooldown, apply_cooldown, suggest_workers
@@ -28,7 +30,7 @@ from services.common.amqp import Bus
 from services.common.config import AgentqConfig
 from services.common.models import TIERS, Event
 from services.common.publishing import emit
-from services.common.queue_depth import management_url
+from services.common.queue_depth import WorkQueues, management_url
 from services.common.settings import Settings
 from services.common.topology import Names, declare_topology
 
@@ -135,8 +137,12 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
     config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     prefetch = settings.worker_prefetch or options.concurrency
+    # Short timeouts: a registry outage must not hold up a tick (WorkQueues then keeps the
+    # lanes it listed last).
+    redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
     probe = DepthProbe(bus.connection, settings.amqp_url,
-                       [names.work_queue(t) for t in options.tiers], prefetch, options.management)
+                       WorkQueues(redis, names, options.tiers).flat, prefetch,
+                       options.management)
     args = ["worker", "--concurrency", str(options.concurrency), "--grace", str(options.grace_s)]
     if options.tiers != list(TIERS):
         args += ["--tiers", ",".join(options.tiers)]
@@ -161,6 +167,7 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
         log.info("stopping: draining %d workers", pool.size)
         await pool.close()
         await bus.close()
+        await redis.aclose()
 
 
 def parse(argv: list[str] | None) -> Options:

@@ -1,5 +1,9 @@
 """Read RabbitMQ queue depths: passive declares give ready messages and consumers (always,
 and fresh), the management API adds unacknowledged counts when it answers in time.
+
+A tier's backlog is spread over its own queue and one lane per tenant (services.common.lanes):
+`WorkQueues` lists them from the lane registry, `tier_totals` folds their readings into one
+per tier.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urlparse
 
@@ -15,11 +20,17 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import AMQPError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.common.lanes import registered_lanes
+from services.common.topology import Names
 
 log = logging.getLogger(__name__)
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TIMEOUT_S = 1.0
 MANAGEMENT_RETRY_S = 30.0  # after a failure, do not pay the timeout on every read
+REGISTRY_TIMEOUT_S = 1.0  # a lane registry slower than this counts as unreachable
 
 
 @dataclass(frozen=True)
@@ -128,3 +139,71 @@ class QueueDepths:
             log.info("management API unavailable (%r); retrying in %.0f s", exc, self.retry_s)
             self._retry_at = time.monotonic() + self.retry_s
             return None
+
+
+class WorkQueues:
+    """List each tier's work queues from the lane registry: the tier's own queue first, then
+    its tenants' lanes.
+
+    While the registry (Redis) cannot be read, the last listing stands (lanes are never taken
+    away while a namespace lives), or each tier's own queue before any listing succeeded: the
+    caller then counts less than the whole backlog rather than nothing. An outage is logged
+    once.
+    """
+
+    def __init__(self, redis: Redis, names: Names, tiers: Iterable[str],
+                 timeout_s: float = REGISTRY_TIMEOUT_S) -> None:
+        self.redis = redis
+        self.names = names
+        self.tiers = list(tiers)
+        self.timeout_s = timeout_s
+        self._last: dict[str, list[str]] = {t: [names.work_queue(t)] for t in self.tiers}
+        self._failing = False
+
+    async def read(self) -> dict[str, list[str]]:
+        """Return {tier: [tier queue, lane queues...]}."""
+        try:
+            lanes = await asyncio.wait_for(
+                registered_lanes(self.redis, self.names, self.tiers), self.timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self._failing:
+                log.warning("lane registry unreadable (%r): counting the %d queues known",
+                            exc, sum(len(q) for q in self._last.values()))
+                self._failing = True
+            return {tier: list(queues) for tier, queues in self._last.items()}
+        if self._failing:
+            log.info("lane registry readable again")
+            self._failing = False
+        listing = {tier: [self.names.work_queue(tier)] for tier in self.tiers}
+        for tier, tenant in lanes:
+            listing[tier].append(self.names.lane_queue(tier, tenant))
+        self._last = listing
+        return {tier: list(queues) for tier, queues in listing.items()}
+
+    async def flat(self) -> list[str]:
+        """Return every work queue of the tiers in one list."""
+        return [queue for queues in (await self.read()).values() for queue in queues]
+
+
+def tier_totals(readings: Iterable[QueueDepth], queues: Mapping[str, Sequence[str]],
+                names: Names) -> dict[str, QueueDepth]:
+    """Fold the readings of each tier's `queues` (as `WorkQueues` lists them) into one reading
+    per tier, named after the tier's own queue.
+
+    Ready and unacknowledged messages are summed (unacked is unknown if any queue's is);
+    consumers are the most any one of the queues has, since every worker of a tier consumes
+    all of them. A tier none of whose queues was read is left out.
+    """
+    by_name = {r.queue: r for r in readings}
+    totals: dict[str, QueueDepth] = {}
+    for tier, own in queues.items():
+        read = [by_name[q] for q in own if q in by_name]
+        if not read:
+            continue
+        unacked = [r.unacked for r in read]
+        totals[tier] = QueueDepth(
+            names.work_queue(tier), sum(r.ready for r in read),
+            None if None in unacked else sum(u for u in unacked if u is not None),
+            max(r.consumers for r in read),
+            "management" if all(r.source == "management" for r in read) else "amqp")
+    return totals

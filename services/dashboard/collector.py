@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
-from services.common.models import Event, Result
-from services.common.queue_depth import management_url
+from services.common.models import TIERS, Event, Result
+from services.common.queue_depth import WorkQueues, management_url
 from services.common.runtime import run
 from services.common.settings import Settings
 from services.common.store import make_engine
@@ -112,7 +113,10 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     mgmt = management_url(settings.amqp_url) if options.management_url is None \
         else options.management_url
-    sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt)
+    # The lane registry's client: short timeouts, so an outage does not hold up sampling.
+    redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt,
+                           WorkQueues(redis, names, TIERS))
     evaluator = Evaluator(engine, names)
 
     async def sample() -> None:
@@ -156,6 +160,7 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
         loops_stop.set()
         await asyncio.gather(flusher, *loops, return_exceptions=True)
         await bus.close()
+        await redis.aclose()
         engine.dispose()
 
 

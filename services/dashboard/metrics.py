@@ -15,7 +15,11 @@ from services.dashboard.suggestion import suggest
 
 
 def backlog_queues(names: Names) -> list[str]:
-    """Return the queues whose ready messages are work not yet done."""
+    """Return the queues whose ready messages are work not yet done.
+
+    A tier's queue stands for the tier's whole backlog: the collector records it as the sum
+    over the tier's own queue and every tenant lane (services.dashboard.sampler).
+    """
     return [names.submit, names.tasks, *(names.work_queue(t) for t in TIERS)]
 
 

@@ -1,0 +1,357 @@
+"""Tenant lanes (services.common.lanes): the names, and against the real RabbitMQ and Redis in
+a namespace of their own (the `namespace` fixture: `agentq_test_<uuid8>`, deleted afterwards
+with its lanes): declaring and registering lanes, watching the registry, counting a tier's
+backlog over its lanes, and deleting them with the namespace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import aio_pika
+import pytest
+import redis
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.autoscale.depth import Depth, DepthProbe
+from services.cli import main as agentq
+from services.common import lanes as lanes_module
+from services.common.lanes import LaneDirectory, LaneWatcher, registered_lanes
+from services.common.models import TIERS
+from services.common.queue_depth import QueueDepth, WorkQueues, tier_totals
+from services.common.settings import Settings
+from services.common.topology import Names, declare_topology, lane_route, tier_of
+from services.dashboard.sampler import QueueSampler
+from tests.conftest import Rabbit
+from tests.stack import delete_namespace, free_port
+
+T = TypeVar("T")
+
+
+# --- names ----------------------------------------------------------------------------------
+
+def test_lane_names() -> None:
+    names = Names("ns")
+    assert lane_route("cheap", "acme") == "cheap.acme"
+    assert names.lane_queue("cheap", "acme") == "ns.work.cheap.acme"
+    assert names.lane_queue("cheap", "acme") == f"{names.work_queue('cheap')}.acme"
+    assert names.lanes_key("premium") == "ns:lanes:premium"
+    # A tenant may have dots in its name (`^[\w.\-]+$`); the tier is what precedes the first.
+    assert lane_route("standard", "eu.acme") == "standard.eu.acme"
+    assert names.lane_queue("standard", "eu.acme") == "ns.work.standard.eu.acme"
+
+
+@pytest.mark.parametrize(("route", "tier"), [
+    ("cheap", "cheap"), ("cheap.acme", "cheap"), ("premium.eu.acme-1", "premium"),
+    ("standard.", "standard"),
+])
+def test_tier_of(route: str, tier: str) -> None:
+    assert tier_of(route) == tier
+
+
+def test_tier_of_inverts_lane_route() -> None:
+    for tier in TIERS:
+        assert tier_of(tier) == tier
+        for tenant in ("acme", "eu.acme", "a-b_c"):
+            assert tier_of(lane_route(tier, tenant)) == tier
+
+
+def test_tier_totals_sum_a_tier_over_its_queues() -> None:
+    names = Names("ns")
+    cheap, standard = names.work_queue("cheap"), names.work_queue("standard")
+    acme, beta = names.lane_queue("cheap", "acme"), names.lane_queue("cheap", "beta")
+    queues = {"cheap": [cheap, acme, beta], "standard": [standard],
+              "premium": [names.work_queue("premium")]}
+    readings = [QueueDepth(cheap, 1, 0, 2, "management"),
+                QueueDepth(acme, 5, 3, 2, "management"),
+                QueueDepth(beta, 7, 4, 1, "management"),
+                QueueDepth(standard, 2, None, 3),
+                QueueDepth(names.tasks, 100, None, 0)]  # not a work queue: ignored
+    totals = tier_totals(readings, queues, names)
+    assert totals == {
+        # consumers: the most on any one queue (every worker of the tier consumes all three)
+        "cheap": QueueDepth(cheap, 13, 7, 2, "management"),
+        "standard": QueueDepth(standard, 2, None, 3, "amqp"),
+    }  # premium: none of its queues was read
+    # One queue without an unacked count makes the tier's unknown, and its source amqp.
+    partial = tier_totals([*readings[:2], QueueDepth(beta, 7, None, 1)], queues, names)
+    assert partial["cheap"] == QueueDepth(cheap, 13, None, 2, "amqp")
+    # A tier read through its lanes alone (its own queue missing) still has its total.
+    assert tier_totals(readings[1:3], queues, names)["cheap"] == QueueDepth(
+        cheap, 12, 7, 2, "management")
+
+
+# --- against the real broker and cache ------------------------------------------------------
+
+@pytest.fixture
+def names(namespace: str) -> Names:
+    """The test namespace's names, its topology declared (the fixture deletes it after)."""
+    names = Names(namespace)
+    asyncio.run(_with_broker(names, lambda connection, _: _declare(connection, names)))
+    return names
+
+
+@pytest.fixture
+def rabbit(namespace: str) -> Iterator[Rabbit]:
+    client = Rabbit(Settings(namespace=namespace).amqp_url)
+    yield client
+    client.close()
+
+
+async def _declare(connection: AbstractRobustConnection, names: Names) -> None:
+    await declare_topology(await connection.channel(), names)
+
+
+async def _with_broker(names: Names, action: Callable[[AbstractRobustConnection, Redis],
+                                                       Awaitable[T]]) -> T:
+    """Run `action` with a broker connection and a Redis client of the test's settings."""
+    settings = Settings(namespace=names.ns)
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    cache = Redis.from_url(settings.redis_url)
+    try:
+        async with connection:
+            return await action(connection, cache)
+    finally:
+        await cache.aclose()
+
+
+def _dead_redis() -> Redis:
+    """A client of a port nobody listens on: every command fails to connect (at once: no
+    retries)."""
+    return Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, socket_timeout=1,
+                 retry=Retry(NoBackoff(), 0))
+
+
+def _registered(names: Names, tier: str) -> set[str]:
+    client = redis.Redis.from_url(Settings(namespace=names.ns).redis_url)
+    try:
+        return {m.decode() for m in client.smembers(names.lanes_key(tier))}
+    finally:
+        client.close()
+
+
+def test_route_declares_binds_and_registers_the_lane(names: Names, rabbit: Rabbit) -> None:
+    lane = names.lane_queue("cheap", "acme")
+    assert rabbit.depth(lane) is None
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[str, list[tuple[str, str]]]:
+        directory = LaneDirectory(await connection.channel(), cache, names)
+        route = await directory.route("cheap", "acme")
+        return route, await registered_lanes(cache, names, TIERS)
+
+    route, registered = asyncio.run(_with_broker(names, scenario))
+    assert route == "cheap.acme"
+    assert registered == [("cheap", "acme")]
+    assert _registered(names, "cheap") == {"acme"}
+    assert rabbit.depth(lane) == (0, 0)  # declared
+    # Bound: a message on the work exchange under the lane's key lands in the lane alone.
+    rabbit.publish(names.work, route, b'{"n": 1}')
+    assert rabbit.get(lane).body == b'{"n": 1}'
+    assert rabbit.count(names.work_queue("cheap")) == 0
+
+
+def test_route_falls_back_to_the_tier_while_the_registry_is_unreachable(
+        names: Names, rabbit: Rabbit) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[str, str, str]:
+        directory = LaneDirectory(await connection.channel(), _dead_redis(), names)
+        outage = await directory.route("cheap", "acme")
+        again = await directory.route("cheap", "acme")  # not remembered as registered
+        await directory.redis.aclose()
+        directory.redis = cache  # the registry is back: the next task registers the lane
+        return outage, again, await directory.route("cheap", "acme")
+
+    outage, again, back = asyncio.run(_with_broker(names, scenario))
+    assert (outage, again) == ("cheap", "cheap")  # workers could not find the lane yet
+    assert back == "cheap.acme"
+    assert _registered(names, "cheap") == {"acme"}
+    rabbit.publish(names.work, outage, b"to the tier")
+    assert rabbit.get(names.work_queue("cheap")).body == b"to the tier"
+
+
+def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
+        names: Names, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
+        directory = LaneDirectory(await connection.channel(), cache, names)
+        routes = [await directory.route("standard", "acme")]
+        dead = _dead_redis()
+        directory.redis = dead
+        routes.append(await directory.route("standard", "acme"))  # registered just now
+        monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)
+        routes.append(await directory.route("standard", "acme"))  # re-registering fails
+        await dead.aclose()
+        return routes
+
+    assert asyncio.run(_with_broker(names, scenario)) == ["standard.acme"] * 3
+
+
+def test_watcher_hands_each_new_lane_to_on_new_once(names: Names) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> list[list[tuple[str, str]]]:
+        seen: list[tuple[str, str]] = []
+        failing = {("premium", "flaky")}
+
+        async def on_new(tier: str, tenant: str) -> None:
+            if (tier, tenant) in failing:
+                raise ConnectionError("cannot consume it yet")
+            seen.append((tier, tenant))
+
+        watcher = LaneWatcher(cache, names, ["cheap", "premium"], on_new)
+        rounds = []
+        await watcher.poll()  # nothing registered
+        rounds.append(list(seen))
+        await cache.sadd(names.lanes_key("cheap"), "acme", "beta")
+        await cache.sadd(names.lanes_key("standard"), "other-tier")  # not watched
+        await watcher.poll()
+        await watcher.poll()  # nothing new: no call
+        rounds.append(list(seen))
+        await cache.sadd(names.lanes_key("premium"), "flaky")
+        with pytest.raises(ConnectionError):
+            await watcher.poll()
+        await cache.sadd(names.lanes_key("cheap"), "gamma")
+        failing.clear()  # the failed lane is handed over again, the others are not
+        await watcher.poll()
+        await watcher.poll()
+        rounds.append(list(seen))
+        return rounds
+
+    rounds = asyncio.run(_with_broker(names, scenario))
+    assert rounds == [
+        [],
+        [("cheap", "acme"), ("cheap", "beta")],
+        [("cheap", "acme"), ("cheap", "beta"), ("cheap", "gamma"), ("premium", "flaky")],
+    ]
+
+
+async def _ignore(message: AbstractIncomingMessage) -> None:
+    pass
+
+
+def _fill(names: Names, rabbit: Rabbit) -> None:
+    """Register lanes (cheap: acme, beta; standard: acme) and queue 1 + 3 + 2 cheap tasks (tier
+    queue, acme, beta) and 4 standard ones (acme's lane)."""
+    async def register(connection: AbstractRobustConnection, cache: Redis) -> None:
+        directory = LaneDirectory(await connection.channel(), cache, names)
+        for tier, tenant in (("cheap", "acme"), ("cheap", "beta"), ("standard", "acme")):
+            await directory.route(tier, tenant)
+
+    asyncio.run(_with_broker(names, register))
+    for route, count in (("cheap", 1), ("cheap.acme", 3), ("cheap.beta", 2),
+                         ("standard.acme", 4)):
+        for n in range(count):
+            rabbit.publish(names.work, route, f'{{"n": {n}}}')
+
+
+def test_work_queues_list_each_tier_with_its_lanes(names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[dict[str, list[str]], list[str]]:
+        return (await WorkQueues(cache, names, TIERS).read(),
+                await WorkQueues(cache, names, ["standard"]).flat())
+
+    listing, standard = asyncio.run(_with_broker(names, scenario))
+    assert listing == {
+        "cheap": [names.work_queue("cheap"), names.lane_queue("cheap", "acme"),
+                  names.lane_queue("cheap", "beta")],
+        "standard": [names.work_queue("standard"), names.lane_queue("standard", "acme")],
+        "premium": [names.work_queue("premium")]}
+    assert standard == [names.work_queue("standard"), names.lane_queue("standard", "acme")]
+
+
+def test_work_queues_without_the_registry(names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[list[str], list[str], list[str]]:
+        dead = _dead_redis()
+        never_read = await WorkQueues(dead, names, ["cheap"]).flat()
+        work = WorkQueues(cache, names, ["cheap"])
+        listed = await work.flat()
+        work.redis = dead
+        during = await work.flat()
+        await dead.aclose()
+        return never_read, listed, during
+
+    never_read, listed, during = asyncio.run(_with_broker(names, scenario))
+    assert never_read == [names.work_queue("cheap")]  # the tier's own queue only
+    assert len(listed) == 3
+    assert during == listed  # an outage keeps the lanes listed last
+
+
+def test_autoscaler_depth_sums_every_lane_of_its_tiers(names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[Depth]:
+        url = Settings().amqp_url
+        every = DepthProbe(connection, url, WorkQueues(cache, names, TIERS).flat, 8, None)
+        cheap = DepthProbe(connection, url, WorkQueues(cache, names, ["cheap"]).flat, 8, None)
+        blind = DepthProbe(connection, url, WorkQueues(_dead_redis(), names, ["cheap"]).flat,
+                           8, None)
+        depths = [await every.sample(None), await cheap.sample(None), await blind.sample(None)]
+        # A consumer on acme's lane takes its 3 messages into its (unbounded) window: they
+        # leave `ready`, and the lane's consumer counts as the tier's.
+        consumer = await connection.channel()
+        await (await consumer.get_queue(names.lane_queue("cheap", "acme"))).consume(_ignore)
+        await asyncio.sleep(0.2)
+        depths.append(await cheap.sample(reported_in_flight=3))
+        return depths
+
+    every, cheap, blind, consumed = asyncio.run(_with_broker(names, scenario))
+    assert every == Depth(ready=10, unacked=0, consumers=0, source="estimate")
+    assert cheap == Depth(ready=6, unacked=0, consumers=0, source="estimate")
+    assert blind == Depth(ready=1, unacked=0, consumers=0, source="estimate")  # tier queue only
+    assert consumed == Depth(ready=3, unacked=3, consumers=1, source="estimate")
+
+
+def test_dashboard_samples_a_tier_as_one_reading_over_its_lanes(
+        names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)
+    rabbit.publish(names.tasks, "task", b'{"n": 0}')
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> dict[str, tuple[int, int]]:
+        consumer = await connection.channel()
+        await (await consumer.get_queue(names.lane_queue("cheap", "beta"))).consume(_ignore)
+        sampler = QueueSampler(connection, Settings().amqp_url, names.queues(), None,
+                               WorkQueues(cache, names, TIERS))
+        return {r.queue: (r.depth, r.consumers) for r in await sampler.sample()}
+
+    readings = asyncio.run(_with_broker(names, scenario))
+    # beta's 2 messages sit unacked in its consumer's window: ready counts 1 + 3 + 0.
+    assert readings[names.work_queue("cheap")] == (4, 1)
+    assert readings[names.work_queue("standard")] == (4, 0)
+    assert readings[names.work_queue("premium")] == (0, 0)
+    assert readings[names.tasks] == (1, 0)
+    assert not [q for q in readings if q.startswith(f"{names.work}.") and q.count(".") > 2]
+    assert set(readings) == set(names.queues())  # one row per queue, none per lane
+
+
+def _lane_queues(names: Names) -> list[str]:
+    return [names.lane_queue("cheap", "acme"), names.lane_queue("cheap", "beta"),
+            names.lane_queue("standard", "acme")]
+
+
+def test_delete_namespace_removes_the_lanes(names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)
+    assert all(rabbit.depth(q) is not None for q in _lane_queues(names))
+    settings = Settings(namespace=names.ns)
+    delete_namespace(settings.amqp_url, settings.redis_url, names.ns)
+    for queue in [*_lane_queues(names), names.work_queue("cheap")]:
+        assert rabbit.depth(queue) is None, queue  # the passive declare fails: gone
+    assert _registered(names, "cheap") == _registered(names, "standard") == set()
+
+
+def test_topology_delete_command_removes_the_lanes(names: Names, rabbit: Rabbit,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(names, rabbit)
+    assert agentq(["topology", "--delete"]) == 0  # AGENTQ_NAMESPACE is the test's
+    assert f"deleted with 3 tenant lanes for namespace '{names.ns}'" in capsys.readouterr().out
+    for queue in [*_lane_queues(names), names.work_queue("cheap"), names.tasks]:
+        assert rabbit.depth(queue) is None, queue
+    assert _registered(names, "cheap") == _registered(names, "standard") == set()
