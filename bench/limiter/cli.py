@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.limiter.agentq_run import AgentqSystem
 from bench.limiter.celery_run import CelerySystem
+from bench.limiter.decision import decision_latency
 from bench.limiter.measure import Result
 from bench.limiter.report import report
 from bench.limiter.system import System
@@ -44,7 +45,9 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--queued", type=int, default=1000,
                    help="tasks kept waiting in the broker at least (2× are published)")
     p.add_argument("--min-warmup", type=float, default=10.0)
-    p.add_argument("--max-warmup", type=float, default=75.0)
+    # The fair split can need more requests than the RPM allows while TPM binds: the request
+    # bucket then drains slowly, and the steady state is minutes away.
+    p.add_argument("--max-warmup", type=float, default=360.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--systems", default="agentq,celery",
                    help="comma-separated: agentq, celery (both by default)")
@@ -65,9 +68,15 @@ def run_one(make: Maker, opts: Options, label: str) -> Result:
     ok = False
     try:
         with contextlib.ExitStack() as exit_stack:
+            alone = None
+            if label == "agentq":  # before anything else runs on the host
+                alone = decision_latency()
+                print(f"  [{label}] decision path alone: p50 {alone[0]:.2f} ms, "
+                      f"p99 {alone[1]:.2f} ms", flush=True)
             print(f"  [{label}] starting", flush=True)
             system = make(opts, exit_stack, tmp)
             result = measure(system, Workload(opts), opts)
+            result.decision_alone_ms = alone
             print(f"  [{label}] stopping and cleaning up", flush=True)
         ok = True
         return result

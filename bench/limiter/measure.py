@@ -81,6 +81,7 @@ class Result:
     billed_tokens: int = 0
     rate_limited: int = 0
     rate_limited_run: int = 0
+    decision_alone_ms: tuple[float, float] | None = None  # (p50, p99), idle host
     bank_start: tuple[float, float] = (0.0, 0.0)
     bank_end: tuple[float, float] = (0.0, 0.0)
     served: dict[str, int] = field(default_factory=dict)

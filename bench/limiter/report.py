@@ -103,6 +103,9 @@ def provider_rows(results: list[Result], opts: Options) -> None:
 def limiter_rows(results: list[Result]) -> None:
     row("decision p50 / p99", f"p99 ≤ {TARGET_P99_MS:.0f} ms", [latency(r) for r in results])
     row("decisions ≤ 2 ms", "≥ 99 %", [under_2ms(r) for r in results])
+    row("decision p50 / p99, path alone", "", [
+        "n/a" if r.decision_alone_ms is None
+        else f"{r.decision_alone_ms[0]:.2f} / {r.decision_alone_ms[1]:.2f} ms" for r in results])
     row("p99, limiter.stats events, max", "", [
         "n/a" if r.events_p99 is None else f"{r.events_p99:.2f} ms" for r in results])
     row("limiter waits per grant", "", [waits(r) for r in results])
