@@ -157,22 +157,27 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
 
     import aio_pika
     import redis
+    from redis.asyncio import Redis as AsyncRedis
 
+    from services.common.lanes import registered_lanes
     from services.common.models import TIERS
     from services.common.topology import Names, delete_topology
 
     names = Names(namespace)
+
+    async def drop_topology() -> None:
+        registry = AsyncRedis.from_url(redis_url)
+        try:
+            lanes = await registered_lanes(registry, names, TIERS)
+        finally:
+            await registry.aclose()
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await delete_topology(await connection.channel(), names, lanes=lanes)
+
+    asyncio.run(drop_topology())
     client = redis.Redis.from_url(redis_url)
     try:
-        lanes = [(tier, tenant.decode()) for tier in TIERS
-                 for tenant in client.smembers(names.lanes_key(tier))]
-
-        async def drop_topology() -> None:
-            connection = await aio_pika.connect(amqp_url)
-            async with connection:
-                await delete_topology(await connection.channel(), names, lanes=lanes)
-
-        asyncio.run(drop_topology())
         keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
         if keys:
             client.delete(*keys)
