@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.limiter.agentq_run import AgentqSystem
 from bench.limiter.celery_run import CelerySystem
-from bench.limiter.decision import decision_latency
+from bench.limiter.decision import FloorProbe, decision_latency
 from bench.limiter.measure import Result
 from bench.limiter.report import report
 from bench.limiter.system import System
@@ -68,15 +68,17 @@ def run_one(make: Maker, opts: Options, label: str) -> Result:
     ok = False
     try:
         with contextlib.ExitStack() as exit_stack:
-            alone = None
+            alone = floor = None
             if label == "agentq":  # before anything else runs on the host
                 alone = decision_latency()
-                print(f"  [{label}] decision path alone: p50 {alone[0]:.2f} ms, "
-                      f"p99 {alone[1]:.2f} ms", flush=True)
+                print(f"  [{label}] decision path alone: p50 {alone.p50_ms:.2f} ms, "
+                      f"p99 {alone.p99_ms:.2f} ms", flush=True)
+                floor = FloorProbe()
+                exit_stack.callback(floor.stop)
             print(f"  [{label}] starting", flush=True)
             system = make(opts, exit_stack, tmp)
-            result = measure(system, Workload(opts), opts)
-            result.decision_alone_ms = alone
+            result = measure(system, Workload(opts), opts, floor)
+            result.decision_alone = alone
             print(f"  [{label}] stopping and cleaning up", flush=True)
         ok = True
         return result

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.limiter.decision import Latency
 from bench.limiter.system import Record
 from bench.limiter.workload import TENANTS, Options
 
@@ -81,7 +82,8 @@ class Result:
     billed_tokens: int = 0
     rate_limited: int = 0
     rate_limited_run: int = 0
-    decision_alone_ms: tuple[float, float] | None = None  # (p50, p99), idle host
+    decision_alone: Latency | None = None  # back to back, idle host
+    decision_floor: Latency | None = None  # paced, own process, during the window
     bank_start: tuple[float, float] = (0.0, 0.0)
     bank_end: tuple[float, float] = (0.0, 0.0)
     served: dict[str, int] = field(default_factory=dict)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 from bench.limiter import cpu
+from bench.limiter.decision import FloorProbe
 from bench.limiter.measure import ProviderWatch, Result, admitted_so_far, rates
 from bench.limiter.system import Record, System
 from bench.limiter.workload import FLOOD, TENANTS, Backlog, Options, Workload
@@ -15,8 +16,12 @@ from tests.stack import http
 POLL_S = 0.5
 
 
-def measure(system: System, workload: Workload, opts: Options) -> Result:
-    """Feed the backlog, wait out the burst, measure one window; return the figures."""
+def measure(system: System, workload: Workload, opts: Options,
+            floor: FloorProbe | None = None) -> Result:
+    """Feed the backlog, wait out the burst, measure one window; return the figures.
+
+    `floor`, if given, times the bare decision path in a process of its own over the window.
+    """
     result = Result(system.name)
     backlog = Backlog(workload, opts.queued)
     done: Counter[str] = Counter()
@@ -50,6 +55,8 @@ def measure(system: System, workload: Workload, opts: Options) -> Result:
     limiter0 = system.limiter_snapshot()
     groups = cpu.groups(system.pids())
     cpu0 = cpu.snapshot(groups)
+    if floor is not None:
+        floor.start(opts.window)
     t0 = time.time()
     m0 = time.monotonic()
     print(f"  [{system.name}] window opens after {result.warmup_s:.0f} s of warm-up "
@@ -69,6 +76,8 @@ def measure(system: System, workload: Workload, opts: Options) -> Result:
     result.window_s = time.monotonic() - m0
     result.bank_end = (watch.level_req, watch.level_tok)
     limiter1 = system.limiter_snapshot()
+    if floor is not None:
+        result.decision_floor = floor.result()
     result.cpu = cpu.cores_used(cpu0, cpu.snapshot(groups), result.window_s)
     time.sleep(1.0)  # results of calls admitted inside the window may still be on their way
     collect()
