@@ -74,7 +74,7 @@ async def _delete_topology(channel: AbstractChannel, names: Names, redis_url: st
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from services.common.lanes import registered_lanes
+    from services.common.lanes import registered_lanes, registry_keys
     from services.common.models import TIERS
     from services.common.topology import delete_topology
 
@@ -88,7 +88,7 @@ async def _delete_topology(channel: AbstractChannel, names: Names, redis_url: st
             await delete_topology(channel, names)
             return "deleted (tenant lanes not found)"
         await delete_topology(channel, names, lanes=lanes)
-        await redis.delete(*(names.lanes_key(tier) for tier in TIERS))
+        await redis.delete(*registry_keys(names, TIERS))
     finally:
         await redis.aclose()
     return f"deleted with {len(lanes)} tenant lanes"

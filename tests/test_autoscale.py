@@ -20,7 +20,7 @@ from services.autoscale.policy import (
     suggest_workers,
 )
 from services.autoscale.telemetry import WorkerReports
-from services.common.lanes import LaneDirectory
+from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Event
 from services.common.settings import Settings
 from services.common.topology import Names as TopologyNames
@@ -235,7 +235,8 @@ def publish_work(settings: Settings, count: int, tenants: tuple[str, ...]) -> li
         redis = Redis.from_url(settings.redis_url)
         try:
             async with connection:
-                directory = LaneDirectory(await connection.channel(), redis, names)
+                directory = LaneDirectory(await connection.channel(),
+                                          LaneRegistry(redis, names, 600.0))
                 return [await directory.route("cheap", tenant) for tenant in tenants]
         finally:
             await redis.aclose()

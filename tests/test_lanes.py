@@ -6,6 +6,7 @@ backlog over its lanes, and deleting them with the namespace."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -20,16 +21,32 @@ from redis.backoff import NoBackoff
 from services.autoscale.depth import Depth, DepthProbe
 from services.cli import main as agentq
 from services.common import lanes as lanes_module
-from services.common.lanes import LaneDirectory, LaneWatcher, registered_lanes
-from services.common.models import TIERS
-from services.common.queue_depth import QueueDepth, WorkQueues, tier_totals
+from services.common.amqp import Bus
+from services.common.lane_idle import Lane
+from services.common.lanes import (
+    LaneDirectory,
+    LaneRegistry,
+    registered_lanes,
+    registry_keys,
+)
+from services.common.models import TIERS, Task
+from services.common.queue_depth import QueueDepth, WorkQueues, read_passive, tier_totals
 from services.common.settings import Settings
-from services.common.topology import Names, declare_topology, lane_route, tier_of
+from services.common.topology import Names, declare_lane, declare_topology, lane_route, tier_of
 from services.dashboard.sampler import QueueSampler
+from services.worker.lanes import LaneSweeper, LaneWatcher
 from tests.conftest import Rabbit
-from tests.stack import delete_namespace, free_port
+from tests.stack import (
+    AMQP_URL,
+    Pipeline,
+    delete_namespace,
+    free_port,
+    running_pipeline,
+    wait_until,
+)
 
 T = TypeVar("T")
+IDLE_S = 600.0
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -140,7 +157,7 @@ def test_route_declares_binds_and_registers_the_lane(names: Names, rabbit: Rabbi
 
     async def scenario(connection: AbstractRobustConnection, cache: Redis
                        ) -> tuple[str, list[tuple[str, str]]]:
-        directory = LaneDirectory(await connection.channel(), cache, names)
+        directory = LaneDirectory(await connection.channel(), LaneRegistry(cache, names, IDLE_S))
         route = await directory.route("cheap", "acme")
         return route, await registered_lanes(cache, names, TIERS)
 
@@ -159,11 +176,13 @@ def test_route_falls_back_to_the_tier_while_the_registry_is_unreachable(
         names: Names, rabbit: Rabbit) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis
                        ) -> tuple[str, str, str]:
-        directory = LaneDirectory(await connection.channel(), _dead_redis(), names)
+        directory = LaneDirectory(await connection.channel(),
+                                  LaneRegistry(_dead_redis(), names, IDLE_S))
         outage = await directory.route("cheap", "acme")
         again = await directory.route("cheap", "acme")  # not remembered as registered
-        await directory.redis.aclose()
-        directory.redis = cache  # the registry is back: the next task registers the lane
+        await directory.registry.redis.aclose()
+        # the registry is back: the next task registers the lane
+        directory.registry = LaneRegistry(cache, names, IDLE_S)
         return outage, again, await directory.route("cheap", "acme")
 
     outage, again, back = asyncio.run(_with_broker(names, scenario))
@@ -177,10 +196,10 @@ def test_route_falls_back_to_the_tier_while_the_registry_is_unreachable(
 def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
         names: Names, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
-        directory = LaneDirectory(await connection.channel(), cache, names)
+        directory = LaneDirectory(await connection.channel(), LaneRegistry(cache, names, IDLE_S))
         routes = [await directory.route("standard", "acme")]
         dead = _dead_redis()
-        directory.redis = dead
+        directory.registry = LaneRegistry(dead, names, IDLE_S)
         routes.append(await directory.route("standard", "acme"))  # registered just now
         monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)
         routes.append(await directory.route("standard", "acme"))  # re-registering fails
@@ -190,31 +209,34 @@ def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
     assert asyncio.run(_with_broker(names, scenario)) == ["standard.acme"] * 3
 
 
-def test_watcher_hands_each_new_lane_to_on_new_once(names: Names) -> None:
+def test_watcher_starts_each_new_lane_once(names: Names) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis
                        ) -> list[list[tuple[str, str]]]:
         seen: list[tuple[str, str]] = []
         failing = {("premium", "flaky")}
 
-        async def on_new(tier: str, tenant: str) -> None:
+        async def on_start(tier: str, tenant: str) -> None:
             if (tier, tenant) in failing:
                 raise ConnectionError("cannot consume it yet")
             seen.append((tier, tenant))
 
-        watcher = LaneWatcher(cache, names, ["cheap", "premium"], on_new)
+        registry = LaneRegistry(cache, names, IDLE_S)
+        watcher = LaneWatcher(registry, ["cheap", "premium"], on_start, _never, _none_in_hand)
         rounds = []
         await watcher.poll()  # nothing registered
         rounds.append(list(seen))
-        await cache.sadd(names.lanes_key("cheap"), "acme", "beta")
-        await cache.sadd(names.lanes_key("standard"), "other-tier")  # not watched
+        await registry.touch("cheap", "acme")
+        # A lane registered by a version that kept no times is consumed like any other.
+        await cache.sadd(names.lanes_key("cheap"), "beta")
+        await registry.touch("standard", "other-tier")  # not watched
         await watcher.poll()
         await watcher.poll()  # nothing new: no call
         rounds.append(list(seen))
-        await cache.sadd(names.lanes_key("premium"), "flaky")
+        await registry.touch("premium", "flaky")
         with pytest.raises(ConnectionError):
             await watcher.poll()
-        await cache.sadd(names.lanes_key("cheap"), "gamma")
-        failing.clear()  # the failed lane is handed over again, the others are not
+        await registry.touch("cheap", "gamma")
+        failing.clear()  # the failed lane is started again, the others are not
         await watcher.poll()
         await watcher.poll()
         rounds.append(list(seen))
@@ -228,6 +250,189 @@ def test_watcher_hands_each_new_lane_to_on_new_once(names: Names) -> None:
     ]
 
 
+async def _never(tier: str, tenant: str) -> None:
+    raise AssertionError(f"the lane of {tenant} in {tier} was stopped")
+
+
+def _none_in_hand(lane: tuple[str, str]) -> int:
+    return 0
+
+
+async def _age(cache: Redis, names: Names, tier: str, tenant: str, seconds: float) -> None:
+    """Make a lane look last published to `seconds` ago (by Redis's clock)."""
+    now, micros = await cache.time()
+    await cache.zadd(names.lanes_seen_key(tier), {tenant: now + micros / 1e6 - seconds})
+
+
+def test_touch_records_use_by_redis_time_and_bumps_the_version_on_new_or_waking_lanes(
+        names: Names) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> dict[str, object]:
+        registry = LaneRegistry(cache, names, IDLE_S)
+        out: dict[str, object] = {"empty": await registry.version(["cheap"])}
+        at = await registry.touch("cheap", "acme")
+        out["new"] = await registry.version(["cheap"])
+        await registry.touch("cheap", "acme")  # in use: nothing for workers to do
+        out["again"] = await registry.version(["cheap"])
+        await _age(cache, names, "cheap", "acme", IDLE_S + 5)
+        view = await registry.view(["cheap"])
+        out["idle"] = view.idle(IDLE_S)
+        await registry.touch("cheap", "acme")  # wakes it
+        out["woken"] = await registry.version(["cheap"])
+        out["awake"] = (await registry.view(["cheap"])).idle(IDLE_S)
+        out["seen_after_first_touch"] = at
+        seconds, micros = await cache.time()
+        out["redis_now"] = seconds + micros / 1e6
+        return out
+
+    out = asyncio.run(_with_broker(names, scenario))
+    assert out["empty"] == (0, 0)
+    assert out["new"] == (1, 1)  # version, lanes of cheap
+    assert out["again"] == (1, 1)
+    assert out["idle"] == {("cheap", "acme")}
+    assert out["woken"] == (2, 1)
+    assert out["awake"] == set()
+    assert 0 <= float(out["redis_now"]) - float(out["seen_after_first_touch"]) < 5  # type: ignore[arg-type]
+
+
+def test_watcher_stops_an_idle_lane_once_nothing_is_in_hand_and_restarts_it_when_it_wakes(
+        names: Names) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
+        calls: list[str] = []
+        in_hand = {("cheap", "acme"): 2}
+
+        async def on_start(tier: str, tenant: str) -> None:
+            calls.append(f"start {tenant}")
+
+        async def on_stop(tier: str, tenant: str) -> None:
+            calls.append(f"stop {tenant}")
+
+        registry = LaneRegistry(cache, names, IDLE_S)
+        watcher = LaneWatcher(registry, ["cheap"], on_start, on_stop,
+                              lambda lane: in_hand.get(lane, 0), resync_s=0.0)
+        await registry.touch("cheap", "acme")
+        await registry.touch("cheap", "beta")
+        await watcher.poll()
+        await _age(cache, names, "cheap", "acme", IDLE_S + 1)
+        await _age(cache, names, "cheap", "beta", IDLE_S + 1)
+        await watcher.poll()  # beta stops; acme's two tasks in hand keep it
+        calls.append("|")
+        in_hand.clear()
+        await watcher.poll()  # now acme stops too
+        await watcher.poll()  # idle and stopped: nothing more
+        calls.append("|")
+        await registry.touch("cheap", "acme")  # its tenant's next task
+        await watcher.poll()
+        return calls
+
+    assert asyncio.run(_with_broker(names, scenario)) == [
+        "start acme", "start beta", "stop beta", "|", "stop acme", "|", "start acme"]
+
+
+def test_watcher_keeps_consuming_lanes_a_restarted_registry_lost(names: Names) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> set[Lane]:
+        registry = LaneRegistry(cache, names, IDLE_S)
+        watcher = LaneWatcher(registry, ["cheap"], _started, _never, _none_in_hand,
+                              resync_s=0.0)
+        await registry.touch("cheap", "acme")
+        await watcher.poll()
+        await cache.delete(*registry_keys(names, TIERS))  # Redis restarted, empty
+        await watcher.poll()
+        return watcher.consumed
+
+    assert asyncio.run(_with_broker(names, scenario)) == {("cheap", "acme")}
+
+
+async def _started(tier: str, tenant: str) -> None:
+    pass
+
+
+def test_sweeper_wakes_idle_lanes_that_hold_messages_and_adopts_untimed_ones(
+        names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)  # cheap: acme (3 tasks), beta (2); standard: acme (4)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[list[Lane], list[Lane], set[Lane], dict[Lane, float | None]]:
+        registry = LaneRegistry(cache, names, IDLE_S)
+        await registry.touch("cheap", "empty")  # declared by no one: its queue is missing
+        await declare_lane(await connection.channel(), names, "cheap", "drained")
+        await registry.touch("cheap", "drained")
+        for tenant in ("acme", "beta", "empty", "drained"):
+            await _age(cache, names, "cheap", tenant, IDLE_S + 1)
+        await cache.zrem(names.lanes_seen_key("standard"), "acme")  # an untimed lane
+
+        async def ready(queues: list[str]) -> dict[str, int]:
+            return {r.queue: r.ready for r in await read_passive(connection, queues)}
+
+        first = LaneSweeper(registry, TIERS, ready, "worker-1")
+        second = LaneSweeper(registry, TIERS, ready, "worker-2")
+        woken = await first.sweep()
+        other = await second.sweep()  # the job is taken for this round
+        view = await registry.view(TIERS)
+        return woken, other, view.idle(IDLE_S), dict(view.seen)
+
+    woken, other, idle, seen = asyncio.run(_with_broker(names, scenario))
+    assert woken == [("cheap", "acme"), ("cheap", "beta")]
+    assert other == []
+    assert idle == {("cheap", "drained"), ("cheap", "empty")}
+    assert seen[("standard", "acme")] is not None  # adopted
+
+
+def test_bus_stops_a_queue_after_its_messages_in_hand_are_settled(
+        names: Names, rabbit: Rabbit) -> None:
+    lane = names.lane_queue("cheap", "acme")
+    _fill(names, rabbit)  # 3 tasks in acme's lane
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> list[tuple[int, int] | None | int | bool]:
+        bus = await Bus.connect(Settings(namespace=names.ns).amqp_url, names)
+        release = asyncio.Event()
+        handled: list[bytes] = []
+
+        async def handle(message: AbstractIncomingMessage) -> None:
+            handled.append(message.body)
+            await release.wait()
+
+        try:
+            await bus.consume(lane, handle, prefetch=2)
+            await _eventually(lambda: bus.in_hand(lane) == 2)
+            await bus.stop_queue(lane)
+            await asyncio.sleep(0.3)  # the third task is not delivered: nobody consumes it
+            readings: list[tuple[int, int] | None | int | bool] = [
+                bus.consuming(lane), bus.in_hand(lane), len(handled)]
+            release.set()  # the two in hand finish and are acked on their open channel
+            await _eventually(lambda: bus.in_hand(lane) == 0)
+            await asyncio.sleep(0.3)
+            readings += [len(handled), await _depth(connection, lane)]
+            await bus.consume(lane, handle, prefetch=2)  # woken again: a channel of its own
+            await _eventually(lambda: len(handled) == 3)
+            await _eventually(lambda: bus.in_hand(lane) == 0)
+            await asyncio.sleep(0.3)
+            readings.append(await _depth(connection, lane))
+            return readings
+        finally:
+            await bus.close()
+
+    stopped, in_hand, during, handled, after, drained = asyncio.run(
+        _with_broker(names, scenario))
+    assert (stopped, in_hand, during) == (False, 2, 2)
+    assert handled == 2
+    assert after == (1, 0)  # the two were acked, not given back
+    assert drained == (0, 1)
+
+
+async def _depth(connection: AbstractRobustConnection, queue: str) -> tuple[int, int] | None:
+    readings = await read_passive(connection, [queue])
+    return (readings[0].ready, readings[0].consumers) if readings else None
+
+
+async def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
 async def _ignore(message: AbstractIncomingMessage) -> None:
     pass
 
@@ -236,7 +441,7 @@ def _fill(names: Names, rabbit: Rabbit) -> None:
     """Register lanes (cheap: acme, beta; standard: acme) and queue 1 + 3 + 2 cheap tasks (tier
     queue, acme, beta) and 4 standard ones (acme's lane)."""
     async def register(connection: AbstractRobustConnection, cache: Redis) -> None:
-        directory = LaneDirectory(await connection.channel(), cache, names)
+        directory = LaneDirectory(await connection.channel(), LaneRegistry(cache, names, IDLE_S))
         for tier, tenant in (("cheap", "acme"), ("cheap", "beta"), ("standard", "acme")):
             await directory.route(tier, tenant)
 
@@ -355,3 +560,42 @@ def test_topology_delete_command_removes_the_lanes(names: Names, rabbit: Rabbit,
     for queue in [*_lane_queues(names), names.work_queue("cheap"), names.tasks]:
         assert rabbit.depth(queue) is None, queue
     assert _registered(names, "cheap") == _registered(names, "standard") == set()
+
+
+# --- idle lanes in a running pipeline -------------------------------------------------------
+
+LANE_IDLE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def idling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path_factory.mktemp("idling"), workers=2,
+                          env={"AGENTQ_LANE_IDLE_S": str(LANE_IDLE_S)}) as running:
+        yield running
+
+
+def test_workers_let_go_of_an_idle_lane_and_take_it_back_with_its_next_task(
+        idling: Pipeline) -> None:
+    rabbit = Rabbit(AMQP_URL)
+    lane = f"{idling.ns}.work.cheap.sleepy"
+    try:
+        first = idling.submit({"prompt": f"first {uuid.uuid4()}", "tenant": "sleepy",
+                               "tier": "cheap"})
+        assert idling.wait_done([first], timeout=30)[first]["status"] == "succeeded"
+        wait_until(lambda: rabbit.depth(lane) == (0, 2), 5, "both workers to consume it")
+        # Nothing published for LANE_IDLE_S: both let go of it (the queue stays).
+        wait_until(lambda: rabbit.depth(lane) == (0, 0), 20, "the workers to let go")
+        second = idling.submit({"prompt": f"second {uuid.uuid4()}", "tenant": "sleepy",
+                                "tier": "cheap"})
+        assert idling.wait_done([second], timeout=20)[second]["status"] == "succeeded"
+        wait_until(lambda: rabbit.depth(lane) == (0, 2), 1.5, "both workers to take it back")
+        # A task that reaches the idle lane without the router (a client publishing to the
+        # lane's routing key, a retry that waited longer than the idle time) is swept back.
+        wait_until(lambda: rabbit.depth(lane) == (0, 0), 20, "the workers to let go again")
+        before = idling.stats()["completed"]
+        task = Task(prompt=f"unannounced {uuid.uuid4()}", tenant="sleepy", tier="cheap")
+        rabbit.publish(f"{idling.ns}.work", "cheap.sleepy", task.model_dump_json())
+        wait_until(lambda: idling.stats()["completed"] > before, 20, "the task to be served")
+        assert rabbit.count(lane) == 0
+    finally:
+        rabbit.close()

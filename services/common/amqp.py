@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -63,9 +65,15 @@ class Bus:
         self.names = names
         self._publish_channel = publish_channel
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        # queue name -> its consumer (queue, tag) and the channel it has to itself
+        self._consumers: dict[str, tuple[AbstractQueue, str, AbstractChannel,
+                                         tuple[str, int]]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._consume_channels: list[AbstractChannel] = []
+        # Messages taken and not yet settled, per (queue, consumer): the acks of a consumer's
+        # messages need its channel, so it closes only when its own count is back to 0.
+        self._in_hand: Counter[tuple[str, int]] = Counter()
+        self._consumer_ids = itertools.count()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, amqp_url: str, names: Names, name: str = "agentq") -> Bus:
@@ -110,21 +118,60 @@ class Bus:
 
     async def consume(self, queue: str, handler: Handler, prefetch: int) -> None:
         """Start consuming with manual acks and at most `prefetch` messages in hand."""
+        if queue in self._consumers:
+            return
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         declared = await channel.get_queue(queue, ensure=False)
-        tag = await declared.consume(functools.partial(self._track, handler))
-        self._consume_channels.append(channel)
-        self._consumers.append((declared, tag))
+        key = (queue, next(self._consumer_ids))
+        tag = await declared.consume(functools.partial(self._track, handler, key))
+        self._consumers[queue] = (declared, tag, channel, key)
 
-    async def _track(self, handler: Handler, message: AbstractIncomingMessage) -> None:
+    def consuming(self, queue: str) -> bool:
+        return queue in self._consumers
+
+    def in_hand(self, queue: str) -> int:
+        """Return how many of `queue`'s messages this process holds, not yet acked or nacked."""
+        return sum(n for (name, _), n in self._in_hand.items() if name == queue)
+
+    async def stop_queue(self, queue: str) -> None:
+        """Stop consuming `queue`; its channel closes once the messages in hand are settled
+        (their acks need it)."""
+        consumer = self._consumers.pop(queue, None)
+        if consumer is None:
+            return
+        declared, tag, channel, key = consumer
+        try:
+            await declared.cancel(tag)
+        except Exception:  # a closed channel has no consumer left to cancel
+            log.debug("cancel of %s failed", tag, exc_info=True)
+        closing = asyncio.create_task(self._close_when_settled(key, channel),
+                                      name=f"close-{queue}")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close_when_settled(self, key: tuple[str, int], channel: AbstractChannel) -> None:
+        # A delivery that raced the cancel starts its handler a loop turn later.
+        await asyncio.sleep(0.05)
+        while self._in_hand[key]:
+            await asyncio.sleep(0.05)
+        self._in_hand.pop(key, None)
+        try:
+            await channel.close()
+        except Exception:
+            log.debug("closing the channel of %s failed", key[0], exc_info=True)
+
+    async def _track(self, handler: Handler, key: tuple[str, int],
+                     message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        self._in_hand[key] += 1
         try:
             await self._settle(handler, message)
         finally:
             self._in_flight.discard(task)
+            self._in_hand[key] -= 1
 
     async def _settle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
         try:
@@ -169,7 +216,7 @@ class Bus:
                              then: Callable[[], None] | None = None) -> None:
         """Take no new messages, call `then`, and let the ones in hand finish, for at most
         `grace_s`."""
-        for queue, tag in self._consumers:
+        for queue, tag, _, _ in self._consumers.values():
             try:
                 await queue.cancel(tag)
             except Exception:  # a closed channel has no consumer left to cancel
@@ -194,4 +241,6 @@ class Bus:
         await asyncio.wait(pending, timeout=5)
 
     async def close(self) -> None:
+        for closing in list(self._closing):  # the connection's close takes their channels
+            closing.cancel()
         await self.connection.close()

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_backlog: int = 100_000  # ingest answers 429 past this many ready tasks in agentq.tasks
     worker_concurrency: int = 32
     worker_prefetch: int = 0  # 0 = same as concurrency: waiting tasks stay visible in RabbitMQ
+    # A tenant lane nothing was published to for this long is no longer consumed (it wakes
+    # with the tenant's next task); longer than any retry's delay.
+    lane_idle_s: float = Field(default=600.0, ge=1.0)
     max_attempts: int = 5
     retry_base_ms: int = 500
     retry_max_ms: int = 30_000

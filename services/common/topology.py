@@ -55,6 +55,15 @@ class Names:
         """Return the Redis set of the tenants that have a lane in `tier`."""
         return self.redis_key("lanes", tier)
 
+    def lanes_seen_key(self, tier: str) -> str:
+        """Return the Redis sorted set of when each lane of `tier` was last published to."""
+        return self.redis_key("lanes", tier, "seen")
+
+    @property
+    def lanes_version_key(self) -> str:
+        """Return the Redis counter bumped whenever a lane is created or wakes from idle."""
+        return self.redis_key("lanes", "version")
+
     @property
     def retry(self) -> str:
         return f"{self.ns}.retry"

@@ -18,7 +18,7 @@ from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
-from services.common.lanes import LaneDirectory
+from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Latency, Result, Task
 from services.common.pricing import saved
 from services.common.publishing import emit, publish_result
@@ -141,7 +141,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         gc.freeze()  # full collections skip what start-up built (the index among it): short pauses
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         router = Router(bus, exact, config, semantic, SpendLedger(redis, names),
-                        LaneDirectory(await bus.connection.channel(), redis, names))
+                        LaneDirectory(await bus.connection.channel(),
+                                      LaneRegistry(redis, names, settings.lane_idle_s)))
         await bus.consume(names.tasks, router.handle, prefetch=200)
         log.info("router consuming %s", names.tasks)
         await stop.wait()

@@ -19,10 +19,11 @@ from services.common.amqp import Bus, RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig
 from services.common.embedder import make_embedder
-from services.common.lanes import LaneDirectory, LaneWatcher
+from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
 from services.common.publishing import emit, publish_result
+from services.common.queue_depth import read_passive
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
@@ -38,6 +39,8 @@ from services.common.topology import (
     tier_of,
 )
 from services.worker.controls import CostControls
+from services.worker.lanes import WATCH_INTERVAL_S as LANE_WATCH_S
+from services.worker.lanes import LaneSweeper, LaneWatcher, repeat
 from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
@@ -257,9 +260,10 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
         lanes_channel = await bus.connection.channel()
+        registry = LaneRegistry(redis, names, settings.lane_idle_s)
         worker = Worker(bus, providers, config, settings,
                         CostControls(bus, config, redis, exact, semantic,
-                                     LaneDirectory(lanes_channel, redis, names)),
+                                     LaneDirectory(lanes_channel, registry)),
                         Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
                                                   in config.providers.items()}),
                         concurrency)
@@ -274,9 +278,22 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
             await bus.consume(names.lane_queue(tier, tenant), worker.handle, prefetch=prefetch)
             log.info("worker %s consuming the lane of %s in %s", worker_id, tenant, tier)
 
+        async def idle_lane(tier: str, tenant: str) -> None:
+            await bus.stop_queue(names.lane_queue(tier, tenant))
+            log.info("worker %s: the lane of %s in %s is idle; no longer consumed", worker_id,
+                     tenant, tier)
+
+        async def ready(queues: list[str]) -> dict[str, int]:
+            return {r.queue: r.ready for r in await read_passive(bus.connection, queues)}
+
         log.info("worker %s consuming %s and their lanes, prefetch %d each", worker_id, tiers,
                  prefetch)
-        watching = asyncio.create_task(LaneWatcher(redis, names, tiers, consume_lane).run(stop))
+        watcher = LaneWatcher(registry, tiers, consume_lane, idle_lane,
+                              lambda lane: bus.in_hand(names.lane_queue(*lane)))
+        sweeper = LaneSweeper(registry, tiers, ready, worker_id)
+        watching = asyncio.gather(
+            repeat(watcher.poll, LANE_WATCH_S, stop, "watching the lane registry"),
+            repeat(sweeper.sweep, sweeper.every_s, stop, "sweeping idle lanes"))
         heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop))
         await stop.wait()
         await watching

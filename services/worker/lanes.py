@@ -1,0 +1,117 @@
+"""Keep a worker consuming the awake lanes of its tiers, and wake idle lanes that hold work.
+
+`LaneWatcher` polls the lane registry (one cheap round trip) and, when a lane was created or
+woke, or every `resync_s` to notice lanes gone idle, reads it whole and applies
+services.common.lane_idle.plan. `LaneSweeper` is a namespace-wide job that one worker at a
+time runs: it reads idle lanes' depths and wakes any that hold messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aio_pika.exceptions import AMQPError
+from redis.exceptions import RedisError
+
+from services.common.lane_idle import Lane, plan, sweep_plan
+from services.common.lanes import LaneRegistry
+
+log = logging.getLogger(__name__)
+WATCH_INTERVAL_S = 0.25
+RESYNC_S = 30.0  # at most this late a worker stops consuming a lane gone idle
+SWEEP_S = 30.0  # at most this late a task that reached an idle lane unannounced is served
+
+LaneAction = Callable[[str, str], Awaitable[None]]
+# queue names -> ready messages of those that exist
+DepthReader = Callable[[list[str]], Awaitable[dict[str, int]]]
+_OUTAGE = (RedisError, AMQPError, OSError)
+
+
+class LaneWatcher:
+    """Start consuming lanes as they appear or wake; stop consuming them once idle."""
+
+    def __init__(self, registry: LaneRegistry, tiers: Iterable[str], on_start: LaneAction,
+                 on_stop: LaneAction, in_hand: Callable[[Lane], int],
+                 resync_s: float = RESYNC_S) -> None:
+        self.registry = registry
+        self.tiers = list(tiers)
+        self.on_start = on_start
+        self.on_stop = on_stop
+        self.in_hand = in_hand
+        self.resync_s = min(resync_s, registry.idle_s / 4)
+        self.consumed: set[Lane] = set()
+        self._version: tuple[int, ...] | None = None
+        self._next_resync = 0.0
+
+    async def poll(self) -> None:
+        """Look once; the registry is read whole only when it changed or a resync is due."""
+        version = await self.registry.version(self.tiers)
+        now = time.monotonic()
+        if version == self._version and now < self._next_resync:
+            return
+        view = await self.registry.view(self.tiers)
+        todo = plan(view, self.consumed, {lane: self.in_hand(lane) for lane in self.consumed},
+                    self.registry.idle_s)
+        for lane in todo.start:
+            await self.on_start(*lane)
+            self.consumed.add(lane)
+        for lane in todo.stop:
+            await self.on_stop(*lane)
+            self.consumed.discard(lane)
+        # Only once every lane was handled: a failed start is tried again at the next poll.
+        self._version = version
+        self._next_resync = now + self.resync_s
+
+
+class LaneSweeper:
+    """Wake idle lanes that hold messages, and give lanes registered without a time one."""
+
+    def __init__(self, registry: LaneRegistry, tiers: Iterable[str], depths: DepthReader,
+                 owner: str, every_s: float = SWEEP_S) -> None:
+        self.registry = registry
+        self.tiers = list(tiers)
+        self.depths = depths
+        self.owner = owner
+        self.every_s = min(every_s, registry.idle_s / 4)
+
+    async def sweep(self) -> list[Lane]:
+        """Sweep if no other worker did within `every_s`; return the lanes woken."""
+        if not await self.registry.claim("sweep", self.owner, self.every_s):
+            return []
+        return await self.sweep_now()
+
+    async def sweep_now(self) -> list[Lane]:
+        view = await self.registry.view(self.tiers)
+        todo = sweep_plan(view, self.registry.idle_s)
+        for lane in todo.adopt:
+            await self.registry.touch(*lane)
+        names = self.registry.names
+        ready = await self.depths([names.lane_queue(*lane) for lane in todo.check])
+        woken = [lane for lane in todo.check if ready.get(names.lane_queue(*lane), 0) > 0]
+        for lane in woken:
+            log.info("idle lane of %s in %s holds %d tasks: waking it", lane[1], lane[0],
+                     ready[names.lane_queue(*lane)])
+            await self.registry.touch(*lane)
+        return woken
+
+
+async def repeat(action: Callable[[], Awaitable[object]], interval_s: float,
+                 stop: asyncio.Event, what: str) -> None:
+    """Run `action` every `interval_s` until `stop`; an outage is logged once and waited out
+    (the lanes already consumed stay consumed)."""
+    warned = False
+    while not stop.is_set():
+        try:
+            await action()
+            warned = False
+        except _OUTAGE as exc:
+            if not warned:
+                log.warning("%s failed (%r); trying again every %.2f s", what, exc, interval_s)
+                warned = True
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
