@@ -20,10 +20,10 @@ import uuid
 
 from redis.asyncio import Redis
 
+from services.common.quantile import nearest_rank
 from services.common.settings import Settings
 from services.common.topology import Names
 from services.worker.limiter import PoolLimits, SharedLimiter
-from services.worker.limiter.stats import percentile
 
 
 async def measure(redis_url: str, calls: int, concurrency: int, tenants: int,
@@ -60,8 +60,8 @@ async def measure(redis_url: str, calls: int, concurrency: int, tenants: int,
     return {"calls": float(len(seen)), "per_s": len(seen) / elapsed,
             "decision_p50": float(stats["decision_p50_ms"]),
             "decision_p99": float(stats["decision_p99_ms"]),
-            "acquire_p50": percentile(seen, 0.50) * 1000,
-            "acquire_p99": percentile(seen, 0.99) * 1000}
+            "acquire_p50": nearest_rank(seen, 0.50) * 1000,
+            "acquire_p99": nearest_rank(seen, 0.99) * 1000}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """Start a Redis of the test's own on `port` (nothing kept on disk); return once it answers.
+
+    For outage tests: kill it, and start another on the same port to bring Redis back.
+    """
+    import redis
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server must be on PATH"
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis(port=port, socket_connect_timeout=0.2).ping():
+                return proc
+        except redis.ConnectionError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,

@@ -12,7 +12,6 @@ import heapq
 import math
 import multiprocessing
 import random
-import shutil
 import subprocess
 import time
 import uuid
@@ -41,7 +40,7 @@ from services.worker.limiter.admission import PoolParams, PoolState, Request, ad
 from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams, TenantState, effective_weight, joining_vt
 from services.worker.limiter.shared import LIMITER_LUA, PoolKeys, workers_key
-from tests.stack import free_port
+from tests.stack import free_port, start_redis
 
 REDIS_URL = Settings().redis_url
 
@@ -562,23 +561,6 @@ def test_light_tenant_gets_its_share_next_to_a_flood(names: Names) -> None:
     run(main)
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    server = shutil.which("redis-server")
-    assert server, "redis-server must be on PATH"
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--daemonize", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if redis.Redis(port=port, socket_connect_timeout=0.2).ping():
-                return proc
-        except redis.ConnectionError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.02)
-
-
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -588,7 +570,7 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str
 
 def test_redis_outage_falls_back_to_a_local_slice_and_recovers(names: Names) -> None:
     port = free_port()
-    procs = [_start_redis(port)]
+    procs = [start_redis(port)]
     pools = {"p": PoolLimits(rpm=1_200, tpm=0, burst_s=1.0)}  # 20 per second when shared
     options = LimiterOptions(heartbeat_interval_s=0.2, probe_interval_s=0.2,
                              redis_timeout_s=0.5)
@@ -616,7 +598,7 @@ def test_redis_outage_falls_back_to_a_local_slice_and_recovers(names: Names) -> 
             # Half the pool (2 live workers), from an empty bucket: 10 per second.
             assert 3 <= len(modes) <= 10 * elapsed + 2
 
-            procs.append(_start_redis(port))
+            procs.append(start_redis(port))
 
             async def shared_again() -> bool:
                 return (await limiter.acquire("p", "t", 1)).mode == "shared"
@@ -641,7 +623,7 @@ async def _level(client: Redis, key: str, limit: float, burst_s: float) -> float
 
 def _own_redis() -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
-    return port, _start_redis(port)
+    return port, start_redis(port)
 
 
 def test_a_slow_await_is_not_an_outage(names: Names) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pika
 import pytest
 
+from tests.conftest import Rabbit
 from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 RPM = 240  # 4 calls/s once the minute's burst is spent
@@ -81,21 +82,16 @@ def test_a_light_tenant_is_served_while_a_flood_waits_in_its_own_lane(
     assert len(waiting) > 100
     assert max(body["result"]["latency_ms"]["total"] for body in done.values()) < 20_000
     # Every worker took the light tenant's lane; the tier's own queue holds nothing.
-    queues = {q: _depth_and_consumers(flooded.ns, q)
-              for q in (f"{flooded.ns}.work.cheap.light", f"{flooded.ns}.work.cheap.flood",
-                        f"{flooded.ns}.work.cheap")}
-    assert queues[f"{flooded.ns}.work.cheap.light"] == (0, 2)
-    assert queues[f"{flooded.ns}.work.cheap.flood"][0] > 0
-    assert queues[f"{flooded.ns}.work.cheap"] == (0, 2)
-
-
-def _depth_and_consumers(ns: str, queue: str) -> tuple[int, int]:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    rabbit = Rabbit(AMQP_URL)
     try:
-        ok = connection.channel().queue_declare(queue, passive=True).method
-        return ok.message_count, ok.consumer_count
+        queues = {q: rabbit.depth(q) for q in (f"{flooded.ns}.work.cheap.light",
+                                               f"{flooded.ns}.work.cheap.flood",
+                                               f"{flooded.ns}.work.cheap")}
     finally:
-        connection.close()
+        rabbit.close()
+    assert queues[f"{flooded.ns}.work.cheap.light"] == (0, 2)
+    assert queues[f"{flooded.ns}.work.cheap.flood"][0] > 0  # type: ignore[index]
+    assert queues[f"{flooded.ns}.work.cheap"] == (0, 2)
 
 
 def _post_list(pipeline: Pipeline, tasks: list[dict]) -> list[dict]:

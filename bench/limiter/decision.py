@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bench.report import percentile
+from services.common.quantile import nearest_rank
 from services.common.topology import Names
 from services.worker.limiter import PoolLimits, SharedLimiter
 from tests.stack import REDIS_URL
@@ -44,7 +44,7 @@ class Latency:
     def of(cls, took_s: list[float]) -> Latency:
         took = sorted(took_s)
         under = sum(1 for t in took if t <= 0.002)
-        return cls(percentile(took, 50) * 1000, percentile(took, 99) * 1000,
+        return cls(nearest_rank(took, 0.50) * 1000, nearest_rank(took, 0.99) * 1000,
                    100 * under / max(1, len(took)), len(took))
 
 

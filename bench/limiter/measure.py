@@ -16,7 +16,9 @@ from bench.limiter.workload import TENANTS, Options
 Stats = dict[str, Any]  # a provider's /stats body
 
 
-STEADY_S = 10.0
+# Long enough that a slow drain (the fair split can need a little more than the RPM while
+# TPM binds) shows as falling, not as noise.
+STEADY_S = 30.0
 
 
 class ProviderWatch:
@@ -30,7 +32,7 @@ class ProviderWatch:
         self.at = now
         self.first_admit: float | None = None
         # (time, requests left, tokens left, requests admitted, tokens charged) per update
-        self.history: deque[tuple[float, float, float, float, float]] = deque(maxlen=64)
+        self.history: deque[tuple[float, float, float, float, float]] = deque(maxlen=128)
         self.last: Stats = {}
 
     def update(self, stats: Stats, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,16 +54,28 @@ class SpendLedger:
     def __init__(self, redis: Redis, names: Names) -> None:
         self._redis = redis
         self._names = names
+        # Spend Redis did not take (an outage), per counter key, in nano-dollars: added with
+        # the next spend that goes through, so an outage delays the count but loses none of
+        # it (unless the process stops first).
+        self._unrecorded: Counter[tuple[str, int]] = Counter()  # (key, ttl_s) -> nano
 
     async def add(self, tenant: str, cost_usd: float, now: float | None = None) -> None:
+        """Count `cost_usd` against the tenant's day and month; on a Redis error keep it for
+        the next add and raise."""
         nano = round(cost_usd * NANO)
         if nano <= 0:
             return
         day, month = period_keys(self._names, tenant, time.time() if now is None else now)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(day, nano).expire(day, DAY_KEY_TTL_S)
-            pipe.incrby(month, nano).expire(month, MONTH_KEY_TTL_S)
-            await pipe.execute()
+        pending, self._unrecorded = self._unrecorded, Counter()
+        pending.update({(day, DAY_KEY_TTL_S): nano, (month, MONTH_KEY_TTL_S): nano})
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (key, ttl_s), amount in pending.items():
+                    pipe.incrby(key, amount).expire(key, ttl_s)
+                await pipe.execute()
+        except BaseException:
+            self._unrecorded.update(pending)
+            raise
 
     async def spend(self, tenant: str, now: float | None = None) -> Spend:
         day, month = period_keys(self._names, tenant, time.time() if now is None else now)

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from services.common.amqp import Bus, RejectMessage
 from services.common.budget import SpendLedger
@@ -22,6 +21,7 @@ from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Latency, Result, Task
 from services.common.pricing import saved
 from services.common.publishing import emit, publish_result
+from services.common.redis_extras import Extras, extras_client
 from services.common.semantic_cache import (
     SemanticCache,
     SemanticHit,
@@ -65,6 +65,7 @@ class Router:
         self.config = config
         self.semantic = semantic
         self.ledger = ledger
+        self.extras = Extras(SERVICE)  # a Redis outage skips these steps, not the task
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -72,14 +73,15 @@ class Router:
         except ValidationError as exc:
             raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
         budget = self.config.tenant(task.tenant).budget
-        level = await self.ledger.level(task.tenant, budget) if self.ledger else "ok"
+        level = await self.extras.attempt("budget", self.ledger.level(task.tenant, budget),
+                                          "ok") if self.ledger else "ok"
         decision = choose_tier(task, self.config, count_messages(
             m.model_dump() for m in task.messages), budget=level)
         if level == "soft":
             await emit(self.bus, "budget.soft", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=decision.tier, reason=decision.reason)
         if cacheable(task):
-            hit = await self.cache.get(task, decision.tier)
+            hit = await self.extras.attempt("cache", self.cache.get(task, decision.tier), None)
             if hit is not None:
                 await self.answer(task, decision, hit, "exact")
                 return
@@ -112,7 +114,8 @@ class Router:
         if self.semantic is None or threshold is None or not semantic_cacheable(task):
             return None
         try:
-            return await self.semantic.lookup(task, tier, threshold)
+            return await self.extras.attempt(
+                "semantic cache", self.semantic.lookup(task, tier, threshold), None)
         except EmbedderError as exc:  # no embedding, no semantic hit: the task still runs
             log.warning("semantic lookup of %s skipped: %s", task.id, exc)
             return None
@@ -131,7 +134,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     names = Names(settings.namespace)
     config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
-    redis = Redis.from_url(settings.redis_url)
+    redis = extras_client(settings.redis_url)
     embedder = make_embedder(config)
     try:
         await declare_topology(await bus.connection.channel(), names)

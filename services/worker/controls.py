@@ -21,6 +21,7 @@ from services.common.lanes import LaneDirectory
 from services.common.models import ErrorInfo, Latency, Result, Task
 from services.common.pricing import premium_baseline
 from services.common.publishing import emit, publish_result
+from services.common.redis_extras import Extras
 from services.common.semantic_cache import SemanticCache, VerifyStats, semantic_cacheable
 from services.common.topology import ATTEMPT_HEADER, DELAY_HEADER, ROUTE_HEADER, retry_level
 from services.common.work_headers import (
@@ -62,6 +63,7 @@ class CostControls:
         self.ledger = SpendLedger(redis, bus.names)
         self.locks = InflightLocks(redis, config.cache.inflight_wait_s)
         self.verify_stats = VerifyStats(redis, bus.names)
+        self.extras = Extras(SERVICE)  # a Redis outage skips these steps, not the task
 
     # -- around the call -------------------------------------------------------------------
 
@@ -86,18 +88,20 @@ class CostControls:
             return True
         routed = routed_tier(headers, tier)
         key = cache_key(self.bus.names, task, routed)
-        if await self.locks.acquire(key, task.id):
+        extras = self.extras
+        if await extras.attempt("dedup", self.locks.acquire(key, task.id), True):
             # A twin may have finished between the router's cache lookup and now.
-            answer = await self.exact.get(task, routed)
+            answer = await extras.attempt("cache", self.exact.get(task, routed), None)
             if answer is None:
                 return True
-            await self.locks.release(key, task.id)
+            await extras.attempt("dedup", self.locks.release(key, task.id), None)
         else:
-            answer = await wait_for_answer(lambda: self.exact.get(task, routed),
-                                           lambda: self.locks.held(key),
-                                           self.config.cache.inflight_wait_s)
-            if answer is None:
-                await self.locks.acquire(key, task.id)  # call ourselves; own the key if free
+            answer = await wait_for_answer(
+                lambda: extras.attempt("cache", self.exact.get(task, routed), None),
+                lambda: extras.attempt("dedup", self.locks.held(key), False),
+                self.config.cache.inflight_wait_s)
+            if answer is None:  # call ourselves; own the key if free
+                await extras.attempt("dedup", self.locks.acquire(key, task.id), True)
                 return True
         await self._publish_twin_answer(task, headers, answer)
         return False
@@ -109,7 +113,10 @@ class CostControls:
     async def _within_budget(self, task: Task, tier: str, headers: dict[str, Any],
                              route: str) -> bool:
         budget = self.config.tenant(task.tenant).budget
-        if budget is None or await self.ledger.level(task.tenant, budget) != "hard":
+        # Unreadable spend admits the task: the limiter still bounds the rate, and the spend is
+        # counted once Redis is back (SpendLedger keeps what it could not add).
+        if budget is None or await self.extras.attempt(
+                "budget", self.ledger.level(task.tenant, budget), "ok") != "hard":
             return True
         await emit(self.bus, "budget.hard", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, action=budget.hard_action)
@@ -154,7 +161,7 @@ class CostControls:
                        result: Result) -> Result | None:
         """Account for a completed call; return the Result to publish, or None when the task
         escalated to the next tier."""
-        await self.ledger.add(task.tenant, result.cost_usd)
+        await self.extras.attempt("spend", self.ledger.add(task.tenant, result.cost_usd), None)
         prior = CascadeState.from_header(headers.get(CASCADE_HEADER))
         failed_check = check_answer(task.validator, result.output)
         if failed_check is not None:
@@ -172,16 +179,17 @@ class CostControls:
         else:
             await self._verify(task, headers, final)
             await self._remember(task, tier, headers, final)
-        if cacheable(task):
-            await self.locks.release(cache_key(self.bus.names, task, routed_tier(headers, tier)),
-                                     task.id)
+        await self._release(task, tier, headers)
         return final
 
     async def abandon(self, task: Task, tier: str, headers: dict[str, Any]) -> None:
         """Let twins waiting on this task call for themselves: it ended without an answer."""
+        await self._release(task, tier, headers)
+
+    async def _release(self, task: Task, tier: str, headers: dict[str, Any]) -> None:
         if cacheable(task):
-            await self.locks.release(cache_key(self.bus.names, task, routed_tier(headers, tier)),
-                                     task.id)
+            key = cache_key(self.bus.names, task, routed_tier(headers, tier))
+            await self.extras.attempt("dedup", self.locks.release(key, task.id), None)
 
     def _with_prior_calls(self, prior: CascadeState, result: Result, valid: bool) -> Result:
         if not prior.calls:
@@ -212,9 +220,10 @@ class CostControls:
             return
         sample = json.loads(raw)
         agreed = answers_agree(str(sample.get("output", "")), result.output)
-        await self.verify_stats.record(agreed)
+        await self.extras.attempt("verification stats", self.verify_stats.record(agreed), None)
         if not agreed and self.semantic is not None:
-            await self.semantic.evict(str(sample.get("key", "")))
+            await self.extras.attempt(
+                "semantic cache", self.semantic.evict(str(sample.get("key", ""))), None)
         await emit(self.bus, "cache.verify", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=result.tier, kind=task.kind, agreed=agreed,
                    similarity=sample.get("similarity"))
@@ -228,10 +237,11 @@ class CostControls:
                               usage=result.usage, task_id=task.id)
         routed = routed_tier(headers, tier)
         for cache_tier in {routed, tier}:
-            await self.exact.put(task, cache_tier, answer)
+            await self.extras.attempt("cache", self.exact.put(task, cache_tier, answer), None)
         if (self.semantic is not None and semantic_cacheable(task)
                 and self.config.cache.semantic_threshold(task.kind) is not None):
             try:
-                await self.semantic.put(task, routed, answer)
+                await self.extras.attempt("semantic cache",
+                                          self.semantic.put(task, routed, answer), None)
             except EmbedderError as exc:
                 log.warning("semantic cache write of %s skipped: %s", task.id, exc)

@@ -24,6 +24,7 @@ from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
 from services.common.publishing import emit, publish_result
 from services.common.queue_depth import read_passive
+from services.common.redis_extras import extras_client
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
@@ -244,7 +245,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     prefetch = settings.worker_prefetch or concurrency
     config = settings.tier_table()
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
-    redis = Redis.from_url(settings.redis_url)
+    redis = extras_client(settings.redis_url)
     providers = Providers(config, settings.llm_timeout_s)
     embedder = make_embedder(config)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from services.common.redis_extras import REDIS_DOWN
 from services.common.topology import Names
 from services.worker.limiter import bucket
 from services.worker.limiter.admission import Outcome, PoolParams, Request, spread
@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["shared", "local"]
 T = TypeVar("T")
-# What Redis raises when it is unreachable, restarting, read-only or out of memory. The
-# worker must keep calling (throttled locally) through all of these, so none may escape.
-_REDIS_DOWN = (RedisError, OSError, TimeoutError)
+# The worker must keep calling (throttled locally) through all of these, so none may escape.
+_REDIS_DOWN = REDIS_DOWN
 # A call that took too long: most often the event loop's own lag under load, not Redis. Only
 # pings that time out in a row too make it an outage. (TimeoutError is also an OSError.)
 _TIMEOUTS = (TimeoutError, RedisTimeout)

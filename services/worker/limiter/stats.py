@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter, deque
 
+from services.common.quantile import nearest_rank
 from services.worker.limiter import bucket, metrics
 from services.worker.limiter.pools import PoolLimits
 
 _TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "settles",
            "holds", "rate_limited", "redis_errors", "redis_timeouts", "fallback_events")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Return the q-quantile (0..1) of values by nearest rank, 0 when empty."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class LimiterStats:
@@ -91,6 +83,6 @@ class LimiterStats:
         out: dict[str, float] = {key: self._counts[key] for key in _TOTALS}
         out.update(wait_s_total=self._wait_total, wait_s_max=self._wait_max,
                    decisions=len(recent),
-                   decision_p50_ms=percentile(recent, 0.50) * 1000,
-                   decision_p99_ms=percentile(recent, 0.99) * 1000)
+                   decision_p50_ms=nearest_rank(recent, 0.50) * 1000,
+                   decision_p99_ms=nearest_rank(recent, 0.99) * 1000)
         return out
