@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pydantic
+import pytest
+
 from services.common.lane_idle import LaneView, plan, sweep_plan
+from services.common.settings import Settings
 
 IDLE_S = 600.0
 NOW = 10_000.0
@@ -44,9 +48,21 @@ def test_a_lane_wakes_when_its_time_is_fresh_again() -> None:
     assert (asleep.start, awake.start) == ([], [("cheap", "a")])
 
 
-def test_sweep_adopts_untimed_lanes_and_checks_idle_ones() -> None:
+RETIRE_S = 3600.0
+
+
+def test_sweep_adopts_untimed_lanes_checks_idle_ones_and_retires_long_idle_ones() -> None:
     view = LaneView(NOW, {("cheap", "a"): FRESH, ("cheap", "b"): None, ("cheap", "c"): STALE,
-                          ("standard", "d"): STALE})
-    todo = sweep_plan(view, IDLE_S)
+                          ("standard", "d"): STALE, ("standard", "e"): NOW - RETIRE_S - 1})
+    todo = sweep_plan(view, IDLE_S, RETIRE_S)
     assert todo.adopt == [("cheap", "b")]
-    assert todo.check == [("cheap", "c"), ("standard", "d")]
+    assert todo.check == [("cheap", "c"), ("standard", "d"), ("standard", "e")]
+    assert todo.retire == [("standard", "e")]  # checked too: if it holds work, it wakes
+
+
+def test_settings_refuse_a_retire_time_shorter_than_the_idle_time() -> None:
+    assert Settings(lane_idle_s=600, lane_retire_s=600).lane_retire_s == 600
+    with pytest.raises(pydantic.ValidationError, match="AGENTQ_LANE_RETIRE_S"):
+        Settings(lane_idle_s=600, lane_retire_s=60)
+    with pytest.raises(pydantic.ValidationError, match="lane_idle_s"):
+        Settings(lane_idle_s=0)

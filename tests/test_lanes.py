@@ -270,9 +270,13 @@ def test_touch_records_use_by_redis_time_and_bumps_the_version_on_new_or_waking_
                        ) -> dict[str, object]:
         registry = LaneRegistry(cache, names, IDLE_S)
         out: dict[str, object] = {"empty": await registry.version(["cheap"])}
-        at = await registry.touch("cheap", "acme")
+        out["touched"] = [await registry.touch("cheap", "acme")]
         out["new"] = await registry.version(["cheap"])
-        await registry.touch("cheap", "acme")  # in use: nothing for workers to do
+        seconds, micros = await cache.time()
+        out["redis_now"] = seconds + micros / 1e6
+        out["seen_after_first_touch"] = (await registry.view(["cheap"])).seen[("cheap", "acme")]
+        # in use: nothing for workers to do
+        out["touched"].append(await registry.touch("cheap", "acme"))  # type: ignore[attr-defined]
         out["again"] = await registry.version(["cheap"])
         await _age(cache, names, "cheap", "acme", IDLE_S + 5)
         view = await registry.view(["cheap"])
@@ -280,13 +284,11 @@ def test_touch_records_use_by_redis_time_and_bumps_the_version_on_new_or_waking_
         await registry.touch("cheap", "acme")  # wakes it
         out["woken"] = await registry.version(["cheap"])
         out["awake"] = (await registry.view(["cheap"])).idle(IDLE_S)
-        out["seen_after_first_touch"] = at
-        seconds, micros = await cache.time()
-        out["redis_now"] = seconds + micros / 1e6
         return out
 
     out = asyncio.run(_with_broker(names, scenario))
     assert out["empty"] == (0, 0)
+    assert out["touched"] == ["new", "ok"]
     assert out["new"] == (1, 1)  # version, lanes of cheap
     assert out["again"] == (1, 1)
     assert out["idle"] == {("cheap", "acme")}
@@ -360,12 +362,8 @@ def test_sweeper_wakes_idle_lanes_that_hold_messages_and_adopts_untimed_ones(
         for tenant in ("acme", "beta", "empty", "drained"):
             await _age(cache, names, "cheap", tenant, IDLE_S + 1)
         await cache.zrem(names.lanes_seen_key("standard"), "acme")  # an untimed lane
-
-        async def ready(queues: list[str]) -> dict[str, int]:
-            return {r.queue: r.ready for r in await read_passive(connection, queues)}
-
-        first = LaneSweeper(registry, TIERS, ready, "worker-1")
-        second = LaneSweeper(registry, TIERS, ready, "worker-2")
+        first = _sweeper(registry, connection, "worker-1")
+        second = _sweeper(registry, connection, "worker-2")
         woken = await first.sweep()
         other = await second.sweep()  # the job is taken for this round
         view = await registry.view(TIERS)
@@ -376,6 +374,112 @@ def test_sweeper_wakes_idle_lanes_that_hold_messages_and_adopts_untimed_ones(
     assert other == []
     assert idle == {("cheap", "drained"), ("cheap", "empty")}
     assert seen[("standard", "acme")] is not None  # adopted
+
+
+def _sweeper(registry: LaneRegistry, connection: AbstractRobustConnection,
+             owner: str) -> LaneSweeper:
+    """A sweeper that reads depths and deletes queues on `connection`, as a worker does."""
+    async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
+        return {r.queue: (r.ready, r.consumers) for r in await read_passive(connection, queues)}
+
+    async def delete(queue: str) -> None:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await channel.close()
+
+    return LaneSweeper(registry, TIERS, depths, delete, owner)
+
+
+RETIRE_S = 3600.0
+
+
+def test_sweeper_retires_long_idle_lanes_that_hold_nothing(names: Names, rabbit: Rabbit) -> None:
+    _fill(names, rabbit)  # cheap: acme (3 tasks), beta (2); standard: acme (4)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis
+                       ) -> tuple[list[Lane], dict[Lane, float | None], list[Lane]]:
+        registry = LaneRegistry(cache, names, IDLE_S, RETIRE_S)
+        channel = await connection.channel()
+        for tenant in ("gone", "held", "recent"):
+            await declare_lane(channel, names, "cheap", tenant)
+            await registry.touch("cheap", tenant)
+        # held: a consumer holds its one task unacked (ready 0, but not empty)
+        rabbit.publish(names.work, "cheap.held", b'{"n": 0}')
+        holder = await connection.channel()
+        await holder.set_qos(prefetch_count=1)
+        await (await holder.get_queue(names.lane_queue("cheap", "held"))).consume(_ignore)
+        await asyncio.sleep(0.3)
+        for tenant in ("acme", "gone", "held"):
+            await _age(cache, names, "cheap", tenant, RETIRE_S + 1)
+        for tenant in ("beta", "recent"):  # idle, not long enough to retire
+            await _age(cache, names, "cheap", tenant, IDLE_S + 1)
+        woken = await _sweeper(registry, connection, "worker-1").sweep()
+        view = await registry.view(["cheap"])
+        retiring = [lane for lane in view.seen
+                    if await cache.exists(names.redis_key("lanes", "cheap", "retiring", lane[1]))]
+        await holder.close()
+        return woken, dict(view.seen), retiring
+
+    woken, seen, retiring = asyncio.run(_with_broker(names, scenario))
+    assert woken == [("cheap", "acme"), ("cheap", "beta")]  # work in them: woken, not retired
+    assert rabbit.depth(names.lane_queue("cheap", "gone")) is None  # deleted
+    assert ("cheap", "gone") not in seen  # and out of the registry
+    assert rabbit.depth(names.lane_queue("cheap", "held")) is not None
+    assert seen[("cheap", "held")] is not None  # kept, registered again
+    assert rabbit.depth(names.lane_queue("cheap", "recent")) == (0, 0)
+    assert retiring == []  # no mark left behind
+
+
+def test_a_retiring_lane_sends_work_to_the_tier_and_a_retired_one_is_declared_again(
+        names: Names, rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch) -> None:
+    lane = names.lane_queue("cheap", "acme")
+    monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)  # every route registers
+
+    async def retire(connection: AbstractRobustConnection, registry: LaneRegistry) -> None:
+        assert await registry.begin_retiring("cheap", "acme")
+        await (await connection.channel()).queue_delete(lane)
+        await registry.end_retiring("cheap", "acme", kept=False)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[object]:
+        registry = LaneRegistry(cache, names, IDLE_S, RETIRE_S)
+        directory = LaneDirectory(await connection.channel(), registry)
+        out: list[object] = [await directory.route("cheap", "acme")]
+        # Retired while this publisher still knew it as declared: declared again.
+        await _age(cache, names, "cheap", "acme", RETIRE_S + 1)
+        await retire(connection, registry)
+        out.append(rabbit.depth(lane))
+        out.append(await directory.route("cheap", "acme"))
+        out.append(rabbit.depth(lane))
+        # While it is being retired, work goes to the tier's queue.
+        await _age(cache, names, "cheap", "acme", RETIRE_S + 1)
+        assert await registry.begin_retiring("cheap", "acme")
+        out.append(await directory.route("cheap", "acme"))
+        return out
+
+    assert asyncio.run(_with_broker(names, scenario)) == [
+        "cheap.acme", None, "cheap.acme", (0, 0), "cheap"]
+
+
+def test_publish_falls_back_to_the_tier_when_a_lane_vanished_under_a_fresh_registration(
+        names: Names, rabbit: Rabbit) -> None:
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> str:
+        bus = await Bus.connect(Settings(namespace=names.ns).amqp_url, names)
+        try:
+            directory = LaneDirectory(await connection.channel(),
+                                      LaneRegistry(cache, names, IDLE_S, RETIRE_S))
+            assert await directory.route("cheap", "acme") == "cheap.acme"
+            channel = await connection.channel()
+            await channel.queue_delete(names.lane_queue("cheap", "acme"))  # by hand
+            await directory.publish(bus, "cheap", "acme", Task(prompt="still delivered",
+                                                               tenant="acme"))
+            return await directory.route("cheap", "acme")  # forgotten: declared again
+        finally:
+            await bus.close()
+
+    assert asyncio.run(_with_broker(names, scenario)) == "cheap.acme"
+    body = rabbit.get(names.work_queue("cheap")).body
+    assert Task.model_validate_json(body).messages[0].content == "still delivered"
+    assert rabbit.depth(names.lane_queue("cheap", "acme")) == (0, 0)
 
 
 def test_bus_stops_a_queue_after_its_messages_in_hand_are_settled(
@@ -565,16 +669,18 @@ def test_topology_delete_command_removes_the_lanes(names: Names, rabbit: Rabbit,
 # --- idle lanes in a running pipeline -------------------------------------------------------
 
 LANE_IDLE_S = 2.0
+LANE_RETIRE_S = 6.0
 
 
 @pytest.fixture(scope="module")
 def idling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     with running_pipeline(tmp_path_factory.mktemp("idling"), workers=2,
-                          env={"AGENTQ_LANE_IDLE_S": str(LANE_IDLE_S)}) as running:
+                          env={"AGENTQ_LANE_IDLE_S": str(LANE_IDLE_S),
+                               "AGENTQ_LANE_RETIRE_S": str(LANE_RETIRE_S)}) as running:
         yield running
 
 
-def test_workers_let_go_of_an_idle_lane_and_take_it_back_with_its_next_task(
+def test_workers_let_go_of_an_idle_lane_take_it_back_and_retire_it(
         idling: Pipeline) -> None:
     rabbit = Rabbit(AMQP_URL)
     lane = f"{idling.ns}.work.cheap.sleepy"
@@ -597,5 +703,11 @@ def test_workers_let_go_of_an_idle_lane_and_take_it_back_with_its_next_task(
         rabbit.publish(f"{idling.ns}.work", "cheap.sleepy", task.model_dump_json())
         wait_until(lambda: idling.stats()["completed"] > before, 20, "the task to be served")
         assert rabbit.count(lane) == 0
+        # Idle for LANE_RETIRE_S: the queue is deleted; the tenant's next task declares it again.
+        wait_until(lambda: rabbit.depth(lane) is None, 30, "the lane to be retired")
+        third = idling.submit({"prompt": f"third {uuid.uuid4()}", "tenant": "sleepy",
+                               "tier": "cheap"})
+        assert idling.wait_done([third], timeout=20)[third]["status"] == "succeeded"
+        assert rabbit.depth(lane) is not None
     finally:
         rabbit.close()

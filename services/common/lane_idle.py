@@ -57,15 +57,17 @@ def plan(view: LaneView, consumed: Set[Lane], in_hand: Mapping[Lane, int],
 class SweepPlan:
     adopt: list[Lane]  # registered without a time: give them one (now), as if just used
     check: list[Lane]  # idle: wake any that has messages after all
+    retire: list[Lane]  # idle for retire_s: delete the queue, if it holds nothing
 
 
-def sweep_plan(view: LaneView, idle_s: float) -> SweepPlan:
+def sweep_plan(view: LaneView, idle_s: float, retire_s: float) -> SweepPlan:
     """Decide what the periodic sweep looks at.
 
-    A message can reach an idle lane without a publisher recording it (a retry that waited
-    longer than `idle_s`, an AMQP client publishing to the lane's routing key itself): the
-    sweep reads idle lanes' depths and wakes those that hold messages, so such a task is
-    late by at most one sweep, never stranded.
+    A message can reach an idle lane without a publisher recording it (an AMQP client
+    publishing to the lane's routing key itself): the sweep reads idle lanes' depths and
+    wakes those that hold messages, so such a task is late by at most one sweep, never
+    stranded. A lane idle for `retire_s` that holds nothing (no message ready, no consumer
+    holding one) is retired: its queue is deleted, and declared again with its next task.
     """
     adopt = sorted(lane for lane, at in view.seen.items() if at is None)
-    return SweepPlan(adopt, sorted(view.idle(idle_s)))
+    return SweepPlan(adopt, sorted(view.idle(idle_s)), sorted(view.idle(retire_s)))

@@ -19,12 +19,15 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from typing import Any, Literal, cast
 
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.common.amqp import Bus, PublishFailed
 from services.common.lane_idle import Lane, LaneView
 from services.common.topology import Names, declare_lane, lane_route
 
@@ -34,20 +37,49 @@ log = logging.getLogger(__name__)
 # task. Far below any sensible idle time (AGENTQ_LANE_IDLE_S).
 REGISTER_EVERY_S = 30.0
 
-# KEYS: registry set, seen zset, version counter. ARGV: tenant, idle_s.
-# Registers the lane, records now (Redis's clock) as its last use, and bumps the version if
-# the lane is new or was idle, so that every worker wakes it at once. Returns now.
+# KEYS: registry set, seen zset, version counter, the lane's retiring mark. ARGV: tenant,
+# idle_s. Unless the lane is being retired ('busy'), registers it, records now (Redis's clock)
+# as its last use, and bumps the version if the lane is new or was idle, so that every worker
+# wakes it at once. Returns 'new' (it was not registered: declare its queue), 'ok' or 'busy'.
 _TOUCH = """
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return 'busy'
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local seen = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
-redis.call('SADD', KEYS[1], ARGV[1])
+local added = redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 'GT', string.format('%.6f', now), ARGV[1])
 if seen == nil or seen < now - tonumber(ARGV[2]) then
   redis.call('INCR', KEYS[3])
 end
-return string.format('%.6f', now)
+if added == 1 then
+  return 'new'
+end
+return 'ok'
 """
+
+# KEYS: registry set, seen zset, the lane's retiring mark. ARGV: tenant, retire_s, mark_ms.
+# Takes a lane nothing was published to for retire_s out of the registry and marks it as
+# being retired, so that publishers go to the tier's queue until its queue is deleted.
+# Returns 1 if it did.
+_RETIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local seen = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+if seen == nil or seen >= now - tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+# Longer than a retirement takes (two broker round trips); a janitor that died mid-way frees
+# the lane when it expires.
+RETIRING_MARK_S = 60.0
+
+Touched = Literal["new", "ok", "busy"]
 
 
 def _text(value: bytes | str) -> str:
@@ -58,17 +90,40 @@ class LaneRegistry:
     """The lanes of a namespace in Redis: a set per tier, when each was last published to,
     and a version that changes whenever a lane is created or wakes."""
 
-    def __init__(self, redis: Redis, names: Names, idle_s: float) -> None:
+    def __init__(self, redis: Redis, names: Names, idle_s: float,
+                 retire_s: float = math.inf) -> None:
         self.redis = redis
         self.names = names
         self.idle_s = idle_s
+        self.retire_s = retire_s  # idle this long, a lane's queue is deleted
         self._touch = redis.register_script(_TOUCH)
+        self._retire = redis.register_script(_RETIRE)
 
-    async def touch(self, tier: str, tenant: str) -> float:
-        """Register the lane and record its use now; return Redis's time."""
+    def _retiring_key(self, tier: str, tenant: str) -> str:
+        return self.names.redis_key("lanes", tier, "retiring", tenant)
+
+    async def touch(self, tier: str, tenant: str) -> Touched:
+        """Register the lane and record its use now, unless it is being retired ('busy')."""
         keys = [self.names.lanes_key(tier), self.names.lanes_seen_key(tier),
-                self.names.lanes_version_key]
-        return float(_text(await self._touch(keys=keys, args=[tenant, repr(self.idle_s)])))
+                self.names.lanes_version_key, self._retiring_key(tier, tenant)]
+        return cast(Touched, _text(await self._touch(keys=keys,
+                                                      args=[tenant, repr(self.idle_s)])))
+
+    async def begin_retiring(self, tier: str, tenant: str) -> bool:
+        """Unregister a lane idle for `retire_s` and mark it as being retired; False if it
+        was used since (or is already being retired)."""
+        if not math.isfinite(self.retire_s):
+            return False
+        keys = [self.names.lanes_key(tier), self.names.lanes_seen_key(tier),
+                self._retiring_key(tier, tenant)]
+        args = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000)]
+        return bool(await self._retire(keys=keys, args=args))
+
+    async def end_retiring(self, tier: str, tenant: str, kept: bool) -> None:
+        """Clear the mark; a lane `kept` (its queue held work) is registered again, as used now."""
+        await self.redis.delete(self._retiring_key(tier, tenant))
+        if kept:
+            await self.touch(tier, tenant)
 
     async def version(self, tiers: Iterable[str]) -> tuple[int, ...]:
         """Return what changes when a lane of `tiers` is created or wakes (one round trip)."""
@@ -114,25 +169,51 @@ class LaneDirectory:
 
     async def route(self, tier: str, tenant: str) -> str:
         """Return the routing key for `tenant`'s work in `tier`: its lane, or the tier's queue
-        while the lane cannot be declared and registered."""
+        while the lane cannot be declared and registered, or is being retired."""
         key = (tier, tenant)
         now = time.monotonic()
+        registered = self._registered.get(key, -math.inf)
         # Often enough that a lane in use never looks idle between two registrations.
         every = min(REGISTER_EVERY_S, self.registry.idle_s / 4)
-        if now - self._registered.get(key, -math.inf) < every:
+        if now - registered < every:
             return lane_route(tier, tenant)
+        names = self.registry.names
         try:
             if key not in self._registered:
-                await declare_lane(self.channel, self.registry.names, tier, tenant)
-            await self.registry.touch(tier, tenant)
+                await declare_lane(self.channel, names, tier, tenant)
+            touched = await self.registry.touch(tier, tenant)
+            if touched == "new" and key in self._registered:  # retired since: declare again
+                await declare_lane(self.channel, names, tier, tenant)
         except (RedisError, AMQPError, OSError) as exc:
-            if key in self._registered:  # declared and registered before: workers know it
+            # Registered lately, so not retired since (that takes retire_s of disuse).
+            if now - registered < self.registry.retire_s / 2:
                 return lane_route(tier, tenant)
             log.warning("lane %s/%s not ready (%r): publishing to the tier's queue",
                         tier, tenant, exc)
             return tier
+        if touched == "busy":  # its queue is being deleted: the tier's queue takes the work
+            self._registered.pop(key, None)
+            return tier
         self._registered[key] = now
         return lane_route(tier, tenant)
+
+    def forget(self, tier: str, tenant: str) -> None:
+        """Declare and register the lane again before its next use (its queue went away)."""
+        self._registered.pop((tier, tenant), None)
+
+    async def publish(self, bus: Bus, tier: str, tenant: str, body: BaseModel,
+                      **kwargs: Any) -> None:
+        """Publish work for `tenant` in `tier` to its lane; to the tier's queue if the lane's
+        queue turned out to be gone (deleted under a stale registration)."""
+        route = await self.route(tier, tenant)
+        try:
+            await bus.publish(bus.names.work, route, body, **kwargs)
+        except PublishFailed:
+            if route == tier:
+                raise
+            self.forget(tier, tenant)
+            log.warning("lane %s/%s unroutable: publishing to the tier's queue", tier, tenant)
+            await bus.publish(bus.names.work, tier, body, **kwargs)
 
 
 def registry_keys(names: Names, tiers: Iterable[str]) -> list[str]:

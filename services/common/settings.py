@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # A tenant lane nothing was published to for this long is no longer consumed (it wakes
     # with the tenant's next task); longer than any retry's delay.
     lane_idle_s: float = Field(default=600.0, ge=1.0)
+    # ... and its queue is deleted after this long (it is declared again with the next task).
+    lane_retire_s: float = Field(default=3600.0, ge=1.0)
     max_attempts: int = 5
     retry_base_ms: int = 500
     retry_max_ms: int = 30_000
@@ -53,6 +55,12 @@ class Settings(BaseSettings):
         if not value or any(c in value for c in " #*/"):
             raise ValueError("AGENTQ_NAMESPACE must be a non-empty name without spaces, #, * or /")
         return value
+
+    @model_validator(mode="after")
+    def _lanes_retire_after_idling(self) -> Settings:
+        if self.lane_retire_s < self.lane_idle_s:
+            raise ValueError("AGENTQ_LANE_RETIRE_S must be at least AGENTQ_LANE_IDLE_S")
+        return self
 
     @property
     def api_key_set(self) -> frozenset[str]:

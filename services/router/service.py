@@ -100,10 +100,12 @@ class Router:
             headers[VERIFY_HEADER] = json.dumps({"key": semantic.key,
                                                  "output": semantic.answer.output,
                                                  "similarity": semantic.similarity})
-        route = (await self.lanes.route(decision.tier, task.tenant) if self.lanes is not None
-                 else decision.tier)
-        await self.bus.publish(self.bus.names.work, route, task,
-                               priority=task.priority, message_id=task.id, headers=headers)
+        if self.lanes is not None:
+            await self.lanes.publish(self.bus, decision.tier, task.tenant, task,
+                                     priority=task.priority, message_id=task.id, headers=headers)
+        else:
+            await self.bus.publish(self.bus.names.work, decision.tier, task,
+                                   priority=task.priority, message_id=task.id, headers=headers)
         ROUTED.labels(tier=decision.tier, cache="miss").inc()
         await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=decision.tier, reason=decision.reason, kind=task.kind, cache="miss")
@@ -145,7 +147,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         router = Router(bus, exact, config, semantic, SpendLedger(redis, names),
                         LaneDirectory(await bus.connection.channel(),
-                                      LaneRegistry(redis, names, settings.lane_idle_s)))
+                                      LaneRegistry(redis, names, settings.lane_idle_s,
+                                                   settings.lane_retire_s)))
         await bus.consume(names.tasks, router.handle, prefetch=200)
         log.info("router consuming %s", names.tasks)
         await stop.wait()

@@ -79,10 +79,10 @@ class CostControls:
 
     # -- before the call -------------------------------------------------------------------
 
-    async def admit(self, task: Task, tier: str, headers: dict[str, Any], route: str) -> bool:
-        """Return whether to call the provider; False when the task was held (back to `route`
+    async def admit(self, task: Task, tier: str, headers: dict[str, Any]) -> bool:
+        """Return whether to call the provider; False when the task was held (back to its lane
         later), failed for its budget, or answered by a twin's call."""
-        if not await self._within_budget(task, tier, headers, route):
+        if not await self._within_budget(task, tier, headers):
             return False
         if not self._dedups(task, headers):
             return True
@@ -110,8 +110,7 @@ class CostControls:
         # An escalation or a verification must call the model; the lock is already settled.
         return cacheable(task) and CASCADE_HEADER not in headers and VERIFY_HEADER not in headers
 
-    async def _within_budget(self, task: Task, tier: str, headers: dict[str, Any],
-                             route: str) -> bool:
+    async def _within_budget(self, task: Task, tier: str, headers: dict[str, Any]) -> bool:
         budget = self.config.tenant(task.tenant).budget
         # Unreadable spend admits the task: the limiter still bounds the rate, and the spend is
         # counted once Redis is back (SpendLedger keeps what it could not add).
@@ -124,6 +123,7 @@ class CostControls:
             delay_ms = budget.hold_s * 1000
             level = retry_level(delay_ms)
             held = int(headers.get(HELD_HEADER) or 0) + 1
+            route = await self.lanes.route(tier, task.tenant)  # keeps the lane from retiring
             await self.bus.publish(
                 self.bus.names.retry, route, task, priority=task.priority, message_id=task.id,
                 headers={**headers, DELAY_HEADER: level, HELD_HEADER: held},
@@ -204,9 +204,8 @@ class CostControls:
                         prior: CascadeState, result: Result, why: str) -> None:
         state = prior.plus(tier, result.model, result.usage, result.cost_usd, valid=False)
         reason = f"{header_text(headers, ROUTE_HEADER)};escalated:{tier}->{upper}({why})"
-        await self.bus.publish(
-            self.bus.names.work, await self.lanes.route(upper, task.tenant), task,
-            priority=task.priority, message_id=task.id,
+        await self.lanes.publish(
+            self.bus, upper, task.tenant, task, priority=task.priority, message_id=task.id,
             headers={**headers, ROUTE_HEADER: reason, ATTEMPT_HEADER: 1,
                      CASCADE_HEADER: state.to_header()})
         await emit(self.bus, "task.escalated", SERVICE, tenant=task.tenant, task_id=task.id,

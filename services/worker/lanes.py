@@ -25,8 +25,9 @@ RESYNC_S = 30.0  # at most this late a worker stops consuming a lane gone idle
 SWEEP_S = 30.0  # at most this late a task that reached an idle lane unannounced is served
 
 LaneAction = Callable[[str, str], Awaitable[None]]
-# queue names -> ready messages of those that exist
-DepthReader = Callable[[list[str]], Awaitable[dict[str, int]]]
+# queue names -> (ready messages, consumers) of those that exist
+DepthReader = Callable[[list[str]], Awaitable[dict[str, tuple[int, int]]]]
+QueueDeleter = Callable[[str], Awaitable[None]]
 _OUTAGE = (RedisError, AMQPError, OSError)
 
 
@@ -67,13 +68,15 @@ class LaneWatcher:
 
 
 class LaneSweeper:
-    """Wake idle lanes that hold messages, and give lanes registered without a time one."""
+    """Wake idle lanes that hold messages, retire the long idle ones that hold nothing, and
+    give lanes registered without a time one."""
 
     def __init__(self, registry: LaneRegistry, tiers: Iterable[str], depths: DepthReader,
-                 owner: str, every_s: float = SWEEP_S) -> None:
+                 delete: QueueDeleter, owner: str, every_s: float = SWEEP_S) -> None:
         self.registry = registry
         self.tiers = list(tiers)
         self.depths = depths
+        self.delete = delete
         self.owner = owner
         self.every_s = min(every_s, registry.idle_s / 4)
 
@@ -85,17 +88,43 @@ class LaneSweeper:
 
     async def sweep_now(self) -> list[Lane]:
         view = await self.registry.view(self.tiers)
-        todo = sweep_plan(view, self.registry.idle_s)
+        todo = sweep_plan(view, self.registry.idle_s, self.registry.retire_s)
         for lane in todo.adopt:
             await self.registry.touch(*lane)
         names = self.registry.names
-        ready = await self.depths([names.lane_queue(*lane) for lane in todo.check])
-        woken = [lane for lane in todo.check if ready.get(names.lane_queue(*lane), 0) > 0]
+        depths = await self.depths([names.lane_queue(*lane) for lane in todo.check])
+        woken = [lane for lane in todo.check
+                 if depths.get(names.lane_queue(*lane), (0, 0))[0] > 0]
         for lane in woken:
             log.info("idle lane of %s in %s holds %d tasks: waking it", lane[1], lane[0],
-                     ready[names.lane_queue(*lane)])
+                     depths[names.lane_queue(*lane)][0])
             await self.registry.touch(*lane)
+        for lane in todo.retire:
+            if lane not in woken:
+                await self.retire(*lane)
         return woken
+
+    async def retire(self, tier: str, tenant: str) -> bool:
+        """Delete a long idle lane's queue if it holds nothing; return whether it did.
+
+        Taken out of the registry first, marked as being retired: publishers then send the
+        tenant's work to the tier's queue, so nothing can arrive between the check and the
+        delete. A consumer still counted holds messages unacked: the lane is kept.
+        """
+        if not await self.registry.begin_retiring(tier, tenant):
+            return False  # used since, or another sweeper has it
+        queue = self.registry.names.lane_queue(tier, tenant)
+        kept = True
+        try:
+            ready, consumers = (await self.depths([queue])).get(queue, (0, 0))
+            if ready == 0 and consumers == 0:
+                await self.delete(queue)
+                kept = False
+                log.info("lane of %s in %s idle for %.0f s: its queue is deleted", tenant,
+                         tier, self.registry.retire_s)
+        finally:
+            await self.registry.end_retiring(tier, tenant, kept)
+        return not kept
 
 
 async def repeat(action: Callable[[], Awaitable[object]], interval_s: float,

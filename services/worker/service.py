@@ -82,13 +82,11 @@ class Worker:
         except ValidationError as exc:
             raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
         headers: dict[str, Any] = dict(message.headers or {})
-        # A retry goes back where the task came from: its lane, or the tier's own queue.
-        route = str(message.routing_key or "")
-        tier = tier_of(route)
+        tier = tier_of(str(message.routing_key or ""))  # from a lane or the tier's own queue
         if tier not in TIERS:
             raise RejectMessage(f"unknown tier {tier!r}")
         attempt = int(headers.get(ATTEMPT_HEADER) or 1)
-        if not await self.controls.admit(task, tier, headers, route):  # held, refused, deduped
+        if not await self.controls.admit(task, tier, headers):  # held, refused, deduped
             return
         started = time.time()
         try:
@@ -97,7 +95,7 @@ class Worker:
             await self.controls.abandon(task, tier, headers)
             raise
         except ProviderError as exc:
-            await self.on_failure(task, tier, route, attempt, headers, exc, started)
+            await self.on_failure(task, tier, attempt, headers, exc, started)
             return
         result = await self.controls.conclude(
             task, tier, headers, self.success_result(task, tier, attempt, headers, completion,
@@ -168,22 +166,25 @@ class Worker:
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
 
-    async def later(self, task: Task, route: str, headers: dict[str, Any],
+    async def later(self, task: Task, tier: str, headers: dict[str, Any],
                     delay_ms: float) -> None:
-        """Send the task back to the tail of its queue (`route`) after about `delay_ms`."""
+        """Send the task back to the tail of its lane after about `delay_ms`."""
         level = retry_level(delay_ms)
+        # Through the directory, which records the use: the lane is kept (not retired) until
+        # the retry is back in it.
+        route = await self.controls.lanes.route(tier, task.tenant)
         await self.bus.publish(self.bus.names.retry, route, task, priority=task.priority,
                                message_id=task.id, headers={**headers, DELAY_HEADER: level},
                                expiration=max(1.0, min(delay_ms, level)) / 1000)
 
-    async def on_failure(self, task: Task, tier: str, route: str, attempt: int,
+    async def on_failure(self, task: Task, tier: str, attempt: int,
                          headers: dict[str, Any], exc: ProviderError, started: float) -> None:
         """Schedule a retry through the delay queues, or fail and dead-letter the task."""
         s = self.settings
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
                                       _retry_after_s(exc.headers))
-            await self.later(task, route, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
+            await self.later(task, tier, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)
@@ -261,7 +262,7 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
         lanes_channel = await bus.connection.channel()
-        registry = LaneRegistry(redis, names, settings.lane_idle_s)
+        registry = LaneRegistry(redis, names, settings.lane_idle_s, settings.lane_retire_s)
         worker = Worker(bus, providers, config, settings,
                         CostControls(bus, config, redis, exact, semantic,
                                      LaneDirectory(lanes_channel, registry)),
@@ -284,14 +285,22 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
             log.info("worker %s: the lane of %s in %s is idle; no longer consumed", worker_id,
                      tenant, tier)
 
-        async def ready(queues: list[str]) -> dict[str, int]:
-            return {r.queue: r.ready for r in await read_passive(bus.connection, queues)}
+        async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
+            return {r.queue: (r.ready, r.consumers)
+                    for r in await read_passive(bus.connection, queues)}
+
+        async def delete(queue: str) -> None:
+            channel = await bus.connection.channel()  # an error closes it, not a shared one
+            try:
+                await channel.queue_delete(queue)
+            finally:
+                await channel.close()
 
         log.info("worker %s consuming %s and their lanes, prefetch %d each", worker_id, tiers,
                  prefetch)
         watcher = LaneWatcher(registry, tiers, consume_lane, idle_lane,
                               lambda lane: bus.in_hand(names.lane_queue(*lane)))
-        sweeper = LaneSweeper(registry, tiers, ready, worker_id)
+        sweeper = LaneSweeper(registry, tiers, depths, delete, worker_id)
         watching = asyncio.gather(
             repeat(watcher.poll, LANE_WATCH_S, stop, "watching the lane registry"),
             repeat(sweeper.sweep, sweeper.every_s, stop, "sweeping idle lanes"))
