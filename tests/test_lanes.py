@@ -34,7 +34,7 @@ from services.common.queue_depth import QueueDepth, WorkQueues, read_passive, ti
 from services.common.settings import Settings
 from services.common.topology import Names, declare_lane, declare_topology, lane_route, tier_of
 from services.dashboard.sampler import QueueSampler
-from services.worker.lanes import LaneSweeper, LaneWatcher
+from services.worker.lanes import LaneFailed, LaneSweeper, LaneWatcher
 from tests.conftest import Rabbit
 from tests.stack import (
     AMQP_URL,
@@ -193,6 +193,22 @@ def test_route_falls_back_to_the_tier_while_the_registry_is_unreachable(
     assert rabbit.get(names.work_queue("cheap")).body == b"to the tier"
 
 
+def test_a_tenant_that_cannot_name_a_queue_uses_the_tier(names: Names) -> None:
+    # Task.tenant admits any \w (é, 漢); AMQP queue names only ASCII, 255 at most.
+    assert Task(prompt="x", tenant="café").tenant == "café"
+    long_ns = Names(names.ns + "_" + "x" * 190)
+
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
+        directory = LaneDirectory(await connection.channel(), LaneRegistry(cache, names, IDLE_S))
+        long = LaneDirectory(await connection.channel(), LaneRegistry(cache, long_ns, IDLE_S))
+        return [await directory.route("cheap", "café"), await directory.route("cheap", "漢"),
+                await long.route("cheap", "t" * 64), await directory.route("cheap", "t" * 64)]
+
+    assert asyncio.run(_with_broker(names, scenario)) == ["cheap", "cheap", "cheap",
+                                                          f"cheap.{'t' * 64}"]
+    assert _registered(names, "cheap") == {"t" * 64}
+
+
 def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
         names: Names, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
@@ -233,9 +249,10 @@ def test_watcher_starts_each_new_lane_once(names: Names) -> None:
         await watcher.poll()  # nothing new: no call
         rounds.append(list(seen))
         await registry.touch("premium", "flaky")
-        with pytest.raises(ConnectionError):
-            await watcher.poll()
         await registry.touch("cheap", "gamma")
+        with pytest.raises(LaneFailed, match="flaky"):
+            await watcher.poll()  # one lane failing does not hold up the others
+        rounds.append(list(seen))
         failing.clear()  # the failed lane is started again, the others are not
         await watcher.poll()
         await watcher.poll()
@@ -246,6 +263,7 @@ def test_watcher_starts_each_new_lane_once(names: Names) -> None:
     assert rounds == [
         [],
         [("cheap", "acme"), ("cheap", "beta")],
+        [("cheap", "acme"), ("cheap", "beta"), ("cheap", "gamma")],
         [("cheap", "acme"), ("cheap", "beta"), ("cheap", "gamma"), ("premium", "flaky")],
     ]
 
@@ -436,9 +454,10 @@ def test_a_retiring_lane_sends_work_to_the_tier_and_a_retired_one_is_declared_ag
     monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)  # every route registers
 
     async def retire(connection: AbstractRobustConnection, registry: LaneRegistry) -> None:
-        assert await registry.begin_retiring("cheap", "acme")
+        token = await registry.begin_retiring("cheap", "acme")
+        assert token is not None
         await (await connection.channel()).queue_delete(lane)
-        await registry.end_retiring("cheap", "acme", kept=False)
+        await registry.end_retiring("cheap", "acme", token, deleted=True)
 
     async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[object]:
         registry = LaneRegistry(cache, names, IDLE_S, RETIRE_S)

@@ -126,6 +126,52 @@ def test_spend_ledger_keeps_what_redis_missed_and_adds_it_with_the_next_spend(
     assert _run(own_redis, scenario) == [1.0, 1.25, 1.25, 1.375]
 
 
+def test_concurrent_spend_is_each_counted_once(own_redis: OwnRedis) -> None:
+    names = Names(f"agentq_test_{uuid.uuid4().hex[:8]}")
+
+    async def scenario(client: Redis) -> float:
+        ledger = SpendLedger(client, names)
+        await asyncio.gather(*(ledger.add(f"t{i % 2}", 0.01) for i in range(100)))
+        return (await ledger.spend("t0")).day_usd + (await ledger.spend("t1")).day_usd
+
+    assert _run(own_redis, scenario) == pytest.approx(1.0)
+
+
+_BUSY = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = start
+while now - start < tonumber(ARGV[1]) do
+  t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+return 1
+"""
+
+
+def test_spend_whose_reply_was_lost_is_not_counted_twice(own_redis: OwnRedis) -> None:
+    names = Names(f"agentq_test_{uuid.uuid4().hex[:8]}")
+
+    async def scenario(client: Redis) -> list[float]:
+        ledger = SpendLedger(client, names)
+        await ledger.add("acme", 1.0)
+        admin = Redis.from_url(own_redis.url)
+        # Redis is busy for 1.5 s: the add waits past the client's 1 s timeout, then runs.
+        # It is applied, but its caller saw an error.
+        busy = asyncio.create_task(admin.eval(_BUSY, 0, 1.5))
+        await asyncio.sleep(0.1)
+        with pytest.raises(RedisError):
+            await ledger.add("acme", 0.5)
+        await busy
+        await admin.aclose()
+        spent = [(await ledger.spend("acme")).day_usd]
+        await ledger.add("acme", 0.25)  # sends the 0.5 again: already counted, so not twice
+        spent.append((await ledger.spend("acme")).day_usd)
+        return spent
+
+    assert _run(own_redis, scenario) == [1.5, 1.75]
+
+
 # --- a running pipeline ---------------------------------------------------------------------
 
 @pytest.fixture

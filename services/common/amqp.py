@@ -72,6 +72,7 @@ class Bus:
         # Messages taken and not yet settled, per (queue, consumer): the acks of a consumer's
         # messages need its channel, so it closes only when its own count is back to 0.
         self._in_hand: Counter[tuple[str, int]] = Counter()
+        self._in_hand_by_queue: Counter[str] = Counter()
         self._consumer_ids = itertools.count()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -132,7 +133,7 @@ class Bus:
 
     def in_hand(self, queue: str) -> int:
         """Return how many of `queue`'s messages this process holds, not yet acked or nacked."""
-        return sum(n for (name, _), n in self._in_hand.items() if name == queue)
+        return self._in_hand_by_queue[queue]
 
     async def stop_queue(self, queue: str) -> None:
         """Stop consuming `queue`; its channel closes once the messages in hand are settled
@@ -167,11 +168,13 @@ class Bus:
         assert task is not None
         self._in_flight.add(task)
         self._in_hand[key] += 1
+        self._in_hand_by_queue[key[0]] += 1
         try:
             await self._settle(handler, message)
         finally:
             self._in_flight.discard(task)
             self._in_hand[key] -= 1
+            self._in_hand_by_queue[key[0]] -= 1
 
     async def _settle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
         try:

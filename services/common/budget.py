@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import Counter
+import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +18,21 @@ BudgetLevel = Literal["ok", "soft", "hard"]
 NANO = 1_000_000_000  # spend is counted in nano-dollars: integers add up exactly
 DAY_KEY_TTL_S = 3 * 86_400
 MONTH_KEY_TTL_S = 35 * 86_400
+
+
+# KEYS: the batch's mark, then the counters; ARGV: the mark's ttl (ms), then per counter its
+# amount and ttl (s). Adds a batch of spend unless its mark says it was added already.
+_ADD_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return 0
+end
+for i = 2, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[2 * i - 2])
+  redis.call('EXPIRE', KEYS[i], ARGV[2 * i - 1])
+end
+return 1
+"""
+ADDED_MARK_MS = 3_600_000  # a batch sent again within the hour is not counted twice
 
 
 @dataclass(frozen=True)
@@ -54,10 +71,12 @@ class SpendLedger:
     def __init__(self, redis: Redis, names: Names) -> None:
         self._redis = redis
         self._names = names
-        # Spend Redis did not take (an outage), per counter key, in nano-dollars: added with
-        # the next spend that goes through, so an outage delays the count but loses none of
-        # it (unless the process stops first).
-        self._unrecorded: Counter[tuple[str, int]] = Counter()  # (key, ttl_s) -> nano
+        self._add = redis.register_script(_ADD_ONCE)
+        # Spend Redis did not take (an outage), in batches that are each added once: an
+        # outage delays the count but loses none of it (unless the process stops first), and
+        # a batch whose reply was lost is not counted twice when sent again.
+        self._unflushed: deque[tuple[str, dict[tuple[str, int], int]]] = deque()
+        self._flushing = asyncio.Lock()  # one flush at a time sends each batch once, in order
 
     async def add(self, tenant: str, cost_usd: float, now: float | None = None) -> None:
         """Count `cost_usd` against the tenant's day and month; on a Redis error keep it for
@@ -66,16 +85,16 @@ class SpendLedger:
         if nano <= 0:
             return
         day, month = period_keys(self._names, tenant, time.time() if now is None else now)
-        pending, self._unrecorded = self._unrecorded, Counter()
-        pending.update({(day, DAY_KEY_TTL_S): nano, (month, MONTH_KEY_TTL_S): nano})
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for (key, ttl_s), amount in pending.items():
-                    pipe.incrby(key, amount).expire(key, ttl_s)
-                await pipe.execute()
-        except BaseException:
-            self._unrecorded.update(pending)
-            raise
+        self._unflushed.append((uuid.uuid4().hex, {(day, DAY_KEY_TTL_S): nano,
+                                                   (month, MONTH_KEY_TTL_S): nano}))
+        async with self._flushing:  # a concurrent add's flush may have sent this one already
+            while self._unflushed:
+                batch_id, amounts = self._unflushed[0]
+                keys = [self._names.redis_key("budget", "added", batch_id),
+                        *(key for key, _ in amounts)]
+                args = [ADDED_MARK_MS, *(x for (_, ttl), n in amounts.items() for x in (n, ttl))]
+                await self._add(keys=keys, args=args)
+                self._unflushed.popleft()
 
     async def spend(self, tenant: str, now: float | None = None) -> Spend:
         day, month = period_keys(self._names, tenant, time.time() if now is None else now)

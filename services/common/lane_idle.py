@@ -4,8 +4,8 @@ Every worker consumes every lane of its tiers, each with its own prefetch. With 
 tenants most lanes are empty most of the time, yet each would hold a consumer and a channel
 in every worker. So a lane nothing was published to for `idle_s` is idle: workers stop
 consuming it (once they hold none of its messages), and it wakes, everywhere at once, with
-the tenant's next task. The queue itself stays: deleting it could lose a task published or
-retried into it at the same moment.
+the tenant's next task. Idle far longer (`retire_s`), its queue is deleted by the sweep
+(services.worker.lanes.LaneSweeper.retire) and declared again with the tenant's next task.
 
 Nothing here touches Redis or the broker: `LaneView` is what the registry said, read in one
 round trip with Redis's clock.

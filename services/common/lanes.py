@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any, Literal, cast
 
@@ -29,18 +31,33 @@ from redis.exceptions import RedisError
 
 from services.common.amqp import Bus, PublishFailed
 from services.common.lane_idle import Lane, LaneView
-from services.common.topology import Names, declare_lane, lane_route
+from services.common.models import Task
+from services.common.topology import DELAY_HEADER, Names, declare_lane, lane_route, retry_level
 
 log = logging.getLogger(__name__)
-# A publisher re-registers a lane it publishes to this often: that keeps the lane awake, and
-# rebuilds a registry that Redis lost (a restart without persistence) with each tenant's next
-# task. Far below any sensible idle time (AGENTQ_LANE_IDLE_S).
+# A publisher re-registers a lane it publishes to at most this often: that keeps the lane
+# awake, and rebuilds a registry that Redis lost (a restart without persistence) with each
+# tenant's next task.
 REGISTER_EVERY_S = 30.0
+# What AMQP (and pamqp, which refuses anything else) accepts as a queue name.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9\-_.:]{1,255}")
+
+
+def can_name_a_queue(name: str) -> bool:
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def refresh_s(idle_s: float) -> float:
+    """How often publishers register a lane in use, workers look for idle lanes, and the sweep
+    runs: often enough that a lane in use never looks idle, and a quarter of the idle time at
+    most."""
+    return min(REGISTER_EVERY_S, idle_s / 4)
 
 # KEYS: registry set, seen zset, version counter, the lane's retiring mark. ARGV: tenant,
-# idle_s. Unless the lane is being retired ('busy'), registers it, records now (Redis's clock)
-# as its last use, and bumps the version if the lane is new or was idle, so that every worker
-# wakes it at once. Returns 'new' (it was not registered: declare its queue), 'ok' or 'busy'.
+# idle_s, ahead_s. Unless the lane is being retired ('busy'), registers it, records its use
+# at now + ahead_s (Redis's clock; ahead: work that reaches the lane only then, a retry), and
+# bumps the version if the lane is new or was idle, so that every worker wakes it at once.
+# Returns 'new' (it was not registered: declare its queue), 'ok' or 'busy'.
 _TOUCH = """
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return 'busy'
@@ -49,7 +66,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local seen = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
 local added = redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 'GT', string.format('%.6f', now), ARGV[1])
+redis.call('ZADD', KEYS[2], 'GT', string.format('%.6f', now + tonumber(ARGV[3])), ARGV[1])
 if seen == nil or seen < now - tonumber(ARGV[2]) then
   redis.call('INCR', KEYS[3])
 end
@@ -59,25 +76,38 @@ end
 return 'ok'
 """
 
-# KEYS: registry set, seen zset, the lane's retiring mark. ARGV: tenant, retire_s, mark_ms.
-# Takes a lane nothing was published to for retire_s out of the registry and marks it as
-# being retired, so that publishers go to the tier's queue until its queue is deleted.
-# Returns 1 if it did.
-_RETIRE = """
+# KEYS: seen zset, the lane's retiring mark. ARGV: tenant, retire_s, mark_ms, token.
+# Marks a lane nothing was published to for retire_s as being retired (publishers then use
+# the tier's queue). Returns 1 if it did.
+_BEGIN_RETIRING = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local seen = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
-if seen == nil or seen >= now - tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[3]) == 1 then
+local seen = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if seen == nil or seen >= now - tonumber(ARGV[2]) or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 return 1
 """
-# Longer than a retirement takes (two broker round trips); a janitor that died mid-way frees
-# the lane when it expires.
+
+# KEYS: registry set, seen zset, the lane's retiring mark. ARGV: tenant, token, deleted.
+# Ends a retirement: a deleted lane leaves the registry; either way the mark goes (if still
+# this retirement's).
+_END_RETIRING = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '1' then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+redis.call('DEL', KEYS[3])
+return 1
+"""
+# A retirement (a depth read and a delete) must end well within this: a mark that expired
+# lets publishers back into a queue being deleted.
 RETIRING_MARK_S = 60.0
+RETIRE_WITHIN_S = RETIRING_MARK_S / 4
 
 Touched = Literal["new", "ok", "busy"]
 
@@ -97,33 +127,35 @@ class LaneRegistry:
         self.idle_s = idle_s
         self.retire_s = retire_s  # idle this long, a lane's queue is deleted
         self._touch = redis.register_script(_TOUCH)
-        self._retire = redis.register_script(_RETIRE)
+        self._begin = redis.register_script(_BEGIN_RETIRING)
+        self._end = redis.register_script(_END_RETIRING)
 
     def _retiring_key(self, tier: str, tenant: str) -> str:
         return self.names.redis_key("lanes", tier, "retiring", tenant)
 
-    async def touch(self, tier: str, tenant: str) -> Touched:
-        """Register the lane and record its use now, unless it is being retired ('busy')."""
+    async def touch(self, tier: str, tenant: str, ahead_s: float = 0.0) -> Touched:
+        """Register the lane and record its use now (or `ahead_s` from now), unless it is
+        being retired ('busy'); 'new' if it was not registered."""
         keys = [self.names.lanes_key(tier), self.names.lanes_seen_key(tier),
                 self.names.lanes_version_key, self._retiring_key(tier, tenant)]
-        return cast(Touched, _text(await self._touch(keys=keys,
-                                                      args=[tenant, repr(self.idle_s)])))
+        args = [tenant, repr(self.idle_s), repr(max(0.0, ahead_s))]
+        return cast(Touched, _text(await self._touch(keys=keys, args=args)))
 
-    async def begin_retiring(self, tier: str, tenant: str) -> bool:
-        """Unregister a lane idle for `retire_s` and mark it as being retired; False if it
-        was used since (or is already being retired)."""
+    async def begin_retiring(self, tier: str, tenant: str) -> str | None:
+        """Mark a lane idle for `retire_s` as being retired; return the retirement's token,
+        None if the lane was used since (or is being retired already)."""
         if not math.isfinite(self.retire_s):
-            return False
+            return None
+        token = uuid.uuid4().hex
+        keys = [self.names.lanes_seen_key(tier), self._retiring_key(tier, tenant)]
+        args = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000), token]
+        return token if await self._begin(keys=keys, args=args) else None
+
+    async def end_retiring(self, tier: str, tenant: str, token: str, deleted: bool) -> None:
+        """Unregister the lane if its queue was `deleted`; clear the mark."""
         keys = [self.names.lanes_key(tier), self.names.lanes_seen_key(tier),
                 self._retiring_key(tier, tenant)]
-        args = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000)]
-        return bool(await self._retire(keys=keys, args=args))
-
-    async def end_retiring(self, tier: str, tenant: str, kept: bool) -> None:
-        """Clear the mark; a lane `kept` (its queue held work) is registered again, as used now."""
-        await self.redis.delete(self._retiring_key(tier, tenant))
-        if kept:
-            await self.touch(tier, tenant)
+        await self._end(keys=keys, args=[tenant, token, "1" if deleted else "0"])
 
     async def version(self, tiers: Iterable[str]) -> tuple[int, ...]:
         """Return what changes when a lane of `tiers` is created or wakes (one round trip)."""
@@ -170,29 +202,35 @@ class LaneDirectory:
     async def route(self, tier: str, tenant: str) -> str:
         """Return the routing key for `tenant`'s work in `tier`: its lane, or the tier's queue
         while the lane cannot be declared and registered, or is being retired."""
+        registered = self._registered.get((tier, tenant), -math.inf)
+        if time.monotonic() - registered < refresh_s(self.registry.idle_s):
+            return lane_route(tier, tenant)
+        return await self._register(tier, tenant, 0.0)
+
+    async def reserve(self, tier: str, tenant: str, ahead_s: float) -> str:
+        """Return where to send work that reaches its lane only in `ahead_s` (a retry, a
+        budget hold): the lane, with its use recorded then so that it is not retired before;
+        the tier's queue if that cannot be recorded."""
+        return await self._register(tier, tenant, ahead_s)
+
+    async def _register(self, tier: str, tenant: str, ahead_s: float) -> str:
+        if not can_name_a_queue(self.registry.names.lane_queue(tier, tenant)):
+            return tier  # a tenant `\w` admits that AMQP does not (é, 漢): the tier's queue
         key = (tier, tenant)
         now = time.monotonic()
         registered = self._registered.get(key, -math.inf)
-        # Often enough that a lane in use never looks idle between two registrations.
-        every = min(REGISTER_EVERY_S, self.registry.idle_s / 4)
-        if now - registered < every:
-            return lane_route(tier, tenant)
-        names = self.registry.names
         try:
-            if key not in self._registered:
-                await declare_lane(self.channel, names, tier, tenant)
-            touched = await self.registry.touch(tier, tenant)
-            if touched == "new" and key in self._registered:  # retired since: declare again
-                await declare_lane(self.channel, names, tier, tenant)
-        except (RedisError, AMQPError, OSError) as exc:
+            touched = await self.registry.touch(tier, tenant, ahead_s)
+            if touched == "busy":  # its queue is being deleted: the tier's queue takes the work
+                return tier
+            if touched == "new" or key not in self._registered:  # (again, if retired since)
+                await declare_lane(self.channel, self.registry.names, tier, tenant)
+        except (RedisError, AMQPError, OSError, RuntimeError) as exc:
             # Registered lately, so not retired since (that takes retire_s of disuse).
-            if now - registered < self.registry.retire_s / 2:
+            if not ahead_s and now - registered < self.registry.retire_s / 2:
                 return lane_route(tier, tenant)
             log.warning("lane %s/%s not ready (%r): publishing to the tier's queue",
                         tier, tenant, exc)
-            return tier
-        if touched == "busy":  # its queue is being deleted: the tier's queue takes the work
-            self._registered.pop(key, None)
             return tier
         self._registered[key] = now
         return lane_route(tier, tenant)
@@ -215,11 +253,24 @@ class LaneDirectory:
             log.warning("lane %s/%s unroutable: publishing to the tier's queue", tier, tenant)
             await bus.publish(bus.names.work, tier, body, **kwargs)
 
+    async def publish_later(self, bus: Bus, tier: str, task: Task, headers: dict[str, Any],
+                            delay_ms: float) -> None:
+        """Send a task back to the tail of its lane after about `delay_ms` (a retry, a budget
+        hold), through the delay queue of that length; the lane's use is recorded for when
+        the task lands back, so that the lane is not retired meanwhile."""
+        level = retry_level(delay_ms)
+        wait_ms = max(1.0, min(delay_ms, level))
+        route = await self.reserve(tier, task.tenant, wait_ms / 1000)
+        await bus.publish(bus.names.retry, route, task, priority=task.priority,
+                          message_id=task.id, headers={**headers, DELAY_HEADER: level},
+                          expiration=wait_ms / 1000)
+
 
 def registry_keys(names: Names, tiers: Iterable[str]) -> list[str]:
-    """Return the Redis keys of a namespace's lane registry (to delete it with the namespace)."""
+    """Return the Redis keys of a namespace's lane registry (to delete it with the namespace;
+    retiring marks expire by themselves)."""
     return [*(key for tier in tiers for key in (names.lanes_key(tier), names.lanes_seen_key(tier))),
-            names.lanes_version_key]
+            names.lanes_version_key, names.redis_key("lanes", "job", "sweep")]
 
 
 async def registered_lanes(redis: Redis, names: Names,

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = 32
     worker_prefetch: int = 0  # 0 = same as concurrency: waiting tasks stay visible in RabbitMQ
     # A tenant lane nothing was published to for this long is no longer consumed (it wakes
-    # with the tenant's next task); longer than any retry's delay.
+    # with the tenant's next task; a retry or budget hold counts as use when it lands).
     lane_idle_s: float = Field(default=600.0, ge=1.0)
     # ... and its queue is deleted after this long (it is declared again with the next task).
     lane_retire_s: float = Field(default=3600.0, ge=1.0)

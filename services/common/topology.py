@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, ExchangeType
 
 from services.common.models import TIERS
 
@@ -197,9 +197,15 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
 
 async def declare_lane(channel: AbstractChannel, names: Names, tier: str, tenant: str) -> None:
     """Declare a tenant's lane in a tier and bind it to the work exchange; idempotent."""
-    declared = await channel.declare_queue(names.lane_queue(tier, tenant), durable=True,
-                                           arguments=_quorum(names))
-    await declared.bind(names.work, routing_key=lane_route(tier, tenant))
+    queue, route = names.lane_queue(tier, tenant), lane_route(tier, tenant)
+    if isinstance(channel, AbstractRobustChannel):
+        # Not restored on reconnect: a lane retired since would come back outside the registry.
+        robust = await channel.declare_queue(queue, durable=True, arguments=_quorum(names),
+                                             robust=False)
+        await robust.bind(names.work, routing_key=route, robust=False)
+        return
+    declared = await channel.declare_queue(queue, durable=True, arguments=_quorum(names))
+    await declared.bind(names.work, routing_key=route)
 
 
 async def delete_topology(channel: AbstractChannel, names: Names,

@@ -23,7 +23,7 @@ from services.common.pricing import premium_baseline
 from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras
 from services.common.semantic_cache import SemanticCache, VerifyStats, semantic_cacheable
-from services.common.topology import ATTEMPT_HEADER, DELAY_HEADER, ROUTE_HEADER, retry_level
+from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER
 from services.common.work_headers import (
     CASCADE_HEADER,
     HELD_HEADER,
@@ -120,14 +120,9 @@ class CostControls:
         await emit(self.bus, "budget.hard", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, action=budget.hard_action)
         if budget.hard_action == "hold":
-            delay_ms = budget.hold_s * 1000
-            level = retry_level(delay_ms)
             held = int(headers.get(HELD_HEADER) or 0) + 1
-            route = await self.lanes.route(tier, task.tenant)  # keeps the lane from retiring
-            await self.bus.publish(
-                self.bus.names.retry, route, task, priority=task.priority, message_id=task.id,
-                headers={**headers, DELAY_HEADER: level, HELD_HEADER: held},
-                expiration=min(delay_ms, level) / 1000)
+            await self.lanes.publish_later(self.bus, tier, task, {**headers, HELD_HEADER: held},
+                                           budget.hold_s * 1000)
             return False
         result = self._bare_result(task, tier, headers, "failed")
         result.error = ErrorInfo(code="budget_exceeded",

@@ -17,12 +17,10 @@ from aio_pika.exceptions import AMQPError
 from redis.exceptions import RedisError
 
 from services.common.lane_idle import Lane, plan, sweep_plan
-from services.common.lanes import LaneRegistry
+from services.common.lanes import RETIRE_WITHIN_S, LaneRegistry, refresh_s
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.25
-RESYNC_S = 30.0  # at most this late a worker stops consuming a lane gone idle
-SWEEP_S = 30.0  # at most this late a task that reached an idle lane unannounced is served
 
 LaneAction = Callable[[str, str], Awaitable[None]]
 # queue names -> (ready messages, consumers) of those that exist
@@ -36,13 +34,14 @@ class LaneWatcher:
 
     def __init__(self, registry: LaneRegistry, tiers: Iterable[str], on_start: LaneAction,
                  on_stop: LaneAction, in_hand: Callable[[Lane], int],
-                 resync_s: float = RESYNC_S) -> None:
+                 resync_s: float | None = None) -> None:
         self.registry = registry
         self.tiers = list(tiers)
         self.on_start = on_start
         self.on_stop = on_stop
         self.in_hand = in_hand
-        self.resync_s = min(resync_s, registry.idle_s / 4)
+        # at most this late a worker stops consuming a lane gone idle
+        self.resync_s = refresh_s(registry.idle_s) if resync_s is None else resync_s
         self.consumed: set[Lane] = set()
         self._version: tuple[int, ...] | None = None
         self._next_resync = 0.0
@@ -56,15 +55,27 @@ class LaneWatcher:
         view = await self.registry.view(self.tiers)
         todo = plan(view, self.consumed, {lane: self.in_hand(lane) for lane in self.consumed},
                     self.registry.idle_s)
-        for lane in todo.start:
-            await self.on_start(*lane)
-            self.consumed.add(lane)
-        for lane in todo.stop:
-            await self.on_stop(*lane)
-            self.consumed.discard(lane)
-        # Only once every lane was handled: a failed start is tried again at the next poll.
+        failed: list[tuple[Lane, BaseException]] = []
+        for lane, action, done in ([(lane, self.on_start, self.consumed.add)
+                                    for lane in todo.start]
+                                   + [(lane, self.on_stop, self.consumed.discard)
+                                      for lane in todo.stop]):
+            try:  # one lane that fails must not hold up the others
+                await action(*lane)
+            except Exception as exc:
+                failed.append((lane, exc))
+            else:
+                done(lane)
+        if failed:  # tried again at the next poll
+            lane, exc = failed[0]
+            raise LaneFailed(f"{len(failed)} lane(s) failed, first {lane[1]} in {lane[0]}: "
+                             f"{exc!r}") from exc
         self._version = version
         self._next_resync = now + self.resync_s
+
+
+class LaneFailed(Exception):
+    """Starting or stopping some lanes failed; the others were handled."""
 
 
 class LaneSweeper:
@@ -72,13 +83,14 @@ class LaneSweeper:
     give lanes registered without a time one."""
 
     def __init__(self, registry: LaneRegistry, tiers: Iterable[str], depths: DepthReader,
-                 delete: QueueDeleter, owner: str, every_s: float = SWEEP_S) -> None:
+                 delete: QueueDeleter, owner: str) -> None:
         self.registry = registry
         self.tiers = list(tiers)
         self.depths = depths
         self.delete = delete
         self.owner = owner
-        self.every_s = min(every_s, registry.idle_s / 4)
+        # at most this late a task that reached an idle lane unannounced is served
+        self.every_s = refresh_s(registry.idle_s)
 
     async def sweep(self) -> list[Lane]:
         """Sweep if no other worker did within `every_s`; return the lanes woken."""
@@ -107,38 +119,50 @@ class LaneSweeper:
     async def retire(self, tier: str, tenant: str) -> bool:
         """Delete a long idle lane's queue if it holds nothing; return whether it did.
 
-        Taken out of the registry first, marked as being retired: publishers then send the
-        tenant's work to the tier's queue, so nothing can arrive between the check and the
-        delete. A consumer still counted holds messages unacked: the lane is kept.
+        Marked as being retired first: publishers then send the tenant's work to the tier's
+        queue, so nothing can arrive between the check and the delete, as long as the mark
+        lasts (the check and the delete must end well within it). A queue not read (an error,
+        or missing) is kept; a consumer still counted holds messages unacked: kept too.
         """
-        if not await self.registry.begin_retiring(tier, tenant):
+        token = await self.registry.begin_retiring(tier, tenant)
+        if token is None:
             return False  # used since, or another sweeper has it
         queue = self.registry.names.lane_queue(tier, tenant)
-        kept = True
+        deleted = False
         try:
-            ready, consumers = (await self.depths([queue])).get(queue, (0, 0))
-            if ready == 0 and consumers == 0:
-                await self.delete(queue)
-                kept = False
-                log.info("lane of %s in %s idle for %.0f s: its queue is deleted", tenant,
-                         tier, self.registry.retire_s)
+            async with asyncio.timeout(RETIRE_WITHIN_S):
+                reading = (await self.depths([queue])).get(queue)
+                if reading == (0, 0):
+                    await self.delete(queue)
+                    deleted = True
+        except TimeoutError:
+            # The delete may have happened: the lane stays registered; a publish that finds
+            # its queue gone goes to the tier's queue and declares the lane again.
+            log.warning("retiring the lane of %s in %s timed out", tenant, tier)
         finally:
-            await self.registry.end_retiring(tier, tenant, kept)
-        return not kept
+            await self.registry.end_retiring(tier, tenant, token, deleted)
+        if deleted:
+            log.info("lane of %s in %s idle for %.0f s: its queue is deleted", tenant, tier,
+                     self.registry.retire_s)
+        return deleted
 
 
 async def repeat(action: Callable[[], Awaitable[object]], interval_s: float,
                  stop: asyncio.Event, what: str) -> None:
-    """Run `action` every `interval_s` until `stop`; an outage is logged once and waited out
-    (the lanes already consumed stay consumed)."""
+    """Run `action` every `interval_s` until `stop`; a failure is logged once and tried again
+    (the lanes already consumed stay consumed), never ends the loop."""
     warned = False
     while not stop.is_set():
         try:
             await action()
             warned = False
-        except _OUTAGE as exc:
+        except (*_OUTAGE, LaneFailed) as exc:
             if not warned:
                 log.warning("%s failed (%r); trying again every %.2f s", what, exc, interval_s)
+                warned = True
+        except Exception:
+            if not warned:
+                log.exception("%s failed; trying again every %.2f s", what, interval_s)
                 warned = True
         try:
             await asyncio.wait_for(stop.wait(), interval_s)

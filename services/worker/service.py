@@ -29,14 +29,12 @@ from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import (
     ATTEMPT_HEADER,
-    DELAY_HEADER,
     ERROR_HEADER,
     ROUTE_HEADER,
     STARTED_EVENT,
     Names,
     declare_lane,
     declare_topology,
-    retry_level,
     tier_of,
 )
 from services.worker.controls import CostControls
@@ -166,17 +164,6 @@ class Worker:
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
 
-    async def later(self, task: Task, tier: str, headers: dict[str, Any],
-                    delay_ms: float) -> None:
-        """Send the task back to the tail of its lane after about `delay_ms`."""
-        level = retry_level(delay_ms)
-        # Through the directory, which records the use: the lane is kept (not retired) until
-        # the retry is back in it.
-        route = await self.controls.lanes.route(tier, task.tenant)
-        await self.bus.publish(self.bus.names.retry, route, task, priority=task.priority,
-                               message_id=task.id, headers={**headers, DELAY_HEADER: level},
-                               expiration=max(1.0, min(delay_ms, level)) / 1000)
-
     async def on_failure(self, task: Task, tier: str, attempt: int,
                          headers: dict[str, Any], exc: ProviderError, started: float) -> None:
         """Schedule a retry through the delay queues, or fail and dead-letter the task."""
@@ -184,7 +171,8 @@ class Worker:
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
                                       _retry_after_s(exc.headers))
-            await self.later(task, tier, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
+            await self.controls.lanes.publish_later(
+                self.bus, tier, task, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)
