@@ -123,7 +123,9 @@ class Bus:
             return
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        declared = await channel.get_queue(queue, ensure=False)
+        # Declared (passively) on the robust channel, not just named: only the queues it
+        # declared get their consumers back when the connection is restored.
+        declared = await channel.declare_queue(queue, passive=True)
         key = (queue, next(self._consumer_ids))
         tag = await declared.consume(functools.partial(self._track, handler, key))
         self._consumers[queue] = (declared, tag, channel, key)

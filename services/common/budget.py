@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,19 +21,29 @@ DAY_KEY_TTL_S = 3 * 86_400
 MONTH_KEY_TTL_S = 35 * 86_400
 
 
-# KEYS: the batch's mark, then the counters; ARGV: the mark's ttl (ms), then per counter its
-# amount and ttl (s). Adds a batch of spend unless its mark says it was added already.
+# KEYS: the writer's high-water mark, then the counters. ARGV: the batch's number, the mark's
+# ttl (ms), then per counter its amount and ttl (s). A writer sends its batches in order, so
+# one numbered at or below its mark was added already (only its reply was lost): skipped.
 _ADD_ONCE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= last then
   return 0
 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 for i = 2, #KEYS do
-  redis.call('INCRBY', KEYS[i], ARGV[2 * i - 2])
-  redis.call('EXPIRE', KEYS[i], ARGV[2 * i - 1])
+  redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[2 * i])
 end
 return 1
 """
-ADDED_MARK_MS = 3_600_000  # a batch sent again within the hour is not counted twice
+WRITER_MARK_MS = 86_400_000  # a batch sent again within a day is not counted twice
+
+
+@dataclass
+class _Batch:
+    number: int
+    amounts: Counter[tuple[str, int]]  # (counter key, its ttl in s) -> nano-dollars
+    sent: bool = False  # once sent it is never added to: a resend must be the same batch
 
 
 @dataclass(frozen=True)
@@ -72,27 +83,36 @@ class SpendLedger:
         self._redis = redis
         self._names = names
         self._add = redis.register_script(_ADD_ONCE)
-        # Spend Redis did not take (an outage), in batches that are each added once: an
-        # outage delays the count but loses none of it (unless the process stops first), and
-        # a batch whose reply was lost is not counted twice when sent again.
-        self._unflushed: deque[tuple[str, dict[tuple[str, int], int]]] = deque()
-        self._flushing = asyncio.Lock()  # one flush at a time sends each batch once, in order
+        # Spend Redis did not take yet (an outage, a flush under way), in numbered batches
+        # sent in order: an outage delays the count but loses none of it (unless the process
+        # stops first), and a batch whose reply was lost is not counted twice when resent.
+        self._mark = names.redis_key("budget", "writer", uuid.uuid4().hex)
+        self._numbers = itertools.count(1)
+        self._unflushed: deque[_Batch] = deque()
+        self._flushing = asyncio.Lock()
 
     async def add(self, tenant: str, cost_usd: float, now: float | None = None) -> None:
-        """Count `cost_usd` against the tenant's day and month; on a Redis error keep it for
-        the next add and raise."""
+        """Count `cost_usd` against the tenant's day and month. On a Redis error it is kept
+        for the next add and the error raised; while another add's flush is under way, that
+        flush sends it."""
         nano = round(cost_usd * NANO)
         if nano <= 0:
             return
         day, month = period_keys(self._names, tenant, time.time() if now is None else now)
-        self._unflushed.append((uuid.uuid4().hex, {(day, DAY_KEY_TTL_S): nano,
-                                                   (month, MONTH_KEY_TTL_S): nano}))
-        async with self._flushing:  # a concurrent add's flush may have sent this one already
+        amounts = {(day, DAY_KEY_TTL_S): nano, (month, MONTH_KEY_TTL_S): nano}
+        if self._unflushed and not self._unflushed[-1].sent:
+            self._unflushed[-1].amounts.update(amounts)  # one batch however long an outage
+        else:
+            self._unflushed.append(_Batch(next(self._numbers), Counter(amounts)))
+        if self._flushing.locked():
+            return  # a hung Redis must not queue every finishing task up behind it
+        async with self._flushing:
             while self._unflushed:
-                batch_id, amounts = self._unflushed[0]
-                keys = [self._names.redis_key("budget", "added", batch_id),
-                        *(key for key, _ in amounts)]
-                args = [ADDED_MARK_MS, *(x for (_, ttl), n in amounts.items() for x in (n, ttl))]
+                batch = self._unflushed[0]
+                batch.sent = True
+                keys = [self._mark, *(key for key, _ in batch.amounts)]
+                args = [batch.number, WRITER_MARK_MS,
+                        *(x for (_, ttl), n in batch.amounts.items() for x in (n, ttl))]
                 await self._add(keys=keys, args=args)
                 self._unflushed.popleft()
 

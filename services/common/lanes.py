@@ -90,9 +90,9 @@ redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS: registry set, seen zset, the lane's retiring mark. ARGV: tenant, token, deleted.
-# Ends a retirement: a deleted lane leaves the registry; either way the mark goes (if still
-# this retirement's).
+# KEYS: registry set, seen zset, the lane's retiring mark. ARGV: tenant, token, deleted,
+# keep_mark. Ends a retirement (if the mark is still this one's): a deleted lane leaves the
+# registry; the mark goes, unless kept to run out (a delete that may still be under way).
 _END_RETIRING = """
 if redis.call('GET', KEYS[3]) ~= ARGV[2] then
   return 0
@@ -101,7 +101,9 @@ if ARGV[3] == '1' then
   redis.call('SREM', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-redis.call('DEL', KEYS[3])
+if ARGV[4] ~= '1' then
+  redis.call('DEL', KEYS[3])
+end
 return 1
 """
 # A retirement (a depth read and a delete) must end well within this: a mark that expired
@@ -151,11 +153,14 @@ class LaneRegistry:
         args = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000), token]
         return token if await self._begin(keys=keys, args=args) else None
 
-    async def end_retiring(self, tier: str, tenant: str, token: str, deleted: bool) -> None:
-        """Unregister the lane if its queue was `deleted`; clear the mark."""
+    async def end_retiring(self, tier: str, tenant: str, token: str, deleted: bool,
+                           keep_mark: bool = False) -> None:
+        """Unregister the lane if its queue was `deleted`; clear the mark, or with `keep_mark`
+        leave it to expire (publishers keep off a queue whose delete may still land)."""
         keys = [self.names.lanes_key(tier), self.names.lanes_seen_key(tier),
                 self._retiring_key(tier, tenant)]
-        await self._end(keys=keys, args=[tenant, token, "1" if deleted else "0"])
+        await self._end(keys=keys, args=[tenant, token, "1" if deleted else "0",
+                                         "1" if keep_mark else "0"])
 
     async def version(self, tiers: Iterable[str]) -> tuple[int, ...]:
         """Return what changes when a lane of `tiers` is created or wakes (one round trip)."""
@@ -223,8 +228,9 @@ class LaneDirectory:
             touched = await self.registry.touch(tier, tenant, ahead_s)
             if touched == "busy":  # its queue is being deleted: the tier's queue takes the work
                 return tier
-            if touched == "new" or key not in self._registered:  # (again, if retired since)
-                await declare_lane(self.channel, self.registry.names, tier, tenant)
+            # Every registration declares (idempotent, once per refresh_s): work that lands
+            # later (a retry) is dead-lettered to the lane, dropped if its queue were missing.
+            await declare_lane(self.channel, self.registry.names, tier, tenant)
         except (RedisError, AMQPError, OSError, RuntimeError) as exc:
             # Registered lately, so not retired since (that takes retire_s of disuse).
             if not ahead_s and now - registered < self.registry.retire_s / 2:

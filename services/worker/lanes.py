@@ -128,19 +128,21 @@ class LaneSweeper:
         if token is None:
             return False  # used since, or another sweeper has it
         queue = self.registry.names.lane_queue(tier, tenant)
-        deleted = False
+        deleted = sent = False
         try:
             async with asyncio.timeout(RETIRE_WITHIN_S):
                 reading = (await self.depths([queue])).get(queue)
                 if reading == (0, 0):
+                    sent = True
                     await self.delete(queue)
                     deleted = True
         except TimeoutError:
-            # The delete may have happened: the lane stays registered; a publish that finds
-            # its queue gone goes to the tier's queue and declares the lane again.
             log.warning("retiring the lane of %s in %s timed out", tenant, tier)
         finally:
-            await self.registry.end_retiring(tier, tenant, token, deleted)
+            # A delete sent but not confirmed may still land: count it as done, and let the
+            # mark run out so that no publisher sends to the queue before it has.
+            await self.registry.end_retiring(tier, tenant, token, deleted or sent,
+                                             keep_mark=sent and not deleted)
         if deleted:
             log.info("lane of %s in %s idle for %.0f s: its queue is deleted", tenant, tier,
                      self.registry.retire_s)
