@@ -181,7 +181,7 @@ def outage_pipeline(tmp_path: Path, own_redis: OwnRedis) -> Iterator[Pipeline]:
         try:
             yield running
         finally:
-            _delete_lanes(running.ns, ["before", "after"])
+            _delete_lanes(running.ns, ["before", "during", "after"])
 
 
 def _delete_lanes(ns: str, tenants: list[str]) -> None:
