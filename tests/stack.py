@@ -180,7 +180,6 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
     import asyncio
 
     import aio_pika
-    import redis
     from redis.asyncio import Redis as AsyncRedis
 
     from services.common.lanes import registered_lanes
@@ -200,6 +199,13 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
             await delete_topology(await connection.channel(), names, lanes=lanes)
 
     asyncio.run(drop_topology())
+    delete_redis_keys(redis_url, namespace)
+
+
+def delete_redis_keys(redis_url: str, namespace: str) -> None:
+    """Delete every Redis key of a namespace."""
+    import redis
+
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))

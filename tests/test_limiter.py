@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import pytest
-import redis
 from redis.asyncio import Redis
 
 from services.common.settings import Settings
@@ -40,7 +39,7 @@ from services.worker.limiter.admission import PoolParams, PoolState, Request, ad
 from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams, TenantState, effective_weight, joining_vt
 from services.worker.limiter.shared import LIMITER_LUA, PoolKeys, workers_key
-from tests.stack import free_port, start_redis
+from tests.stack import delete_redis_keys, free_port, start_redis
 
 REDIS_URL = Settings().redis_url
 
@@ -247,13 +246,7 @@ def names() -> Iterator[Names]:
     """Yield a fresh namespace on the test Redis and delete its keys afterwards."""
     ns = Names(f"agentq_test_{uuid.uuid4().hex[:8]}")
     yield ns
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{ns.ns}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_redis_keys(REDIS_URL, ns.ns)
 
 
 def run(main: Callable[[Redis], Awaitable[None]], url: str = REDIS_URL) -> None:
