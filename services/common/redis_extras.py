@@ -54,10 +54,10 @@ class Extras:
         try:
             return await call
         except REDIS_DOWN as exc:
-            self.skipped(step, exc)
+            self._skipped(step, exc)
             return fallback
 
-    def skipped(self, step: str, exc: BaseException) -> None:
+    def _skipped(self, step: str, exc: BaseException) -> None:
         SKIPPED.labels(self.service, step).inc()
         now = time.monotonic()
         if now - self._warned.get(step, -math.inf) >= WARN_EVERY_S:

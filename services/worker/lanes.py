@@ -14,10 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from aio_pika.exceptions import AMQPError
-from redis.exceptions import RedisError
 
 from services.common.lane_idle import Lane, plan, sweep_plan
 from services.common.lanes import RETIRE_WITHIN_S, LaneRegistry, refresh_s
+from services.common.redis_extras import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 0.25
@@ -26,7 +26,7 @@ LaneAction = Callable[[str, str], Awaitable[None]]
 # queue names -> (ready messages, consumers) of those that exist
 DepthReader = Callable[[list[str]], Awaitable[dict[str, tuple[int, int]]]]
 QueueDeleter = Callable[[str], Awaitable[None]]
-_OUTAGE = (RedisError, AMQPError, OSError)
+_OUTAGE = (*REDIS_DOWN, AMQPError)
 
 
 class LaneWatcher:
