@@ -38,6 +38,8 @@ test-postgres: install
 
 lint: install
 	$(BIN)/ruff check services tests bench
+	$(BIN)/deptry .
+	$(BIN)/python -m pip check
 
 # The benchmarks; `agentq bench limiter` also runs Celery, the peer it compares against.
 bench: install

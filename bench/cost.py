@@ -154,7 +154,7 @@ def run_workload(items: list[Item], workers: int, premium_run: bool
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     if str(ROOT) not in sys.path:  # the process-stack helpers live with the tests
         sys.path.insert(0, str(ROOT))
-    from tests.cost_stack import cost_stack
+    from bench.cost_stack import cost_stack
 
     tasks = [{**item.task, "id": str(uuid.uuid4()), "tenant": TENANTS[item.kind],
               "metadata": {"n": n}} for n, item in enumerate(items)]
@@ -171,7 +171,7 @@ def run_workload(items: list[Item], workers: int, premium_run: bool
 
 def summarise(items: list[Item], ours: list[dict[str, Any]], baseline: list[dict[str, Any]],
               run: dict[str, Any]) -> dict[str, Any]:
-    from tests.cost_stack import PRICES, TIER_MODELS
+    from bench.cost_stack import PRICES, TIER_MODELS
 
     n = len(ours)
     premium_prices = PRICES[TIER_MODELS["premium"][0]]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pika
 from sqlalchemy import create_engine, text
 
+from bench.stack import AMQP_URL, http, running_pipeline, wait_until
 from services.common.quantile import nearest_rank
 from services.common.store import engine_url
-from tests.stack import AMQP_URL, http, running_pipeline, wait_until
 
 
 def publish_amqp(ns: str, count: int, rate: float = 0.0, tag: str = "burst") -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pika
 
+from bench.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 from services.common.topology import Names
-from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 
 def publish_backlog(ns: str, count: int) -> None:

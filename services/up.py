@@ -39,10 +39,16 @@ def uses_mockllm(config: AgentqConfig, mock_port: int) -> bool:
     return False
 
 
+def mock_port(settings: Settings) -> int:
+    """Return the port the simulated provider listens on: the one AGENTQ_MOCKLLM_URL names."""
+    return urlparse(settings.mockllm_url).port or 8100
+
+
 def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: bool,
           mock_port: int = 8100) -> list[ChildSpec]:
     """Return the processes of the local stack; compose runs these same verb lines."""
     children = []
+    metrics_off = settings.metrics_port < 0  # AGENTQ_METRICS_PORT=-1: no child serves metrics
     if uses_mockllm(config, mock_port):
         children.append(ChildSpec("mockllm", ["mockllm", "--port", str(mock_port)]))
     children += [
@@ -59,8 +65,8 @@ def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: boo
     else:
         for i in range(1, workers + 1):
             # Each worker gets its own metrics port so all of them can be scraped.
-            children.append(ChildSpec(f"worker-{i}", ["worker"],
-                                      {"AGENTQ_METRICS_PORT": str(9110 + i)}))
+            env = {} if metrics_off else {"AGENTQ_METRICS_PORT": str(9110 + i)}
+            children.append(ChildSpec(f"worker-{i}", ["worker"], env))
     return children
 
 
@@ -143,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if cli(["topology"]) != 0:
         return 1
     workers = args.workers or (AUTOSCALE_MAX if args.autoscale else 2)
-    children = [Child(spec) for spec in stack(settings, config, workers, args.autoscale)]
+    children = [Child(spec) for spec in stack(settings, config, workers, args.autoscale,
+                                              mock_port(settings))]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

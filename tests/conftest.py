@@ -19,8 +19,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from bench.stack import ScratchDatabase, delete_namespace, wait_until
 from services.common.settings import Settings
-from tests.stack import ScratchDatabase, delete_namespace, wait_until
 
 POLL_INTERVAL_S = 0.05
 

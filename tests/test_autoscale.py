@@ -11,6 +11,7 @@ from typing import Any
 import pika
 import pytest
 
+from bench.stack import Stack, free_port, http, wait_until, write_config
 from services.autoscale.depth import estimate_unacked, growth_per_min
 from services.autoscale.policy import (
     Cooldown,
@@ -25,7 +26,6 @@ from services.common.models import Event
 from services.common.settings import Settings
 from services.common.topology import Names as TopologyNames
 from services.common.topology import declare, lane_route
-from tests.stack import Stack, free_port, http, wait_until, write_config
 
 # One worker: 32 slots, 0.8 s per task -> 40 tasks/s.
 BASE: dict[str, Any] = dict(ready=0, unacked=0, growth_per_min=0.0, current=2, min_workers=1,

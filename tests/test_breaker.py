@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.cost_stack import PRICES, CostStack, cost_stack
+from bench.stack import wait_until
 from services.common.config import ModelEntry
 from services.common.cost_config import BreakerConfig
 from services.worker.breaker import Breaker, Breakers, allow, current, on_failure, on_success
-from tests.cost_stack import PRICES, CostStack, cost_stack
-from tests.stack import wait_until
 
 CONFIG = BreakerConfig(failures=3, window_s=10, cooldown_s=5)
 

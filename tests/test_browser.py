@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.stack import ROOT, Stack, http, running_pipeline
+from bench.stack import ROOT, Stack, http, running_pipeline
 
 pytestmark = pytest.mark.database
 CHROMIUM = Path("/usr/bin/chromium")

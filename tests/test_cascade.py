@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from bench.cost_stack import PRICES, CostStack, cost_stack
 from services.common.models import Validator
 from services.worker.cascade import CascadeState, check_answer, next_tier
-from tests.cost_stack import PRICES, CostStack, cost_stack
 
 SCHEMA = {"type": "object", "required": ["answer"],
           "properties": {"answer": {"type": "string"}}}

@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bench.stack import ROOT, free_port, http, wait_until
 from services.common.models import Event, Latency, Result
 from services.common.settings import Settings
 from services.common.topology import Names, declare
 from services.dashboard.collector import Options, open_engine, serve
 from services.dashboard.models import AlertState, QueueSample, Rollup, Worker
 from tests.conftest import Rabbit
-from tests.stack import ROOT, free_port, http, wait_until
 
 # management_url=None: try the management API on the broker's host; when the plugin is off
 # the sampler degrades to passive declares, which is what the assertions rely on.

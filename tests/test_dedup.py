@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
+from bench.cost_stack import CostStack, cost_stack
 from services.common.cache import CachedAnswer, ExactCache, cache_key
 from services.common.models import Task, Usage
 from services.common.settings import Settings
 from services.common.topology import Names
 from services.worker.dedup import InflightLocks, wait_for_answer
-from tests.cost_stack import CostStack, cost_stack
 
 ANSWER = CachedAnswer(output="42", model="gpt-4o-mini", tier="cheap", usage=Usage())
 

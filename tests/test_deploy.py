@@ -16,13 +16,7 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 import yaml
 
-from services.cli import build_parser
-from services.common.config import load_config
-from services.common.models import TIERS
-from services.common.settings import Settings
-from services.common.topology import Names
-from services.up import stack
-from tests.stack import (
+from bench.stack import (
     AMQP_URL,
     REDIS_URL,
     ROOT,
@@ -32,6 +26,12 @@ from tests.stack import (
     scratch_namespace,
     wait_until,
 )
+from services.cli import build_parser
+from services.common.config import load_config
+from services.common.models import TIERS
+from services.common.settings import Settings
+from services.common.topology import Names
+from services.up import stack
 
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"

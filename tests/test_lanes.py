@@ -18,6 +18,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from bench.stack import (
+    AMQP_URL,
+    Pipeline,
+    delete_namespace,
+    free_port,
+    running_pipeline,
+    wait_until,
+)
 from services.autoscale.depth import Depth, DepthProbe
 from services.cli import main as agentq
 from services.common import lanes as lanes_module
@@ -36,14 +44,6 @@ from services.common.topology import Names, declare_lane, declare_topology, lane
 from services.dashboard.sampler import QueueSampler
 from services.worker.lanes import LaneFailed, LaneSweeper, LaneWatcher
 from tests.conftest import Rabbit
-from tests.stack import (
-    AMQP_URL,
-    Pipeline,
-    delete_namespace,
-    free_port,
-    running_pipeline,
-    wait_until,
-)
 
 T = TypeVar("T")
 IDLE_S = 600.0

@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 
+from bench.stack import delete_redis_keys, free_port, start_redis
 from services.common.settings import Settings
 from services.common.topology import Names
 from services.worker.limiter import (
@@ -39,7 +40,6 @@ from services.worker.limiter.admission import PoolParams, PoolState, Request, ad
 from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams, TenantState, effective_weight, joining_vt
 from services.worker.limiter.shared import LIMITER_LUA, PoolKeys, workers_key
-from tests.stack import delete_redis_keys, free_port, start_redis
 
 REDIS_URL = Settings().redis_url
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pika
 import pytest
 
+from bench.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 from tests.conftest import Rabbit
-from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 RPM = 240  # 4 calls/s once the minute's burst is spent
 pytestmark = pytest.mark.database

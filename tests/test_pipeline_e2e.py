@@ -10,7 +10,7 @@ from typing import Any
 import pika
 import pytest
 
-from tests.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
+from bench.stack import AMQP_URL, Pipeline, http, running_pipeline, wait_until
 
 pytestmark = pytest.mark.database
 

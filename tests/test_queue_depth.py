@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from bench.stack import free_port
 from services.autoscale.depth import Depth, DepthProbe
 from services.common.queue_depth import (
     QueueDepth,
@@ -35,7 +36,6 @@ from services.common.topology import (
     declare_topology,
     delete_topology,
 )
-from tests.stack import free_port
 
 AMQP_URL = Settings().amqp_url
 COLUMNS = "?columns=name,messages_unacknowledged"

@@ -22,11 +22,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from bench.stack import AMQP_URL, Pipeline, free_port, running_pipeline, start_redis, wait_until
 from services.common.budget import SpendLedger
 from services.common.redis_extras import Extras
 from services.common.topology import Names
 from tests.conftest import Rabbit
-from tests.stack import AMQP_URL, Pipeline, free_port, running_pipeline, start_redis, wait_until
 
 T = TypeVar("T")
 

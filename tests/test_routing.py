@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bench.cost_stack import CostStack, cost_stack
 from services.common.budget import Spend, SpendLedger, budget_level
 from services.common.config import AgentqConfig, load_config
 from services.common.cost_config import BudgetConfig
@@ -19,7 +20,6 @@ from services.common.tokens import count_messages
 from services.common.topology import Names
 from services.router.complexity import score
 from services.router.policy import choose_tier, one_down
-from tests.cost_stack import CostStack, cost_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "Fix this: def total(xs): return sum(x for x in xs) + 1 == 3"

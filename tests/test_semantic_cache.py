@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from bench.cost_stack import CostStack, cost_stack
 from services.common.cache import CachedAnswer
 from services.common.config import AgentqConfig, load_config
 from services.common.cost_config import CacheConfig
@@ -34,7 +35,6 @@ from services.common.semantic_cache import (
 from services.common.semantic_index import BRUTE_FORCE_MAX, SemanticIndex
 from services.common.settings import Settings
 from services.common.topology import Names
-from tests.cost_stack import CostStack, cost_stack
 
 PAIRS = Path(__file__).resolve().parent.parent / "bench" / "data" / "paraphrase_pairs.jsonl"
 EMBEDDER = LocalEmbedder(256)

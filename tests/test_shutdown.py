@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Pipeline, http, running_pipeline, wait_until
+from bench.stack import Pipeline, http, running_pipeline, wait_until
 
 pytestmark = pytest.mark.database
 TASKS = 150

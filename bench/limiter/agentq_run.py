@@ -16,8 +16,7 @@ import pika
 from bench.limiter.measure import limiter_figures
 from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
-from services.common.topology import Names, declare
-from tests.stack import (
+from bench.stack import (
     AMQP_URL,
     PIPELINE_SERVICES,
     Pipeline,
@@ -25,6 +24,7 @@ from tests.stack import (
     running_pipeline,
     wait_until,
 )
+from services.common.topology import Names, declare
 
 
 def metrics(port: int) -> str:

@@ -16,7 +16,7 @@ import redis
 
 from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
-from tests.stack import AMQP_URL, REDIS_URL, ROOT, Stack, free_port, http, wait_until
+from bench.stack import AMQP_URL, REDIS_URL, ROOT, Stack, free_port, http, wait_until
 
 PEER = "bench.limiter.celery_peer"  # the Celery app, as `celery -A` finds it
 

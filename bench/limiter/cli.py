@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "celery" in opts.systems and not all(
             importlib.util.find_spec(name) for name in ("celery", "gevent")):
-        print("the Celery peer needs Celery and gevent: pip install 'celery[gevent]>=5.7,<6' "
+        print("the Celery peer needs Celery and gevent: pip install 'agentq[bench]' "
               "(or run with --systems agentq)", file=sys.stderr)
         return 2
     makers: dict[str, Maker] = {"agentq": AgentqSystem, "celery": CelerySystem}

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from bench.stack import REDIS_URL
 from services.common.quantile import nearest_rank
 from services.common.topology import Names
 from services.worker.limiter import PoolLimits, SharedLimiter
-from tests.stack import REDIS_URL
 
 TENANTS = 3
 PACE_S = 0.010

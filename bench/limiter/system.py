@@ -13,7 +13,7 @@ from typing import Protocol
 import pika
 
 from bench.limiter.workload import Spec
-from tests.stack import AMQP_URL
+from bench.stack import AMQP_URL
 
 
 @dataclass

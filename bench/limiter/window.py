@@ -11,7 +11,7 @@ from bench.limiter.decision import FloorProbe
 from bench.limiter.measure import ProviderWatch, Result, admitted_so_far, rates
 from bench.limiter.system import Record, System
 from bench.limiter.workload import FLOOD, TENANTS, Backlog, Options, Workload
-from tests.stack import http
+from bench.stack import http
 
 POLL_S = 0.5
 

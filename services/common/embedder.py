@@ -104,8 +104,9 @@ class SentenceEmbedder:
             import onnxruntime
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise EmbedderError("the sentence embedder needs onnxruntime and tokenizers "
-                                f"installed ({exc})") from None
+            raise EmbedderError("the sentence embedder needs onnxruntime and tokenizers: "
+                                "pip install 'agentq[embed]' "
+                                f"({exc})") from None
         directory = Path(model_dir)
         try:
             self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))

@@ -21,7 +21,8 @@ def configure_logging(level: str, name: str) -> None:
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client_logger in ("httpx", "httpx2"):  # whichever one the openai SDK ships on
+        logging.getLogger(client_logger).setLevel(logging.WARNING)
 
 
 def serve_metrics(port: int) -> None:

@@ -6,7 +6,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import httpx
 import openai
 
 from services.common.config import AgentqConfig, ModelEntry
@@ -74,7 +73,10 @@ class Providers:
 
     def __init__(self, config: AgentqConfig, default_timeout_s: float) -> None:
         self._clients: dict[str, openai.AsyncOpenAI] = {}
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+        # The SDK's own HTTP client class and Limits type: openai 1.x ships on httpx, 3.x on
+        # httpx2, and a client of the other library is refused, so name neither here.
+        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+            max_connections=512, max_keepalive_connections=128)
         for name, provider in config.providers.items():
             api_key = provider.api_key or (
                 os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
@@ -82,7 +84,7 @@ class Providers:
                 base_url=provider.base_url, api_key=api_key or "agentq-no-key",
                 max_retries=0,  # retries are agentq's, through the delay queues
                 timeout=min(provider.timeout_s, default_timeout_s),
-                http_client=httpx.AsyncClient(limits=limits))
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
     async def complete(self, entry: ModelEntry, task: Task) -> Completion:
         """Run one chat completion for a task on a model entry."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pika
 
-from tests.stack import AMQP_URL, PRICES, TIER_MODELS, Pipeline, running_pipeline, wait_until
+from bench.stack import AMQP_URL, PRICES, TIER_MODELS, Pipeline, running_pipeline, wait_until
 
 __all__ = ["PRICES", "TIER_MODELS", "CostStack", "cost_stack"]
 
@@ -82,7 +82,7 @@ def cost_stack(tmp: Path, tiers: dict[str, list[str]] | None = None, extra: str 
                workers: int = 1, env: dict[str, str] | None = None) -> Iterator[CostStack]:
     """Start mockllm, intake, router and `workers` workers on a fresh namespace.
 
-    `tiers` and `extra` shape the tier table (tests.stack.write_config)."""
+    `tiers` and `extra` shape the tier table (bench.stack.write_config)."""
     with running_pipeline(tmp, workers=workers, concurrency=16, services=("intake", "router"),
                           env={"AGENTQ_RETRY_BASE_MS": "100", "AGENTQ_RETRY_MAX_MS": "1000",
                                **(env or {})},

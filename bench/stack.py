@@ -1,4 +1,5 @@
-"""Start agentq services as real processes for end-to-end tests, and stop them cleanly."""
+"""Start agentq services as real processes (for the end-to-end tests and the benchmarks), and
+stop them cleanly."""
 
 from __future__ import annotations
 
