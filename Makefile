@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test test-postgres lint bench browser-deps compose-deps clean
+.PHONY: install up test test-postgres test-containers lint bench browser-deps compose-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install browser-deps compose-deps
 # The database-facing tests again, against PostgreSQL (database `test` on localhost).
 test-postgres: install
 	AGENTQ_TEST_DATABASE_URL=postgresql://root@127.0.0.1/test $(BIN)/pytest -q -m database
+
+# The image and docker-compose.yml for real, with podman as root (no Docker engine needed):
+# a Debian base from mmdebstrap, stand-ins for the public images (tests/containers/run).
+test-containers: install
+	bash tests/containers/run
 
 lint: install
 	$(BIN)/ruff check services tests bench

@@ -93,8 +93,13 @@ def test_every_app_service_runs_the_one_image_with_an_agentq_verb(
     assert {s["image"] for s in apps.values()} == {"agentq:local"}
     lines = verb_lines()
     assert set(apps) == set(lines), "compose and `agentq up` run different services"
+    # One service builds the image, so `compose build` builds it once, not once per service.
+    builders = {name for name, service in apps.items() if "build" in service}
+    assert builders == {"ingest"}, builders
+    build = apps["ingest"]["build"]
+    assert {k: build[k] for k in IMAGE_BUILD} == IMAGE_BUILD
+    assert build["args"] == {"BASE_IMAGE": "python:3.11-slim"}
     for name, service in apps.items():
-        assert service["build"] == IMAGE_BUILD, name
         assert service["command"][0] in verbs(), name
         assert service["command"] == lines[name], f"{name}: not the verb line of agentq up"
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -102,7 +107,10 @@ def test_every_app_service_runs_the_one_image_with_an_agentq_verb(
             assert rule == {"condition": "service_healthy"}, (name, dependency)
             assert "healthcheck" in compose["services"][dependency], dependency
         assert {"rabbitmq", "redis", "postgres"} <= set(service["depends_on"]), name
-    assert apps["worker"]["deploy"]["replicas"] == 3
+    assert apps["worker"]["deploy"] == {"mode": "replicated", "replicas": 3}
+    # Every app drains on SIGTERM within its stop_grace_period (compose's default is 10 s).
+    assert {name for name, s in apps.items() if "stop_grace_period" in s} \
+        >= {"worker", "ingest", "dashboard"}
     assert "mockllm" in apps["worker"]["depends_on"]
 
 
@@ -111,7 +119,7 @@ def test_infrastructure_has_healthchecks_and_named_volumes(compose: dict[str, An
     for name in INFRA:
         assert services[name]["healthcheck"]["test"], name
     assert "management" in services["rabbitmq"]["image"]
-    assert "15672:15672" in services["rabbitmq"]["ports"]
+    assert "0.0.0.0:15672:15672" in services["rabbitmq"]["ports"]
     named = set(compose["volumes"])
     mounts = {name: {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
               for name in ("rabbitmq", "postgres")}
@@ -119,6 +127,18 @@ def test_infrastructure_has_healthchecks_and_named_volumes(compose: dict[str, An
     assert mounts["postgres"]["/var/lib/postgresql/data"] in named
     for source in mounts["rabbitmq"].values():
         assert source in named or (ROOT / source).is_file(), source
+
+
+def test_published_ports_are_variables_with_todays_defaults() -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    published = {name: s["ports"] for name, s in raw.items() if "ports" in s}
+    assert published == {
+        "rabbitmq": ["${AGENTQ_PUBLISH_ADDRESS:-0.0.0.0}:${RABBITMQ_MANAGEMENT_HOST_PORT:-15672}"
+                     ":15672"],
+        "ingest": ["${AGENTQ_PUBLISH_ADDRESS:-0.0.0.0}:${AGENTQ_INGEST_HOST_PORT:-8000}:8000"],
+        "dashboard": ["${AGENTQ_PUBLISH_ADDRESS:-0.0.0.0}:${AGENTQ_DASHBOARD_HOST_PORT:-8080}"
+                      ":8080"],
+    }
 
 
 def test_environment_covers_every_setting(compose: dict[str, Any]) -> None:
@@ -149,7 +169,9 @@ def test_rabbitmq_fits_the_slowest_allowed_call() -> None:
 def test_dockerfile_is_multi_stage_slim_and_unprivileged() -> None:
     text = (ROOT / "deploy/Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(stages) >= 2 and set(stages) == {"python:3.11-slim"}
+    assert len(stages) >= 2 and set(stages) == {"${BASE_IMAGE}"}
+    # The public default base; tests/containers/ swaps it for a local stand-in.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["agentq"\]', text, re.M)
