@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test test-postgres test-containers lint bench browser-deps compose-deps clean
+.PHONY: install up test test-postgres test-containers check-k8s lint bench browser-deps compose-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,13 @@ test-postgres: install
 test-containers: install
 	bash tests/containers/run
 
+# Kubernetes manifests: every kustomization rendered, validated against Kubernetes' and
+# KEDA's schemas, and linted by checkov (tools in their own venv; `make test` runs it too).
+check-k8s:
+	deploy/ci/k8s-check
+
 lint: install
-	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff check services tests bench deploy/ci/k8s-check
 	$(BIN)/deptry .
 	$(BIN)/python -m pip check
 
