@@ -62,10 +62,14 @@ class BatchCommitter(Generic[T]):
             log.error("could not store %d messages: %s", len(batch), exc,
                       exc_info=not isinstance(exc, SQLAlchemyError))
             for _, done in batch:
-                done.set_exception(RequeueMessage(str(exc)))
+                if not done.done():
+                    done.set_exception(RequeueMessage(str(exc)))
             await asyncio.sleep(OUTAGE_PAUSE_S)  # do not spin on redeliveries
             return
         if self._observe is not None:
             self._observe(items, time.perf_counter() - started)
         for _, done in batch:
-            done.set_result(None)
+            # A handler cancelled meanwhile (its connection dropped) has no one waiting: its
+            # message comes back by redelivery, and the write it shared is idempotent.
+            if not done.done():
+                done.set_result(None)

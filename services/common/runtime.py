@@ -35,6 +35,27 @@ def serve_metrics(port: int) -> None:
         log.warning("metrics port %d unavailable (%s); metrics not exposed", port, exc)
 
 
+class BackgroundTaskDied(RuntimeError):
+    """A loop the service depends on ended before the service was told to stop."""
+
+
+async def until_stopped(stop: asyncio.Event, *background: asyncio.Task[None]) -> None:
+    """Wait for `stop`; if a background loop (a flusher, a poller) ends first, raise.
+
+    A loop that died while its process lives on would hold its messages unacked for good;
+    raising takes the service down, so `agentq up` or the container runtime restarts it.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([stopped, *background], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    for task in background:
+        if task.done() and not stop.is_set():
+            error = None if task.cancelled() else task.exception()
+            raise BackgroundTaskDied(f"{task.get_name()} ended: {error!r}") from error
+
+
 def run(service: Service, settings: Settings, name: str, default_metrics_port: int) -> int:
     """Run `service` until SIGTERM/SIGINT sets its stop event; return an exit code."""
     configure_logging(settings.log_level, name)

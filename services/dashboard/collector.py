@@ -23,7 +23,7 @@ from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
 from services.common.models import TIERS, Event, Result
 from services.common.queue_depth import WorkQueues, management_url
-from services.common.runtime import run
+from services.common.runtime import run, until_stopped
 from services.common.settings import Settings
 from services.common.store import make_engine
 from services.common.topology import Names, declare_topology
@@ -142,8 +142,9 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
         await asyncio.to_thread(evaluator.run_once, time.time())
 
     loops_stop = asyncio.Event()
-    flusher = asyncio.create_task(batcher.run(loops_stop))
-    loops = [asyncio.create_task(every(interval, job, name, loops_stop)) for interval, job, name
+    flusher = asyncio.create_task(batcher.run(loops_stop), name="telemetry flusher")
+    loops = [asyncio.create_task(every(interval, job, name, loops_stop), name=name)
+             for interval, job, name
              in ((options.sample_interval_s, sample, "sample"),
                  (options.eval_interval_s, evaluate, "evaluate"),
                  (options.prune_interval_s, clean, "prune"))]
@@ -154,7 +155,7 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
         await bus.consume(names.dashboard_events, _handler(batcher, Event, "events"),
                           prefetch=options.prefetch)
         log.info("collecting %s and %s", names.dashboard_results, names.dashboard_events)
-        await stop.wait()
+        await until_stopped(stop, flusher, *loops)
         await bus.stop_consuming(grace_s=10)
     finally:
         loops_stop.set()

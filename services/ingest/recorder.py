@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
 from services.common.models import Event, Result
+from services.common.runtime import until_stopped
 from services.common.settings import Settings
 from services.common.store import make_engine, mark_running, record_results
 from services.common.topology import Names, declare_topology
@@ -57,13 +58,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     writer_stop = asyncio.Event()
-    flushers = [asyncio.create_task(w.run(writer_stop)) for w in (writer, running)]
+    flushers = [asyncio.create_task(w.run(writer_stop), name=f"{label} flusher")
+                for label, w in (("results", writer), ("running", running))]
     try:
         await declare_topology(await bus.connection.channel(), names)
         await bus.consume(names.results_store, handle, prefetch=PREFETCH)
         await bus.consume(names.started_store, handle_started, prefetch=PREFETCH)
         log.info("recorder consuming %s and %s", names.results_store, names.started_store)
-        await stop.wait()
+        await until_stopped(stop, *flushers)
         await bus.stop_consuming(grace_s=10)
     finally:
         writer_stop.set()
