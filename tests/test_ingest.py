@@ -208,6 +208,37 @@ def test_invalid_task_is_400_naming_the_field(client: FlaskClient, rabbit: Rabbi
     assert rabbit.count(names.tasks) == 0  # a list is all or nothing
 
 
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+# Bodies that parse but would break a later step (pydantic, the store, the broker): each is
+# refused at the door, the same at both doors, with the field it concerns.
+HOSTILE_BODIES = [
+    pytest.param(("[" * 5000 + "]" * 5000).encode(), "body", id="nesting-5000"),
+    pytest.param(('{"prompt": "x", "metadata": ' + _nested(240) + "}").encode(), "metadata",
+                 id="metadata-240-deep"),
+    pytest.param(b'{"prompt": "x", "metadata": {"n": ' + b"9" * 5000 + b"}}", "body",
+                 id="int-5000-digits"),
+    pytest.param(b'{"prompt": "hi \\ud800 there"}', "prompt",
+                 id="lone-surrogate-prompt"),
+    pytest.param(b'{"prompt": "x", "metadata": {"k": "\\udfff"}}',
+                 "metadata.k", id="lone-surrogate-metadata"),
+    pytest.param(json.dumps({"prompt": "x", "tenant": "\U00020000" * 62}).encode(), "tenant",
+                 id="tenant-over-64-bytes"),
+    pytest.param(json.dumps({"prompt": "x", "id": "."}).encode(), "id", id="id-dot"),
+    pytest.param(json.dumps({"prompt": "x", "id": ".."}).encode(), "id", id="id-dotdot"),
+]
+
+
+@pytest.mark.parametrize(("raw", "field"), HOSTILE_BODIES)
+def test_hostile_bodies_are_400_naming_the_field(client: FlaskClient, rabbit: Rabbit,
+                                                 names: Names, raw: bytes, field: str) -> None:
+    error = _error(client.post("/v1/tasks", data=raw, content_type="application/json"), 400)
+    assert (error["code"], error["field"]) == ("invalid_task", field)
+    assert rabbit.count(names.tasks) == 0
+
+
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"\x00\x01garbage"])
 def test_non_json_is_400_on_body(client: FlaskClient, raw: bytes) -> None:
     error = _error(client.post("/v1/tasks", data=raw, content_type="application/json"), 400)
@@ -373,6 +404,21 @@ def test_amqp_door_queues_and_stores_a_task(running_intake: IngestMetrics, rabbi
 ])
 def test_amqp_door_parks_invalid_messages(running_intake: IngestMetrics, rabbit: Rabbit,
                                           names: Names, body: bytes, field: str) -> None:
+    rabbit.publish(names.submit, SUBMIT_ROUTING_KEY, body)
+    parked = rabbit.get(names.rejected)
+    assert parked.body == body
+    assert parked.headers["x-agentq-error"].startswith(f"{field}: ")
+    assert rabbit.count(names.tasks) == 0
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    *HOSTILE_BODIES,
+    # The AMQP door has the HTTP door's size limit (AGENTQ_MAX_BODY_BYTES, 1 MiB here).
+    pytest.param(json.dumps({"prompt": "x" * (2 << 20)}).encode(), "body", id="2-MiB"),
+])
+def test_amqp_door_parks_hostile_messages_with_the_reason(
+        running_intake: IngestMetrics, rabbit: Rabbit, names: Names, body: bytes,
+        field: str) -> None:
     rabbit.publish(names.submit, SUBMIT_ROUTING_KEY, body)
     parked = rabbit.get(names.rejected)
     assert parked.body == body

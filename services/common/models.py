@@ -87,6 +87,18 @@ class Task(BaseModel):
     def _id_is_printable(cls, value: str) -> str:
         if not all(c.isalnum() or c in "-_.:" for c in value):
             raise ValueError("id may hold only letters, digits and - _ . :")
+        if not value.strip("."):
+            # `.` and `..` are path segments: GET /v1/tasks/<id> could never read them back.
+            raise ValueError("id must hold a letter or digit, not only dots")
+        return value
+
+    @field_validator("tenant", "kind")
+    @classmethod
+    def _fits_a_routing_key(cls, value: str) -> str:
+        # They go into AMQP routing keys (`<tenant>.<status>`, at most 255 bytes): 64
+        # characters of four-byte letters would not fit, so the limit counts UTF-8 bytes.
+        if len(value.encode("utf-8")) > MAX_ID_LENGTH:
+            raise ValueError(f"must be at most {MAX_ID_LENGTH} bytes in UTF-8")
         return value
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from services.common.settings import Settings
 from services.common.store import forget_task, insert_task, make_engine
 from services.common.topology import SUBMIT_ROUTING_KEY, Names, declare_topology
 from services.ingest.metrics import IngestMetrics, make_metrics
-from services.ingest.validation import InvalidTask, decode_json, parse_task
+from services.ingest.validation import InvalidTask, check_size, decode_json, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,16 @@ STOP_GRACE_S = 30.0
 class Intake:
     """The handler of `<ns>.submit`: one message in, at most one task out to `<ns>.tasks`."""
 
-    def __init__(self, bus: Bus, engine: Engine, metrics: IngestMetrics) -> None:
+    def __init__(self, bus: Bus, engine: Engine, metrics: IngestMetrics,
+                 max_body_bytes: int = 0) -> None:
         self._bus = bus
         self._engine = engine
         self._metrics = metrics
+        self._max_body_bytes = max_body_bytes
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         try:
+            check_size(message.body, self._max_body_bytes)
             task = parse_task(decode_json(message.body))
         except InvalidTask as exc:
             self._metrics.rejected.labels(door="amqp", reason="invalid").inc()
@@ -88,7 +91,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
         channel = await bus.connection.channel()
         await declare_topology(channel, names)
         await channel.close()
-        await bus.consume(names.submit, Intake(bus, engine, metrics), prefetch=SUBMIT_PREFETCH)
+        intake = Intake(bus, engine, metrics, settings.max_body_bytes)
+        await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
         log.info("intake consuming %s", names.submit)
         await (stop or asyncio.Event()).wait()
         log.info("intake stopping")

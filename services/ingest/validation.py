@@ -11,6 +11,9 @@ from pydantic import ValidationError
 from services.common.models import Task
 
 MAX_TASKS_PER_REQUEST = 1000
+# Deeper documents are refused at the door: every later step (pydantic, the store's JSON,
+# the broker's copy) recurses, and some of them stop far short of Python's own limit.
+MAX_JSON_DEPTH = 32
 
 
 class InvalidTask(ValueError):
@@ -27,12 +30,57 @@ def _reject_constant(name: str) -> NoReturn:
     raise InvalidTask("body", f"{name} is not valid JSON")
 
 
+def check_size(raw: bytes | str, limit: int) -> None:
+    """Refuse a body over `limit` bytes (AGENTQ_MAX_BODY_BYTES), the same for both doors."""
+    if limit > 0 and len(raw) > limit:
+        raise InvalidTask("body", f"{len(raw)} bytes is over the limit of {limit} bytes")
+
+
 def decode_json(raw: bytes | str) -> object:
-    """Parse a request or message body as strict JSON."""
+    """Parse a request or message body as strict JSON that every later step can handle."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        payload = json.loads(raw, parse_constant=_reject_constant)
+    except InvalidTask:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidTask("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidTask("body", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4,300-digit conversion limit
+        raise InvalidTask("body", f"not acceptable JSON: {exc}") from None
+    check_shape(payload)
+    return payload
+
+
+def check_shape(payload: object, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse documents nested deeper than `max_depth`, and strings that are not valid
+    Unicode (a lone surrogate such as "\\ud800" parses, then fails where it is stored)."""
+    stack: list[tuple[object, tuple[str, ...]]] = [(payload, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > max_depth:
+            raise InvalidTask(_dotted(path[:1]) or "body",
+                              f"nested deeper than {max_depth} levels")
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path)
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
+
+
+def _check_text(text: str, path: tuple[str, ...]) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTask(_dotted(path) or "body",
+                          "holds a lone surrogate: not valid Unicode") from None
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
 
 
 def _field_of_model_error(message: str) -> str:
