@@ -7,8 +7,10 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common import config_check
 from services.common.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,6 +48,31 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         await serve(s, stop, tiers=tiers, concurrency=args.concurrency, grace_s=grace)
 
     return run(service, settings, "worker", METRICS_PORTS["worker"])
+
+
+def config_report(settings: Settings, probe: bool = True,
+                  skip_probe: tuple[str, ...] = ()) -> config_check.Report:
+    """Check the tier table in force for `settings` and the environment."""
+    import os
+
+    return config_check.check(
+        settings.config_path(), os.environ, openai_api_key=settings.openai_api_key,
+        openai_base_url=settings.openai_base_url, mockllm_url=settings.mockllm_url,
+        probe_providers=probe, skip_probe=skip_probe)
+
+
+def _run_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.config:
+        settings = settings.model_copy(update={"config": Path(args.config)})
+    report = config_report(settings, probe=not args.offline)
+    for problem in report.problems:
+        print(problem.line(), file=sys.stderr)
+    if report.problems:
+        print(f"agentq config: {len(report.problems)} problem(s) in {report.source}",
+              file=sys.stderr)
+        return 1
+    print(config_check.summary(report))
+    return 0
 
 
 def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
@@ -107,6 +134,16 @@ DELEGATED = {
 }
 
 
+def one_line(exc: ValueError) -> str:
+    """A settings error as one line: pydantic's own text runs over several."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                         for e in exc.errors(include_url=False))
+    return str(exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -125,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to finish held tasks on SIGTERM "
                              "(default: the LLM timeout plus 10 s)")
     worker.set_defaults(func=_run_worker)
+    config = verbs.add_parser("config", help="check the tier table and the environment")
+    config_verbs = config.add_subparsers(dest="config_verb", required=True)
+    checker = config_verbs.add_parser(
+        "check", help="one line per problem (unknown tier, missing price, api_key_env unset, "
+                      "base URL not answering); exit 1 on any")
+    checker.add_argument("--config", default=None, help="tier table (default: AGENTQ_CONFIG, "
+                                                        "else ./agentq.toml, else built-in)")
+    checker.add_argument("--offline", action="store_true",
+                         help="do not probe the providers' base URLs")
+    checker.set_defaults(func=_run_config)
     topology = verbs.add_parser("topology", help="declare every exchange and queue")
     topology.add_argument("--delete", action="store_true", help="delete them instead")
     topology.set_defaults(func=_run_topology)
@@ -141,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValueError as exc:
-        print(f"agentq: bad setting: {exc}", file=sys.stderr)
+        print(f"agentq: bad setting: {one_line(exc)}", file=sys.stderr)
         return 2
     result: int = args.func(args, settings)
     return result

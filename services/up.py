@@ -30,13 +30,18 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def uses_mockllm(config: AgentqConfig, mock_port: int) -> bool:
-    """Return whether a provider points at the simulated provider on this host."""
-    for provider in config.providers.values():
+def local_mock_provider(config: AgentqConfig, mock_port: int) -> str | None:
+    """Return the provider that points at the simulated provider on this host, if any."""
+    for name, provider in config.providers.items():
         url = urlparse(provider.base_url)
         if url.hostname in ("127.0.0.1", "localhost") and url.port == mock_port:
-            return True
-    return False
+            return name
+    return None
+
+
+def uses_mockllm(config: AgentqConfig, mock_port: int) -> bool:
+    """Return whether `agentq up` starts the simulated provider for this table."""
+    return local_mock_provider(config, mock_port) is not None
 
 
 def mock_port(settings: Settings) -> int:
@@ -142,9 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config:
         os.environ["AGENTQ_CONFIG"] = args.config
-    settings = Settings()
-    config = settings.tier_table()
+    from services.cli import config_report, one_line
     from services.cli import main as cli
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"agentq up: bad setting: {one_line(exc)}", file=sys.stderr)
+        return 1
+    # The table and the environment first, one line per problem, not a traceback later; the
+    # simulated provider is not probed when it is this command that is about to start it.
+    report = config_report(settings, probe=False)
+    if report.config is not None:  # the table loads: probe too, to say everything at once
+        mock = local_mock_provider(report.config, mock_port(settings))
+        report = config_report(settings, skip_probe=(mock,) if mock else ())
+    if report.problems:
+        for problem in report.problems:
+            print(problem.line(), file=sys.stderr)
+        print("agentq up: not started (`agentq config check` checks again)", file=sys.stderr)
+        return 1
+    assert report.config is not None
+    config = report.config
 
     if cli(["topology"]) != 0:
         return 1
