@@ -34,10 +34,45 @@ def test_check_answer(validator: dict[str, Any] | None, answer: str,
     assert check_answer(parsed, answer) == failure
 
 
-@pytest.mark.parametrize("bad", [{"regex": "(unclosed"}, {"json_schema": {"type": "nonsense"}}])
-def test_a_broken_validator_is_refused_at_intake(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("bad", "says"), [
+    ({"regex": "(unclosed"}, "regex does not compile"),
+    ({"json_schema": {"type": "nonsense"}}, "not a valid JSON Schema"),
+    # Before: passed ingest, then raised after every paid call (21 calls for one task).
+    ({"json_schema": {"$ref": "#/definitions/nope"}}, "points to nothing"),
+    ({"json_schema": {"properties": {"a": {"$ref": "#/$defs/missing"}}}}, "points to nothing"),
+    # Before: the worker fetched the URL, blocking, with no timeout (SSRF from any client).
+    ({"json_schema": {"$ref": "http://127.0.0.1:9/schema.json"}}, "not inside the schema"),
+    ({"json_schema": {"items": {"$ref": "other.json#/x"}}}, "not inside the schema"),
+])
+def test_a_broken_validator_is_refused_at_intake(bad: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         Validator.model_validate(bad)
+
+
+def test_local_refs_still_work() -> None:
+    schema = {"$defs": {"answer": {"type": "string"}}, "type": "object",
+              "properties": {"answer": {"$ref": "#/$defs/answer"}}, "required": ["answer"]}
+    parsed = Validator.model_validate({"json_schema": schema})
+    assert check_answer(parsed, '{"answer": "yes"}') is None
+    assert check_answer(parsed, '{"answer": 1}') == "json_schema"
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_regex_fails_the_check_quickly_instead_of_hanging() -> None:
+    # `.*(x+x+)+y` against 30 x took ~50 s per check on Python's re, on the event loop; the
+    # regex engine answers that one at once, and stops those it cannot past its time limit.
+    assert check_answer(Validator.model_validate({"regex": ".*(x+x+)+y"}), "x" * 30) == "regex"
+    exponential = Validator.model_validate({"regex": "(a|aa)+b"})
+    assert check_answer(exponential, "a" * 60) == "regex (timed out)"
+    assert check_answer(exponential, "aaab") is None
+
+
+def test_a_schema_that_cannot_be_applied_fails_the_check_not_the_task() -> None:
+    # What ingest's check cannot see (a $ref under a nested $id) must still never raise
+    # after a paid call: it fails the check, and the task goes on to escalate or fail once.
+    schema = {"properties": {"a": {"$id": "http://127.0.0.1:9/", "$ref": "#/nope"}}}
+    parsed = Validator.model_construct(json_schema=schema, regex=None, labels=None)
+    assert check_answer(parsed, '{"a": 1}') == "json_schema (unusable schema)"
 
 
 @pytest.mark.parametrize(("tier", "ceiling", "done", "limit", "expected"), [

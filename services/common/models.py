@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.common.answer_checks import compile_pattern, schema_ref_problem
 
 Tier = Literal["cheap", "standard", "premium"]
 TIERS: tuple[Tier, ...] = ("cheap", "standard", "premium")
@@ -39,10 +40,7 @@ class Validator(BaseModel):
     @classmethod
     def _regex_compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"regex does not compile: {exc}") from None
+            compile_pattern(value)  # the engine the worker checks answers with
         return value
 
     @field_validator("json_schema")
@@ -56,6 +54,10 @@ class Validator(BaseModel):
             except jsonschema.SchemaError as exc:
                 raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") \
                     from None
+            # Refused here, not found out after a paid call (or fetched from a URL).
+            problem = schema_ref_problem(value)
+            if problem is not None:
+                raise ValueError(f"json_schema: {problem}")
         return value
 
 

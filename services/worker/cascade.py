@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.common.answer_checks import fullmatch, no_network_registry
 from services.common.models import TIERS, CallCost, Tier, Usage, Validator
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
@@ -33,17 +34,27 @@ def check_answer(validator: Validator | None, text: str) -> str | None:
         allowed = {normalise_label(label) for label in validator.labels}
         if normalise_label(text) not in allowed:
             return "labels"
-    if validator.regex is not None and re.fullmatch(validator.regex, text.strip(),
-                                                     re.DOTALL) is None:
-        return "regex"
+    if validator.regex is not None:
+        try:
+            if not fullmatch(validator.regex, text.strip()):
+                return "regex"
+        except TimeoutError:
+            return "regex (timed out)"
     if validator.json_schema is not None:
         import jsonschema
 
         try:
-            jsonschema.validate(parse_json_answer(text), validator.json_schema)
+            answer = parse_json_answer(text)
         except ValueError:
             return "json"
-        except jsonschema.ValidationError:
+        schema = validator.json_schema
+        try:
+            checker = jsonschema.validators.validator_for(schema)(
+                schema, registry=no_network_registry())
+            error = jsonschema.exceptions.best_match(checker.iter_errors(answer))
+        except Exception:  # a schema that cannot be applied fails the check, never the task
+            return "json_schema (unusable schema)"
+        if error is not None:
             return "json_schema"
     return None
 

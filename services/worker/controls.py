@@ -4,6 +4,7 @@ before the call, `pick`/`settle` around it, `conclude` after it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -158,7 +159,9 @@ class CostControls:
         escalated to the next tier."""
         await self.extras.attempt("spend", self.ledger.add(task.tenant, result.cost_usd), None)
         prior = CascadeState.from_header(headers.get(CASCADE_HEADER))
-        failed_check = check_answer(task.validator, result.output)
+        # A client's validator is CPU work of the client's choosing: off the event loop.
+        failed_check = None if task.validator is None else \
+            await asyncio.to_thread(check_answer, task.validator, result.output)
         if failed_check is not None:
             upper = next_tier(tier, self.config.tenant(task.tenant).ceiling, prior.escalations,
                               self.config.cascade.max_escalations) \
