@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import threading
 import uuid
@@ -436,3 +437,54 @@ def test_amqp_door_does_not_requeue_a_duplicate(running_intake: IngestMetrics, r
     assert _sample(running_intake, "tasks_accepted_total", door="amqp") == 1
     rabbit.get(names.tasks)
     assert rabbit.count(names.tasks) == 0
+
+
+class SilentBroker:
+    """A TCP port that takes connections and never says a word, as a wedged RabbitMQ did
+    (`channel_termination_timeout`, then no AMQP handshake completes)."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.server.getsockname()[1]}/"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+def test_a_broker_that_stops_answering_gets_503s_not_500s(settings: Settings) -> None:
+    silent = SilentBroker()
+    try:
+        with running_app(settings.model_copy(update={"amqp_url": silent.url})) as app:
+            client = app.test_client()
+            first = client.post("/v1/tasks", json={"id": "wedged-1", "prompt": "x"})
+            assert _error(first, 503)["code"] == "unavailable"
+            assert first.headers["Retry-After"]
+            attempts = len(silent.accepted)
+            assert attempts >= 1
+            # Within the hold, requests are answered without another connection attempt.
+            again = client.post("/v1/tasks", json={"id": "wedged-2", "prompt": "x"})
+            assert _error(again, 503)["code"] == "unavailable"
+            health = client.get("/healthz")
+            assert health.status_code == 503 and health.get_json()["amqp"] is False
+            assert len(silent.accepted) == attempts
+            _error(client.get("/v1/tasks/wedged-1"), 404)  # nothing half-accepted is kept
+    finally:
+        silent.close()

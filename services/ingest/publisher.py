@@ -13,6 +13,7 @@ import aio_pika
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from services.common.amqp import PublishFailed
 from services.common.models import Task
@@ -24,12 +25,23 @@ T = TypeVar("T")
 
 # A cached connection the broker has closed (restart, missed heartbeats while idle) shows up
 # as one of these on first use; one fresh connection is then worth a try.
+# pika's connector raises its own exceptions (AMQPConnectorStackTimeout when a broker
+# takes the TCP connection and never completes the handshake), outside AMQPError.
 _CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError,
-                      pika.exceptions.ChannelWrongStateError, OSError)
-_BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
+                      pika.exceptions.ChannelWrongStateError, AMQPConnectorException, OSError)
+_BROKER_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
 DECLARE_RETRY_S = 5.0
-DECLARE_TIMEOUT_S = 10.0
+DECLARE_TIMEOUT_S = 5.0
 BLOCKED_CONNECTION_TIMEOUT_S = 30.0
+# A connection attempt gives up after this long (pika's default is 15 s per attempt)...
+CONNECT_TIMEOUT_S = 3.0
+# ... and after one fails, every thread answers at once for this long instead of each
+# waiting out its own attempt: a broker that stops answering gets fast 503s, not a pile-up.
+BROKER_DOWN_HOLD_S = 5.0
+
+
+class BrokerDown(PublishFailed):
+    """The broker did not answer a moment ago; not asked again yet."""
 
 
 class Publisher:
@@ -43,6 +55,11 @@ class Publisher:
             # Under a broker memory alarm publishes block forever; fail them (503) instead.
             self._params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
         self._params.client_properties = {"connection_name": f"{names.ns}.ingest"}
+        self._params.socket_timeout = min(self._params.socket_timeout or CONNECT_TIMEOUT_S,
+                                          CONNECT_TIMEOUT_S)
+        self._params.stack_timeout = min(self._params.stack_timeout or CONNECT_TIMEOUT_S,
+                                         CONNECT_TIMEOUT_S)
+        self._down_until = 0.0  # monotonic time until which the broker counts as down
         self._local = threading.local()
         self._backlog_ttl_s = backlog_ttl_s
         self._backlog_lock = threading.Lock()
@@ -53,14 +70,15 @@ class Publisher:
     def ensure_topology(self) -> bool:
         """Declare every exchange and queue (idempotent); False if the broker did not answer."""
         now = time.monotonic()
-        if now < self._next_declare_at:  # a down broker is not asked again on every request
-            return self._topology_ready
+        if now < max(self._next_declare_at, self._down_until):
+            return self._topology_ready  # a down broker is not asked again on every request
         self._next_declare_at = now + DECLARE_RETRY_S
         try:
             asyncio.run(asyncio.wait_for(declare(self._amqp_url, self._names),
                                          DECLARE_TIMEOUT_S))
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
             log.warning("could not declare the RabbitMQ topology of %s: %r", self._names.ns, exc)
+            self._down_until = time.monotonic() + BROKER_DOWN_HOLD_S
             return False
         self._topology_ready = True
         return True
@@ -98,7 +116,7 @@ class Publisher:
         try:
             value = self._run(lambda channel: channel.queue_declare(
                 self._names.tasks, passive=True).method.message_count)
-        except _BROKER_ERRORS as exc:
+        except (*_BROKER_ERRORS, BrokerDown) as exc:
             log.debug("backlog of %s unknown: %r", self._names.tasks, exc)
             value = None
         with self._backlog_lock:
@@ -109,7 +127,7 @@ class Publisher:
         """Return whether this thread can talk to RabbitMQ."""
         try:
             self._run(lambda channel: channel.connection.process_data_events(time_limit=0))
-        except _BROKER_ERRORS as exc:
+        except (*_BROKER_ERRORS, BrokerDown) as exc:
             log.info("RabbitMQ unreachable: %r", exc)
             return False
         return True
@@ -142,7 +160,14 @@ class Publisher:
         connection: BlockingConnection | None = getattr(self._local, "connection", None)
         reused = connection is not None and connection.is_open
         if connection is None or not connection.is_open:
-            connection = BlockingConnection(self._params)
+            if time.monotonic() < self._down_until:
+                raise BrokerDown("RabbitMQ did not answer a moment ago")
+            try:
+                connection = BlockingConnection(self._params)
+            except _BROKER_ERRORS:
+                self._down_until = time.monotonic() + BROKER_DOWN_HOLD_S
+                raise
+            self._down_until = 0.0
             self._local.connection = connection
         try:
             channel = connection.channel()
