@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.models import Result, Usage
 from services.common.settings import Settings
-from services.common.store import get_task, make_engine, record_results
+from services.common.store import get_task, insert_task, make_engine, record_results
 from services.common.topology import SUBMIT_ROUTING_KEY, Names
 from services.common.webserver import gunicorn_command
 from services.ingest import intake
@@ -488,3 +489,69 @@ def test_a_broker_that_stops_answering_gets_503s_not_500s(settings: Settings) ->
             _error(client.get("/v1/tasks/wedged-1"), 404)  # nothing half-accepted is kept
     finally:
         silent.close()
+
+
+# --- the crash window between storing a task and queueing it ------------------------------
+
+def _stored_unpublished(settings: Settings, task_id: str, age_s: float) -> None:
+    """What an ingest process that died after storing the row and before publishing leaves."""
+    engine = make_engine(settings.database_url)
+    try:
+        task = parse_task({"id": task_id, "prompt": "stranded"})
+        insert_task(engine, task.model_copy(update={"submitted_at": time.time() - age_s}))
+    finally:
+        engine.dispose()
+
+
+def _stored_status(settings: Settings, task_id: str) -> str:
+    engine = make_engine(settings.database_url)
+    try:
+        row = get_task(engine, task_id)
+    finally:
+        engine.dispose()
+    assert row is not None
+    return str(row["status"])
+
+
+def test_a_retry_publishes_a_task_stored_but_never_queued(
+        client: FlaskClient, settings: Settings, rabbit: Rabbit, names: Names) -> None:
+    _stored_unpublished(settings, "stranded-1", age_s=120)
+    assert client.get("/v1/tasks/stranded-1").get_json()["status"] == "queued"
+    response = client.post("/v1/tasks", json={"id": "stranded-1", "prompt": "stranded"})
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    delivered = rabbit.get(names.tasks)
+    assert json.loads(delivered.body)["id"] == "stranded-1"
+    assert _stored_status(settings, "stranded-1") == "queued"
+    # Now published: a further retry is a plain duplicate, queued nothing more.
+    client.post("/v1/tasks", json={"id": "stranded-1", "prompt": "stranded"})
+    assert rabbit.count(names.tasks) == 0
+
+
+def test_a_retry_of_a_task_being_queued_right_now_is_a_duplicate(
+        client: FlaskClient, settings: Settings, rabbit: Rabbit, names: Names) -> None:
+    _stored_unpublished(settings, "in-flight-1", age_s=0)  # its first request still publishing
+    response = client.post("/v1/tasks", json={"id": "in-flight-1", "prompt": "stranded"})
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    assert rabbit.count(names.tasks) == 0
+
+
+def test_the_sweeper_queues_what_no_client_retried(
+        settings: Settings, rabbit: Rabbit, names: Names, monkeypatch: pytest.MonkeyPatch,
+        eventually: Callable[..., Any]) -> None:
+    monkeypatch.setattr(intake, "SWEEP_INTERVAL_S", 0.2)
+    monkeypatch.setattr(intake, "SWEEP_AFTER_S", 30.0)
+    _stored_unpublished(settings, "swept-1", age_s=120)
+    _stored_unpublished(settings, "fresh-1", age_s=0)
+    metrics = make_metrics(CollectorRegistry())
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        asyncio.get_running_loop().call_later(3.0, stop.set)
+        await intake.run(settings, stop, metrics)
+
+    asyncio.run(serve())
+    delivered = rabbit.get(names.tasks)
+    assert json.loads(delivered.body)["id"] == "swept-1"
+    assert rabbit.count(names.tasks) == 0  # the fresh one is left to its own request
+    assert _stored_status(settings, "swept-1") == "queued"
+    assert _stored_status(settings, "fresh-1") == "accepted"

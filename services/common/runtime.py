@@ -56,6 +56,22 @@ async def until_stopped(stop: asyncio.Event, *background: asyncio.Task[None]) ->
             raise BackgroundTaskDied(f"{task.get_name()} ended: {error!r}") from error
 
 
+async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str,
+                stop: asyncio.Event, on_failure: Callable[[], None] | None = None) -> None:
+    """Run `job` every `interval_s` until `stop`; a failure is logged and retried next time."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            if on_failure is not None:
+                on_failure()
+            log.exception("%s failed; trying again in %.0f s", name, interval_s)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
+
+
 def run(service: Service, settings: Settings, name: str, default_metrics_port: int) -> int:
     """Run `service` until SIGTERM/SIGINT sets its stop event; return an exit code."""
     configure_logging(settings.log_level, name)

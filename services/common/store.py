@@ -102,9 +102,31 @@ def create_tables(engine: Engine, *schemas: MetaData, attempts: int = 5) -> None
             time.sleep(0.2 * (attempt + 1))
 
 
+# A task is stored "accepted" and becomes "queued" once the broker has confirmed it: a row
+# still "accepted" a while later is a task whose ingest died between the two steps, and a
+# retry of its id (or the intake's sweeper) publishes it. Readers see both as "queued".
+ACCEPTED = "accepted"
+QUEUED_STATUSES = (ACCEPTED, "queued")
+
+
+# A broker confirm takes milliseconds, and ingest gives up on one after a few seconds: an
+# accepted row older than this was never published.
+UNPUBLISHED_AFTER_S = 15.0
+
+
+def is_unpublished(row: dict[str, Any], now: float) -> bool:
+    """Return whether a stored task row was accepted and never confirmed by the broker."""
+    return row["status"] == ACCEPTED and row["created_at"] < now - UNPUBLISHED_AFTER_S
+
+
+def visible_status(status: str) -> str:
+    """Return the status the API and the dashboard show for a stored one."""
+    return "queued" if status == ACCEPTED else status
+
+
 def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:
-    """Store a new task as queued; for a known id return the stored row and False."""
-    row = {"id": task.id, "tenant": task.tenant, "kind": task.kind, "status": "queued",
+    """Store a new task as accepted; for a known id return the stored row and False."""
+    row = {"id": task.id, "tenant": task.tenant, "kind": task.kind, "status": ACCEPTED,
            "task_json": task.model_dump_json(), "created_at": task.submitted_at or time.time()}
     try:
         with engine.begin() as conn:
@@ -120,7 +142,25 @@ def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:
 def forget_task(engine: Engine, task_id: str) -> None:
     """Remove a task that could not be queued, so a retry of the same id is accepted."""
     with engine.begin() as conn:
-        conn.execute(delete(tasks).where(tasks.c.id == task_id, tasks.c.status == "queued"))
+        conn.execute(delete(tasks).where(tasks.c.id == task_id, tasks.c.status == ACCEPTED))
+
+
+def mark_queued(engine: Engine, task_id: str) -> None:
+    """Record that the broker confirmed an accepted task (a later status is kept)."""
+    with engine.begin() as conn:
+        conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status == ACCEPTED)
+                     .values(status="queued"))
+
+
+def unpublished_tasks(engine: Engine, accepted_before: float,
+                      limit: int = 500) -> list[Task]:
+    """Return tasks stored but never confirmed by the broker, accepted before a time."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(tasks.c.task_json)
+                            .where(tasks.c.status == ACCEPTED,
+                                   tasks.c.created_at < accepted_before)
+                            .order_by(tasks.c.created_at).limit(limit)).scalars().all()
+    return [Task.model_validate_json(row) for row in rows]
 
 
 def get_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
@@ -163,5 +203,6 @@ def mark_running(engine: Engine, task_ids: Iterable[str]) -> None:
     if not ids:
         return
     with engine.begin() as conn:
-        conn.execute(update(tasks).where(tasks.c.id.in_(ids), tasks.c.status == "queued")
+        conn.execute(update(tasks).where(tasks.c.id.in_(ids),
+                                         tasks.c.status.in_(QUEUED_STATUSES))
                      .values(status="running"))

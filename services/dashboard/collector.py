@@ -23,6 +23,7 @@ from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
 from services.common.models import TIERS, Event, Result
 from services.common.queue_depth import WorkQueues, management_url
+from services.common.runtime import every as every_interval
 from services.common.runtime import run, until_stopped
 from services.common.settings import Settings
 from services.common.store import make_engine
@@ -91,17 +92,8 @@ def _handler(batcher: BatchCommitter[Result | Event], model: type[Result] | type
 
 async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str,
                 stop: asyncio.Event) -> None:
-    """Run `job` every `interval_s` until `stop`; a failure is logged and retried next time."""
-    while not stop.is_set():
-        try:
-            await job()
-        except Exception:
-            LOOP_FAILURES.labels(name).inc()
-            log.exception("%s failed; trying again in %.0f s", name, interval_s)
-        try:
-            await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass
+    await every_interval(interval_s, job, name, stop,
+                         on_failure=lambda: LOOP_FAILURES.labels(name).inc())
 
 
 async def serve(settings: Settings, stop: asyncio.Event, options: Options = Options()) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -17,7 +18,15 @@ from services.common import runtime
 from services.common.amqp import Bus, PublishFailed, RejectMessage, RequeueMessage
 from services.common.models import Task
 from services.common.settings import Settings
-from services.common.store import forget_task, insert_task, make_engine
+from services.common.store import (
+    ACCEPTED,
+    forget_task,
+    insert_task,
+    is_unpublished,
+    make_engine,
+    mark_queued,
+    unpublished_tasks,
+)
 from services.common.topology import SUBMIT_ROUTING_KEY, Names, declare_topology
 from services.ingest.metrics import IngestMetrics, make_metrics
 from services.ingest.validation import InvalidTask, check_size, decode_json, parse_task
@@ -25,8 +34,18 @@ from services.ingest.validation import InvalidTask, check_size, decode_json, par
 log = logging.getLogger(__name__)
 
 SUBMIT_PREFETCH = 200
+# Tasks stored but still unpublished after SWEEP_AFTER_S are published by the sweeper.
+SWEEP_INTERVAL_S = 30.0
+SWEEP_AFTER_S = 60.0
 DEFAULT_METRICS_PORT = 9101
 STOP_GRACE_S = 30.0
+
+
+async def mark_published(engine: Engine, task_id: str) -> None:
+    try:
+        await asyncio.to_thread(mark_queued, engine, task_id)
+    except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
+        log.warning("could not mark task %s queued", task_id, exc_info=True)
 
 
 class Intake:
@@ -52,10 +71,11 @@ class Intake:
         except SQLAlchemyError as exc:
             await self._requeue(f"cannot store task {task.id}: {exc!r}")
         if not created:
-            # A redelivered message whose task is still queued may come from a consumer that
-            # stored it and died before publishing: publish the stored task again rather than
-            # risk losing it (a rare duplicate is the lesser harm).
-            if not (message.redelivered and row["status"] == "queued"):
+            # A redelivered message whose task was stored but never confirmed comes from a
+            # consumer that died in between: publish the stored task rather than risk losing
+            # it (a rare duplicate is the lesser harm). So does a resubmit of a stale one.
+            retry = message.redelivered and row["status"] == ACCEPTED
+            if not (retry or is_unpublished(row, time.time())):
                 self._metrics.duplicates.labels(door="amqp").inc()
                 return
             task = Task.model_validate_json(row["task_json"])
@@ -66,7 +86,20 @@ class Intake:
             if created:  # so that the redelivery stores and publishes it afresh
                 await self._forget(task.id)
             await self._requeue(f"cannot queue task {task.id}: {exc}")
+        await mark_published(self._engine, task.id)
         self._metrics.accepted.labels(door="amqp").inc()
+
+    async def sweep(self) -> int:
+        """Publish the tasks stored and never published (an ingest process died between the
+        two steps and no client retried); return how many."""
+        stale = await asyncio.to_thread(unpublished_tasks, self._engine,
+                                        time.time() - SWEEP_AFTER_S)
+        for task in stale:
+            log.warning("task %s was stored but never queued; queueing it now", task.id)
+            await self._bus.publish(self._bus.names.tasks, SUBMIT_ROUTING_KEY, task,
+                                    priority=task.priority)
+            await mark_published(self._engine, task.id)
+        return len(stale)
 
     async def _forget(self, task_id: str) -> None:
         try:
@@ -94,7 +127,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
         intake = Intake(bus, engine, metrics, settings.max_body_bytes)
         await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
         log.info("intake consuming %s", names.submit)
-        await (stop or asyncio.Event()).wait()
+        stop = stop or asyncio.Event()
+        sweeper = asyncio.create_task(
+            runtime.every(SWEEP_INTERVAL_S, intake.sweep, "sweep", stop), name="sweeper")
+        await runtime.until_stopped(stop, sweeper)
+        await sweeper
         log.info("intake stopping")
     finally:
         await bus.stop_consuming(grace_s=STOP_GRACE_S)

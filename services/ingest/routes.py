@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.common.amqp import PublishFailed
 from services.common.models import Task
 from services.common.settings import Settings
-from services.common.store import forget_task, get_task, insert_task
+from services.common.store import (
+    forget_task,
+    get_task,
+    insert_task,
+    is_unpublished,
+    mark_queued,
+    visible_status,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from services.ingest.validation import InvalidTask, decode_json, parse_tasks
@@ -87,17 +95,26 @@ def _forget(ingest: Ingest, task_id: str) -> None:
 
 
 def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
-    """Store a task and queue it; a known id is answered with its stored status."""
+    """Store a task and queue it; a known id is answered with its stored status, and
+    published now if it was stored and never published (its first ingest died between)."""
     task = task.stamped()
     row, created = insert_task(ingest.engine, task)
     if not created:
-        ingest.metrics.duplicates.labels(door="http").inc()
-        return {"id": task.id, "status": row["status"]}
+        if not is_unpublished(row, time.time()):
+            ingest.metrics.duplicates.labels(door="http").inc()
+            return {"id": task.id, "status": visible_status(row["status"])}
+        task = Task.model_validate_json(row["task_json"])  # as it was first accepted
+        log.warning("task %s was stored but never queued; queueing it now", task.id)
     try:
         ingest.publisher.publish_task(task)
     except PublishFailed:
-        _forget(ingest, task.id)
+        if created:
+            _forget(ingest, task.id)
         raise
+    try:
+        mark_queued(ingest.engine, task.id)
+    except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
+        log.warning("could not mark task %s queued", task.id, exc_info=True)
     ingest.metrics.accepted.labels(door="http").inc()
     return {"id": task.id, "status": "queued"}
 
@@ -144,7 +161,8 @@ def show(task_id: str) -> ResponseReturnValue:
     if row is None:
         return error_response(404, "not_found", f"no task with id {task_id!r}", "id")
     result = json.loads(row["result_json"]) if row["result_json"] else None
-    return jsonify({"id": row["id"], "status": row["status"], "tenant": row["tenant"],
+    return jsonify({"id": row["id"], "status": visible_status(row["status"]),
+                    "tenant": row["tenant"],
                     "kind": row["kind"], "created_at": row["created_at"], "result": result})
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, abort, render_template, request
 from sqlalchemy import Select, select
 
+from services.common.store import QUEUED_STATUSES, visible_status
 from services.common.store import tasks as tasks_table
 from services.dashboard.models import db
 
@@ -30,7 +31,9 @@ def _search(filters: dict[str, str], before: float | None) -> Select[Any]:
         query = query.where(c.id.startswith(filters["id"], autoescape=True))
     if filters["tenant"]:
         query = query.where(c.tenant == filters["tenant"])
-    if filters["status"] in STATUSES:
+    if filters["status"] == "queued":
+        query = query.where(c.status.in_(QUEUED_STATUSES))
+    elif filters["status"] in STATUSES:
         query = query.where(c.status == filters["status"])
     if filters["kind"]:
         query = query.where(c.kind == filters["kind"])
@@ -47,7 +50,8 @@ def search() -> str:
         before = float(request.args["before"]) if request.args.get("before") else None
     except ValueError:
         before = None
-    rows = [dict(r) for r in db.session.execute(_search(filters, before)).mappings()]
+    rows = [{**r, "status": visible_status(r["status"])}
+            for r in db.session.execute(_search(filters, before)).mappings()]
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     next_before = rows[-1]["created_at"] if more and rows else None
@@ -81,6 +85,6 @@ def detail(task_id: str) -> str:
     row = found.mappings().first()
     if row is None:
         abort(404, f"no task {task_id!r} in the results store")
-    task = dict(row)
+    task = {**row, "status": visible_status(row["status"])}
     return render_template("task.html", task=task, spec=_json(task["task_json"]),
                            result=_json(task["result_json"]), parts=latency_parts(task))
