@@ -33,7 +33,16 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 UNEXPECTED_ERROR_PAUSE_S = 1.0
+# A message whose handler raised something unexpected this many times is parked in
+# `rejected` with the error (well under the queues' delivery limit of 20).
+POISON_AFTER_CRASHES = 5
 REQUEUE_PAUSE_S = 1.0
+
+
+def deliveries_before(headers: Mapping[str, Any] | None) -> int:
+    """Return how often a message was delivered before (quorum queues count it)."""
+    count = (headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) and count >= 0 else 0
 
 
 class RejectMessage(Exception):
@@ -191,7 +200,16 @@ class Bus:
         except asyncio.CancelledError:
             await message.nack(requeue=True)
             raise
-        except Exception:
+        except Exception as exc:
+            if deliveries_before(message.headers) + 1 >= POISON_AFTER_CRASHES:
+                # The same message keeps failing its handler: a poison message, not an outage
+                # (those raise RequeueMessage). Park it with the reason rather than let the
+                # broker dead-letter it, reasonless, at its delivery limit.
+                log.exception("handler failed on a message from %s %d times; rejecting it",
+                              message.routing_key, POISON_AFTER_CRASHES)
+                await self._park_rejected(message, f"handler failed {POISON_AFTER_CRASHES} "
+                                                   f"times: {type(exc).__name__}: {exc}")
+                return
             log.exception("handler failed on a message from %s; giving it back",
                           message.routing_key)
             await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_S)
