@@ -131,6 +131,7 @@ DELEGATED = {
     "submit": ("services.submit", "submit a task over HTTP and print its result"),
     "autoscale": ("services.autoscale.run", "scale local worker processes on queue depth"),
     "bench": ("bench.run", "run a benchmark: pipeline, limiter, cost, scale, dashboard"),
+    "keys": ("services.keys", "make an API key for a tenant: `keys new --tenant T`"),
 }
 
 
