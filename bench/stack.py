@@ -176,13 +176,15 @@ class ScratchDatabase:
 def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
     """Remove every queue (tenant lanes too), exchange and Redis key of a test namespace.
 
-    The lanes are those registered in Redis, so the registry is read before its keys go.
+    The lanes are those registered in Redis (read before its keys go) and those the broker's
+    lane roster names.
     """
     import asyncio
 
     import aio_pika
     from redis.asyncio import Redis as AsyncRedis
 
+    from services.common.lane_roster import roster_lanes
     from services.common.lanes import registered_lanes
     from services.common.models import TIERS
     from services.common.topology import Names, delete_topology
@@ -197,6 +199,7 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
             await registry.aclose()
         connection = await aio_pika.connect(amqp_url)
         async with connection:
+            lanes = sorted({*lanes, *await roster_lanes(connection, names)})
             await delete_topology(await connection.channel(), names, lanes=lanes)
 
     asyncio.run(drop_topology())

@@ -14,7 +14,7 @@ from services.common import config_check
 from services.common.settings import Settings
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractChannel
+    from aio_pika.abc import AbstractConnection
 
     from services.common.topology import Names
 
@@ -83,11 +83,10 @@ def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> str:
         connection = await aio_pika.connect(settings.amqp_url)
         async with connection:
-            channel = await connection.channel()
             names = Names(settings.namespace)
             if args.delete:
-                return await _delete_topology(channel, names, settings.redis_url)
-            await declare_topology(channel, names)
+                return await _delete_topology(connection, names, settings.redis_url)
+            await declare_topology(await connection.channel(), names)
             return "declared"
 
     done = asyncio.run(go())
@@ -95,27 +94,30 @@ def _run_topology(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _delete_topology(channel: AbstractChannel, names: Names, redis_url: str) -> str:
-    """Delete a namespace's queues and exchanges, and the tenant lanes registered in Redis
-    (read before the registry itself is deleted); return what was done."""
+async def _delete_topology(connection: AbstractConnection, names: Names,
+                           redis_url: str) -> str:
+    """Delete a namespace's queues and exchanges, and its tenant lanes: those the broker's
+    roster names and those registered in Redis (read before the registry itself is
+    deleted); return what was done."""
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from services.common.lane_roster import roster_lanes
     from services.common.lanes import registered_lanes, registry_keys
     from services.common.models import TIERS
     from services.common.topology import delete_topology
 
+    lanes = await roster_lanes(connection, names)
     redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         try:
-            lanes = await registered_lanes(redis, names, TIERS)
+            lanes |= set(await registered_lanes(redis, names, TIERS))
         except (RedisError, OSError) as exc:
-            print(f"agentq topology: lane registry unreadable ({exc}); tenant lanes "
-                  "(<namespace>.work.<tier>.<tenant>) are left in place", file=sys.stderr)
-            await delete_topology(channel, names)
-            return "deleted (tenant lanes not found)"
-        await delete_topology(channel, names, lanes=lanes)
-        await redis.delete(*registry_keys(names, TIERS))
+            print(f"agentq topology: lane registry unreadable ({exc}); only the tenant lanes "
+                  "the broker's roster names are deleted", file=sys.stderr)
+        else:
+            await redis.delete(*registry_keys(names, TIERS))
+        await delete_topology(await connection.channel(), names, lanes=sorted(lanes))
     finally:
         await redis.aclose()
     return f"deleted with {len(lanes)} tenant lanes"

@@ -198,7 +198,9 @@ def test_autoscaler_follows_a_backlog_up_and_back_to_the_minimum(
         assert [(e["data"]["from"], e["data"]["to"]) for e in ups][0] == (0, 1)  # the start
         assert ups[1]["data"]["from"] == 1 and ups[1]["data"]["to"] > 1, ups
         assert ups[1]["service"] == "autoscale" and "ready" in ups[1]["data"]["reason"]
-        assert ups[1]["data"]["ready"] > 0, ups[1]
+        # Seen in the lanes: waiting there, or already in the first worker's hands (a tick
+        # that samples mid-publish finds every message prefetched, none ready).
+        assert ups[1]["data"]["ready"] + ups[1]["data"]["unacked"] > 0, ups[1]
 
         def drained() -> bool:
             return (events.depth(work) == (0, 1)

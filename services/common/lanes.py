@@ -10,7 +10,8 @@ tier alone, and the router's tasks whenever the lane registry (Redis) is unreach
 Which lanes exist, and when each was last published to, is kept in Redis (`LaneRegistry`),
 written by whoever publishes to a lane (the router; a worker escalating a task) and polled
 by the workers (services.worker.lanes), which stop consuming idle lanes
-(services.common.lane_idle).
+(services.common.lane_idle). The broker keeps its own list too (services.common.lane_roster),
+from which the sweep recovers lanes that Redis lost.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from redis.exceptions import RedisError
 
 from services.common.amqp import Bus, PublishFailed
 from services.common.lane_idle import Lane, LaneView
+from services.common.lane_roster import LaneRoster
 from services.common.models import Task
 from services.common.topology import DELAY_HEADER, Names, declare_lane, lane_route, retry_level
 
@@ -202,7 +204,10 @@ class LaneDirectory:
     def __init__(self, channel: AbstractChannel, registry: LaneRegistry) -> None:
         self.channel = channel
         self.registry = registry
+        self.roster = LaneRoster(registry.names)
         self._registered: dict[Lane, float] = {}
+        self._announced: set[Lane] = set()
+        self._roster_declared = False
 
     async def route(self, tier: str, tenant: str) -> str:
         """Return the routing key for `tenant`'s work in `tier`: its lane, or the tier's queue
@@ -231,6 +236,8 @@ class LaneDirectory:
             # Every registration declares (idempotent, once per refresh_s): work that lands
             # later (a retry) is dead-lettered to the lane, dropped if its queue were missing.
             await declare_lane(self.channel, self.registry.names, tier, tenant)
+            if touched == "new" or key not in self._announced:
+                await self._announce(tier, tenant)
         except (RedisError, AMQPError, OSError, RuntimeError) as exc:
             # Registered lately, so not retired since (that takes retire_s of disuse).
             if not ahead_s and now - registered < self.registry.retire_s / 2:
@@ -240,6 +247,20 @@ class LaneDirectory:
             return tier
         self._registered[key] = now
         return lane_route(tier, tenant)
+
+    async def _announce(self, tier: str, tenant: str) -> None:
+        # The roster is how a lane is found once Redis has forgotten it; a lane it misses is
+        # announced at its next registration, so this failing must not hold up the task.
+        try:
+            if not self._roster_declared:
+                await self.roster.declare(self.channel)
+                self._roster_declared = True
+            await self.roster.announce(self.channel, tier, tenant)
+        except (AMQPError, OSError, RuntimeError) as exc:
+            log.warning("lane %s/%s not entered in the roster (%r): tried again later", tier,
+                        tenant, exc)
+            return
+        self._announced.add((tier, tenant))
 
     def forget(self, tier: str, tenant: str) -> None:
         """Declare and register the lane again before its next use (its queue went away)."""

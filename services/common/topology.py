@@ -108,6 +108,11 @@ class Names:
     def rejected(self) -> str:
         return f"{self.ns}.rejected"
 
+    @property
+    def lane_roster(self) -> str:
+        """The broker's own list of tenant lanes (services.common.lane_roster)."""
+        return f"{self.ns}.lanes"
+
     def redis_key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
@@ -120,7 +125,8 @@ class Names:
         return [self.submit, self.tasks, *(self.work_queue(t) for t in TIERS),
                 self.results_store, self.started_store, self.dashboard_events,
                 self.dashboard_results,
-                self.dead, self.rejected, *(self.retry_queue(d) for d in RETRY_LEVELS_MS)]
+                self.dead, self.rejected, self.lane_roster,
+                *(self.retry_queue(d) for d in RETRY_LEVELS_MS)]
 
     def monitored_queues(self) -> list[str]:
         """Return the queues whose depth tells how the pipeline keeps up."""
@@ -144,6 +150,11 @@ def retry_level(delay_ms: float) -> int:
         if delay_ms <= level:
             return level
     return RETRY_LEVELS_MS[-1]
+
+
+# Classic: its entries are read and requeued at every sweep, which a quorum queue would count
+# as redeliveries towards a delivery limit.
+ROSTER_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
 
 
 def _quorum(names: Names, **extra: object) -> dict[str, object]:
@@ -184,6 +195,7 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     await queue(names.dashboard_results, telemetry, names.results)
     await queue(names.dead, {"x-queue-type": "quorum"}, names.dlx)
     await queue(names.rejected, {"x-queue-type": "quorum"})
+    await queue(names.lane_roster, ROSTER_ARGUMENTS)
     for level in RETRY_LEVELS_MS:
         # Expired retries go back to the work exchange under their original routing key (the
         # tier or the lane they came from).

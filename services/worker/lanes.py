@@ -3,7 +3,8 @@
 `LaneWatcher` polls the lane registry (one cheap round trip) and, when a lane was created or
 woke, or every `resync_s` to notice lanes gone idle, reads it whole and applies
 services.common.lane_idle.plan. `LaneSweeper` is a namespace-wide job that one worker at a
-time runs: it reads idle lanes' depths and wakes any that hold messages.
+time runs: it reads idle lanes' depths and wakes any that hold messages, and registers
+again the lanes that the broker's roster names but Redis forgot (services.common.lane_roster).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 from aio_pika.exceptions import AMQPError
 
@@ -26,6 +27,8 @@ LaneAction = Callable[[str, str], Awaitable[None]]
 # queue names -> (ready messages, consumers) of those that exist
 DepthReader = Callable[[list[str]], Awaitable[dict[str, tuple[int, int]]]]
 QueueDeleter = Callable[[str], Awaitable[None]]
+# registered lanes -> lanes the broker knows that hold tasks but are not among them
+StrandedFinder = Callable[[Collection[Lane]], Awaitable[list[Lane]]]
 _OUTAGE = (*REDIS_DOWN, AMQPError)
 
 
@@ -83,12 +86,14 @@ class LaneSweeper:
     give lanes registered without a time one."""
 
     def __init__(self, registry: LaneRegistry, tiers: Iterable[str], depths: DepthReader,
-                 delete: QueueDeleter, owner: str) -> None:
+                 delete: QueueDeleter, owner: str,
+                 stranded: StrandedFinder | None = None) -> None:
         self.registry = registry
         self.tiers = list(tiers)
         self.depths = depths
         self.delete = delete
         self.owner = owner
+        self.stranded = stranded
         # at most this late a task that reached an idle lane unannounced is served
         self.every_s = refresh_s(registry.idle_s)
 
@@ -114,6 +119,13 @@ class LaneSweeper:
         for lane in todo.retire:
             if lane not in woken:
                 await self.retire(*lane)
+        if self.stranded is not None:
+            # Last: the registry's own lanes are swept even if the broker's list can't be read.
+            for lane in await self.stranded(set(view.seen)):
+                log.warning("the lane of %s in %s holds tasks but is not registered (Redis "
+                            "lost it?): registering it", lane[1], lane[0])
+                await self.registry.touch(*lane)
+                woken.append(lane)
         return woken
 
     async def retire(self, tier: str, tenant: str) -> bool:

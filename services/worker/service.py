@@ -19,6 +19,7 @@ from services.common.amqp import Bus, RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig
 from services.common.embedder import make_embedder
+from services.common.lane_roster import RosterSweep
 from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
 from services.common.pricing import call_cost, saved
@@ -288,7 +289,8 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
                  prefetch)
         watcher = LaneWatcher(registry, tiers, consume_lane, idle_lane,
                               lambda lane: bus.in_hand(names.lane_queue(*lane)))
-        sweeper = LaneSweeper(registry, tiers, depths, delete, worker_id)
+        sweeper = LaneSweeper(registry, tiers, depths, delete, worker_id,
+                              RosterSweep(bus.connection, names, tiers).stranded)
         watching = asyncio.gather(
             repeat(watcher.poll, LANE_WATCH_S, stop, "watching the lane registry"),
             repeat(sweeper.sweep, sweeper.every_s, stop, "sweeping idle lanes"))
