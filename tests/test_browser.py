@@ -84,6 +84,9 @@ def page(browser: Browser) -> Iterator[Page]:
     page.set_default_timeout(15_000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The dashboard sends a strict Content-Security-Policy: anything it blocks is a bug.
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+            and "Content Security Policy" in msg.text else None)
     page.errors = errors  # type: ignore[attr-defined]
     yield page
     context.close()
@@ -120,11 +123,10 @@ def _walk_through(dash: Dashboard, page: Page) -> None:
     assert page.locator("#alert-banner").is_hidden()
     shot(page, "overview.png")
 
-    # The tasks page lists what ran.
+    # Prompts and outputs are the admin's: the tasks page asks for the login first.
     page.goto(f"{dash.url}/tasks")
-    page.wait_for_selector("#task-table tbody tr td.mono a")
-    assert page.locator("#task-table tbody tr").count() > 10
-    shot(page, "tasks.png")
+    page.wait_for_url(re.compile(r"/login\?next=/tasks$"))
+    assert page.locator("#password").is_visible()
 
     # Read-only until the admin logs in.
     page.goto(f"{dash.url}/settings")
@@ -135,6 +137,16 @@ def _walk_through(dash: Dashboard, page: Page) -> None:
     page.wait_for_url(re.compile(r"/settings$"))
     assert "Logged in" in page.locator(".flash").first.inner_text()
     assert page.locator("#save").is_enabled()
+
+    # The tasks page lists what ran; one task shows its input and output.
+    page.goto(f"{dash.url}/tasks")
+    page.wait_for_selector("#task-table tbody tr td.mono a")
+    assert page.locator("#task-table tbody tr").count() > 10
+    shot(page, "tasks.png")
+    page.click("#task-table tbody tr td.mono a >> nth=0")
+    page.wait_for_selector("#latency")
+    shot(page, "task.png")
+    page.goto(f"{dash.url}/settings")
 
     # A negative value and a word are refused, each with its own message; nothing is saved.
     page.fill("#queue_depth", "-5")

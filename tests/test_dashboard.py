@@ -124,6 +124,8 @@ def _form(client: FlaskClient, **changes: Any) -> dict[str, Any]:
 ])
 def test_every_page_answers_with_its_content(client: FlaskClient, path: str,
                                              needles: tuple[str, ...]) -> None:
+    if path == "/tasks":
+        _login(client)  # prompts and outputs are the admin's once a password is set
     response = client.get(path)
     assert response.status_code == 200
     body = response.get_data(as_text=True)
@@ -210,6 +212,7 @@ def test_tasks_page_searches_and_shows_one_task(app: Flask, client: FlaskClient,
                                     output="THE SUMMARY", route_reason="kind=summarize")])
     engine.dispose()
 
+    _login(client)
     listing = client.get("/tasks?tenant=acme").get_data(as_text=True)
     assert "job-0" in listing and "job-2" in listing and "job-4" not in listing
     assert "job-0" in client.get("/tasks?status=succeeded").get_data(as_text=True)
@@ -346,7 +349,7 @@ def test_evaluator_fires_banner_and_webhook_then_resolves(app: Flask, client: Fl
     assert 'data-rule="queue_depth"' not in client.get("/").get_data(as_text=True)  # pending
     _write(app, readings=deep, at=start + 11)
     evaluator.run_once(start + 11)
-    page = client.get("/tasks").get_data(as_text=True)
+    page = client.get("/alerts").get_data(as_text=True)
     assert re.search(r'<div id="alert-banner"[^>]*role="alert"\s*>', page)  # not hidden
     assert 'data-rule="queue_depth" data-state="firing"' in page
     assert client.get("/api/alerts").get_json()["alerts"][0]["rule"] == "queue_depth"

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     config: Path | None = None
     api_keys: str = ""
     dashboard_password: str = ""
+    secret_key: str = ""  # the dashboard's session secret; empty = random, kept in the database
 
     ingest_port: int = 8000
     dashboard_port: int = 8080

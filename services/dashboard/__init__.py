@@ -5,10 +5,7 @@ Served by `gunicorn 'services.dashboard:create_app()'` (see `serve.py`).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
-import secrets
 from typing import Any
 
 from flask import Flask
@@ -16,14 +13,6 @@ from sqlalchemy import make_url
 
 from services.common.settings import Settings
 from services.common.store import engine_url
-
-
-def _secret_key(password: str) -> str:
-    # Every gunicorn worker must sign sessions alike: derive the key from the admin password.
-    # Without a password nothing needs a session, so a per-process key will do.
-    if not password:
-        return secrets.token_hex(32)
-    return hmac.new(password.encode(), b"agentq-dashboard-session", hashlib.sha256).hexdigest()
 
 
 def _database_uri(url: str) -> str:
@@ -51,7 +40,6 @@ def create_app(settings: Settings | None = None,
     app = Flask(__name__)
     url = _database_uri(settings.database_url)
     app.config.from_mapping(
-        SECRET_KEY=_secret_key(settings.dashboard_password),
         SQLALCHEMY_DATABASE_URI=url,
         SQLALCHEMY_ENGINE_OPTIONS=_engine_options(url),
         WTF_CSRF_TIME_LIMIT=None,  # a settings form left open over lunch still saves
@@ -65,10 +53,19 @@ def create_app(settings: Settings | None = None,
     app.extensions["agentq.limiter_rpm"] = _limiter_rpm(settings)
 
     from services.dashboard.models import create_tables, db
+    from services.dashboard.secret import session_secret
+    from services.dashboard.security import register_security
+    from services.dashboard.shared_throttle import SharedThrottle
 
     db.init_app(app)
     with app.app_context():
         create_tables(db.engine)  # /tasks reads the results store's table too
+        if not app.config.get("SECRET_KEY"):
+            # The same in every gunicorn worker, and never derived from the password.
+            app.config["SECRET_KEY"] = session_secret(settings.secret_key, db.engine)
+    app.extensions.setdefault("agentq.login_throttle", SharedThrottle.from_url(
+        settings.redis_url, settings.namespace))
+    register_security(app)
 
     from services.dashboard.views import alerts, metrics, overview, settings_page, tasks
     from services.dashboard.views.chrome import register_chrome

@@ -173,3 +173,13 @@ class AlertEvent(db.Model):  # type: ignore[name-defined,misc]
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class SessionSecret(db.Model):  # type: ignore[name-defined,misc]
+    """The session-signing secret every gunicorn worker shares (one row, id 1)."""
+
+    __tablename__ = "dash_secret"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)

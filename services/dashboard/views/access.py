@@ -1,13 +1,14 @@
-"""Who may change settings: nobody without a password, the admin with one."""
+"""Who may change settings and read tasks: nobody without a password, the admin with one."""
 
 from __future__ import annotations
 
 import hmac
 from typing import Literal
 
-from flask import current_app, request, session
+from flask import current_app, g, request, session
 
 from services.common.settings import Settings
+from services.dashboard.throttle import Throttle
 
 Access = Literal["allowed", "locked", "login"]
 
@@ -27,15 +28,45 @@ def password_matches(candidate: str) -> bool:
     return bool(expected) and hmac.compare_digest(candidate.encode(), expected.encode())
 
 
+def _throttle() -> Throttle:
+    found: Throttle = current_app.extensions["agentq.login_throttle"]
+    return found
+
+
+def _client() -> str:
+    # The peer address: behind a proxy it is the proxy's unless ProxyFix is configured.
+    return request.remote_addr or "unknown"
+
+
+def login_wait_s() -> float:
+    """Return how long this client must wait before trying a password again (0 = now)."""
+    return _throttle().retry_after(_client())
+
+
+def attempt_login(candidate: str) -> bool:
+    """Check a password and count the outcome against this client's throttle."""
+    ok = password_matches(candidate)
+    if ok:
+        _throttle().succeeded(_client())
+    else:
+        _throttle().failed(_client())
+    return ok
+
+
+def _bearer_admin() -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    if "agentq_bearer_ok" not in g:  # checked (and counted) once per request
+        g.agentq_bearer_ok = login_wait_s() == 0 and attempt_login(token.strip())
+    return bool(g.agentq_bearer_ok)
+
+
 def is_admin() -> bool:
     """Tell whether this request comes from a logged-in admin or carries the bearer token."""
     if not password():
         return False
-    if session.get("admin") is True:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return scheme.lower() == "bearer" and password_matches(token.strip())
+    return session.get("admin") is True or _bearer_admin()
 
 
 def edit_access() -> Access:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from urllib.parse import urlparse
 
@@ -10,6 +11,7 @@ from flask import (
     Response,
     flash,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -22,8 +24,9 @@ from services.dashboard import alert_store
 from services.dashboard.forms import LoginForm, LogoutForm, thresholds_form
 from services.dashboard.models import db
 from services.dashboard.thresholds import RULES, ThresholdError, validate
-from services.dashboard.views.access import edit_access, password_matches
+from services.dashboard.views.access import attempt_login, edit_access, login_wait_s
 from services.dashboard.views.chrome import api_error
+from services.dashboard.views.guard import unauthorized, wants_json
 
 bp = Blueprint("settings", __name__)
 GENERAL_KEYS = ("cost_spike_factor", "hysteresis", "webhook_url")
@@ -71,10 +74,7 @@ def api_put() -> Response:
         return api_error(403, "settings_locked", "settings are read-only: set "
                          "AGENTQ_DASHBOARD_PASSWORD to enable editing")
     if access == "login":
-        response = api_error(401, "unauthorized", "log in, or send Authorization: Bearer "
-                             "<dashboard password>")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="agentq-dashboard"'
-        return response
+        return unauthorized()
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         return api_error(400, "invalid_json", "send a JSON object of threshold keys to values")
@@ -89,8 +89,9 @@ def api_put() -> Response:
 
 def _safe_next(target: str | None) -> str:
     # Only same-site paths: a crafted ?next= must not send the admin elsewhere.
+    # Browsers read a backslash as a slash, so "/\\evil.example" is another site too.
     if target and target.startswith("/") and not urlparse(target).netloc \
-            and not target.startswith("//"):
+            and not target.startswith("//") and "\\" not in target:
         return target
     return url_for("settings.show")
 
@@ -101,8 +102,10 @@ def login() -> BaseResponse | tuple[str, int]:
     form = LoginForm()
     if edit_access() == "locked":
         return render_template("login.html", form=form, locked=True), 200
+    if request.method == "POST" and (wait := login_wait_s()) > 0:
+        return _throttled(form, wait)  # the password is not even looked at
     if form.validate_on_submit():
-        if password_matches(form.password.data or ""):
+        if attempt_login(form.password.data or ""):
             session.clear()
             session["admin"] = True
             session.permanent = True
@@ -112,6 +115,20 @@ def login() -> BaseResponse | tuple[str, int]:
         return render_template("login.html", form=form, locked=False), 401
     return render_template("login.html", form=form, locked=False), \
         400 if request.method == "POST" else 200
+
+
+def _throttled(form: LoginForm, wait: float) -> BaseResponse:
+    seconds = max(1, math.ceil(wait))
+    message = (f"Too many failed logins from your address: try again in "
+               f"{math.ceil(seconds / 60)} min.")
+    response: BaseResponse
+    if wants_json():
+        response = api_error(429, "too_many_attempts", message)
+    else:
+        response = make_response(render_template("login.html", form=form, locked=False,
+                                                 throttled=message), 429)
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 @bp.post("/logout")

@@ -11,8 +11,11 @@ from sqlalchemy import Select, select
 from services.common.store import QUEUED_STATUSES, visible_status
 from services.common.store import tasks as tasks_table
 from services.dashboard.models import db
+from services.dashboard.views.guard import admin_required, no_store
 
 bp = Blueprint("tasks", __name__)
+bp.before_request(admin_required)  # prompts and outputs: the admin's, once a password is set
+bp.after_request(no_store)
 PAGE_SIZE = 50
 STATUSES = ("queued", "running", "succeeded", "failed")
 LISTED = ("id", "tenant", "kind", "status", "tier", "model", "cache", "attempts", "cost_usd",
