@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompt")
     parser.add_argument("--kind", default="chat")
     parser.add_argument("--tier", default=None)
-    parser.add_argument("--tenant", default="default")
+    parser.add_argument("--tenant", default=None,
+                        help="default: the API key's tenant, else 'default'")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--url", default=f"http://127.0.0.1:{settings.ingest_port}")
     parser.add_argument("--api-key", default=next(iter(settings.api_key_set), ""))
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-wait", action="store_true")
     args = parser.parse_args(argv)
 
-    task: dict[str, Any] = {"prompt": args.prompt, "kind": args.kind, "tenant": args.tenant}
+    task: dict[str, Any] = {"prompt": args.prompt, "kind": args.kind}
+    if args.tenant:
+        task["tenant"] = args.tenant
     if args.tier:
         task["tier"] = args.tier
     if args.max_tokens:
@@ -56,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body, indent=2), file=sys.stderr)
         return 1
     task_id = body["id"]
+    # Ids are per tenant: name it, or an admin key could find another tenant's task too.
+    where = f"?tenant={urllib.parse.quote(args.tenant)}" if args.tenant else ""
     if args.no_wait:
         print(task_id)
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        status, body = _request("GET", f"{args.url}/v1/tasks/{task_id}", api_key=args.api_key)
+        status, body = _request("GET", f"{args.url}/v1/tasks/{task_id}{where}",
+                                api_key=args.api_key)
         if status == 200 and body.get("status") in TERMINAL:
             print(json.dumps(body.get("result") or body, indent=2))
             return 0 if body["status"] == "succeeded" else 1

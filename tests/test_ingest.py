@@ -392,7 +392,7 @@ def test_amqp_door_queues_and_stores_a_task(running_intake: IngestMetrics, rabbi
     assert task["submitted_at"] > 0
     engine = make_engine(settings.database_url)
     try:
-        row = eventually(lambda: get_task(engine, task_id))
+        row = eventually(lambda: get_task(engine, "default", task_id))
     finally:
         engine.dispose()
     assert row["status"] == "queued"
@@ -506,7 +506,7 @@ def _stored_unpublished(settings: Settings, task_id: str, age_s: float) -> None:
 def _stored_status(settings: Settings, task_id: str) -> str:
     engine = make_engine(settings.database_url)
     try:
-        row = get_task(engine, task_id)
+        row = get_task(engine, "default", task_id)
     finally:
         engine.dispose()
     assert row is not None

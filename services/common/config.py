@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.common.api_keys import KeysError, entries_from_table
 from services.common.cost_config import (
     BreakerConfig,
     BudgetConfig,
@@ -101,9 +102,15 @@ class AgentqConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    # API keys by tenant ("*" = admin), as `sha256:<hex>` digests: see services.common.api_keys.
+    api_keys: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> AgentqConfig:
+        try:
+            entries_from_table(self.api_keys)
+        except KeysError as exc:
+            raise ConfigError(f"api_keys: {exc}") from None
         missing = [t for t in TIERS if t not in self.tiers]
         if missing:
             raise ConfigError(f"tiers {missing} are not configured")

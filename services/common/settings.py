@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from services.common.api_keys import KeyTable
     from services.common.config import AgentqConfig
 
 
@@ -22,7 +23,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///agentq.db"
     namespace: str = "agentq"
     config: Path | None = None
-    api_keys: str = ""
+    api_keys: str = ""  # bare keys (admin) and `tenant:sha256:<hex>` digests, comma-separated
+    api_keys_file: Path | None = None  # a TOML file with an [api_keys] table, as agentq.toml
     dashboard_password: str = ""
     secret_key: str = ""  # the dashboard's session secret; empty = random, kept in the database
 
@@ -65,7 +67,19 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        """Return the keys AGENTQ_API_KEYS holds in clear (digest entries are not keys)."""
+        from services.common.api_keys import plain_keys
+
+        return frozenset(plain_keys(self.api_keys))
+
+    def key_table(self) -> KeyTable:
+        """Load every API key: AGENTQ_API_KEYS, the tier table's and AGENTQ_API_KEYS_FILE's."""
+        from services.common.api_keys import key_table, read_keys_file
+
+        tables = [self.tier_table().api_keys]
+        if self.api_keys_file is not None:
+            tables.append(read_keys_file(self.api_keys_file))
+        return key_table(self.api_keys, *tables)
 
     def tier_table(self) -> AgentqConfig:
         """Load the tier table in force for these settings."""

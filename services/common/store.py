@@ -1,4 +1,8 @@
-"""The results store: one SQL row per task, written by ingest and the recorder."""
+"""The results store: one SQL row per task, written by ingest and the recorder.
+
+A task is known by (tenant, id): two tenants may use the same id. Tables made before that
+had `id` alone as their key; `make_engine` migrates them (see `migrate_tables`).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    and_,
     create_engine,
     delete,
     insert,
@@ -30,7 +36,7 @@ metadata = MetaData()
 tasks = Table(
     "agentq_tasks",
     metadata,
-    Column("id", String(64), primary_key=True),
+    Column("id", String(64), nullable=False, index=True),
     Column("tenant", String(64), nullable=False, index=True),
     Column("kind", String(64), nullable=False),
     Column("status", String(16), nullable=False, index=True),
@@ -53,6 +59,7 @@ tasks = Table(
     Column("error_message", Text),
     Column("route_reason", Text),
     Column("result_json", Text),
+    PrimaryKeyConstraint("tenant", "id", name="agentq_tasks_pkey"),
 )
 
 
@@ -85,6 +92,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
     create_tables(engine)
+    migrate_tables(engine)
     return engine
 
 
@@ -100,6 +108,13 @@ def create_tables(engine: Engine, *schemas: MetaData, attempts: int = 5) -> None
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def migrate_tables(engine: Engine) -> None:
+    """Bring tables made by older versions up to date (today: the (tenant, id) key)."""
+    from services.common.store_migration import key_by_tenant
+
+    key_by_tenant(engine, tasks)
 
 
 # A task is stored "accepted" and becomes "queued" once the broker has confirmed it: a row
@@ -125,7 +140,7 @@ def visible_status(status: str) -> str:
 
 
 def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:
-    """Store a new task as accepted; for a known id return the stored row and False."""
+    """Store a new task as accepted; for an id its tenant knows, the stored row and False."""
     row = {"id": task.id, "tenant": task.tenant, "kind": task.kind, "status": ACCEPTED,
            "task_json": task.model_dump_json(), "created_at": task.submitted_at or time.time()}
     try:
@@ -133,22 +148,26 @@ def insert_task(engine: Engine, task: Task) -> tuple[dict[str, Any], bool]:
             conn.execute(insert(tasks).values(**row))
         return row, True
     except IntegrityError:
-        existing = get_task(engine, task.id)
+        existing = get_task(engine, task.tenant, task.id)
         if existing is None:  # deleted between the two statements: store it now
             return insert_task(engine, task)
         return existing, False
 
 
-def forget_task(engine: Engine, task_id: str) -> None:
+def _is(tenant: str, task_id: str) -> Any:
+    return and_(tasks.c.tenant == tenant, tasks.c.id == task_id)
+
+
+def forget_task(engine: Engine, tenant: str, task_id: str) -> None:
     """Remove a task that could not be queued, so a retry of the same id is accepted."""
     with engine.begin() as conn:
-        conn.execute(delete(tasks).where(tasks.c.id == task_id, tasks.c.status == ACCEPTED))
+        conn.execute(delete(tasks).where(_is(tenant, task_id), tasks.c.status == ACCEPTED))
 
 
-def mark_queued(engine: Engine, task_id: str) -> None:
+def mark_queued(engine: Engine, tenant: str, task_id: str) -> None:
     """Record that the broker confirmed an accepted task (a later status is kept)."""
     with engine.begin() as conn:
-        conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status == ACCEPTED)
+        conn.execute(update(tasks).where(_is(tenant, task_id), tasks.c.status == ACCEPTED)
                      .values(status="queued"))
 
 
@@ -163,10 +182,19 @@ def unpublished_tasks(engine: Engine, accepted_before: float,
     return [Task.model_validate_json(row) for row in rows]
 
 
-def get_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
+def get_task(engine: Engine, tenant: str, task_id: str) -> dict[str, Any] | None:
+    """Return the row of a tenant's task, or None."""
     with engine.connect() as conn:
-        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        row = conn.execute(select(tasks).where(_is(tenant, task_id))).mappings().first()
     return dict(row) if row is not None else None
+
+
+def find_tasks(engine: Engine, task_id: str, limit: int = 10) -> list[dict[str, Any]]:
+    """Return the rows of every tenant's task with this id (at most `limit`)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(tasks).where(tasks.c.id == task_id)
+                            .order_by(tasks.c.tenant).limit(limit)).mappings().all()
+    return [dict(row) for row in rows]
 
 
 def _result_columns(result: Result) -> dict[str, Any]:
@@ -189,7 +217,7 @@ def record_results(engine: Engine, results: Iterable[Result]) -> None:
     with engine.begin() as conn:
         for result in results:
             columns = _result_columns(result)
-            updated = conn.execute(update(tasks).where(tasks.c.id == result.task_id)
+            updated = conn.execute(update(tasks).where(_is(result.tenant, result.task_id))
                                    .values(**columns))
             if updated.rowcount == 0:
                 conn.execute(insert(tasks).values(
@@ -197,12 +225,15 @@ def record_results(engine: Engine, results: Iterable[Result]) -> None:
                     task_json="{}", created_at=result.finished_at, **columns))
 
 
-def mark_running(engine: Engine, task_ids: Iterable[str]) -> None:
-    """Mark queued tasks as running (a finished task keeps its final status)."""
-    ids = list(task_ids)
-    if not ids:
+def mark_running(engine: Engine, task_keys: Iterable[tuple[str, str]]) -> None:
+    """Mark queued tasks, given as (tenant, id), as running (a finished one keeps its status)."""
+    by_tenant: dict[str, set[str]] = {}
+    for tenant, task_id in task_keys:
+        by_tenant.setdefault(tenant, set()).add(task_id)
+    if not by_tenant:
         return
     with engine.begin() as conn:
-        conn.execute(update(tasks).where(tasks.c.id.in_(ids),
-                                         tasks.c.status.in_(QUEUED_STATUSES))
-                     .values(status="running"))
+        for tenant, ids in by_tenant.items():
+            conn.execute(update(tasks).where(tasks.c.tenant == tenant, tasks.c.id.in_(ids),
+                                             tasks.c.status.in_(QUEUED_STATUSES))
+                         .values(status="running"))

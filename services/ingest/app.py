@@ -20,7 +20,7 @@ from services.ingest.routes import EXTENSION, Ingest, error_response, ops, tasks
 
 REDIS_TIMEOUT_S = 2.0
 DISCARD_LIMIT = 16 * 1024 * 1024
-_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 500: "internal"}
 
 
@@ -83,6 +83,7 @@ def _observe(response: Response) -> Response:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the ingest app: clients, topology, routes, JSON errors and metrics."""
     settings = settings or Settings()
+    keys = settings.key_table()  # a bad key entry stops ingest here, before any connection
     names = Names(settings.namespace)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings, engine=make_engine(settings.database_url), publisher=publisher,
         redis=redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
                                    socket_connect_timeout=REDIS_TIMEOUT_S),
-        metrics=metrics, exposition=_exposition_registry(metrics.registry))
+        metrics=metrics, exposition=_exposition_registry(metrics.registry), keys=keys)
     app.register_blueprint(tasks)
     app.register_blueprint(ops)
     app.register_error_handler(HTTPException, _http_error)

@@ -41,11 +41,11 @@ DEFAULT_METRICS_PORT = 9101
 STOP_GRACE_S = 30.0
 
 
-async def mark_published(engine: Engine, task_id: str) -> None:
+async def mark_published(engine: Engine, task: Task) -> None:
     try:
-        await asyncio.to_thread(mark_queued, engine, task_id)
+        await asyncio.to_thread(mark_queued, engine, task.tenant, task.id)
     except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
-        log.warning("could not mark task %s queued", task_id, exc_info=True)
+        log.warning("could not mark task %s/%s queued", task.tenant, task.id, exc_info=True)
 
 
 class Intake:
@@ -84,9 +84,9 @@ class Intake:
                                     priority=task.priority)
         except PublishFailed as exc:
             if created:  # so that the redelivery stores and publishes it afresh
-                await self._forget(task.id)
+                await self._forget(task)
             await self._requeue(f"cannot queue task {task.id}: {exc}")
-        await mark_published(self._engine, task.id)
+        await mark_published(self._engine, task)
         self._metrics.accepted.labels(door="amqp").inc()
 
     async def sweep(self) -> int:
@@ -98,15 +98,16 @@ class Intake:
             log.warning("task %s was stored but never queued; queueing it now", task.id)
             await self._bus.publish(self._bus.names.tasks, SUBMIT_ROUTING_KEY, task,
                                     priority=task.priority)
-            await mark_published(self._engine, task.id)
+            await mark_published(self._engine, task)
         return len(stale)
 
-    async def _forget(self, task_id: str) -> None:
+    async def _forget(self, task: Task) -> None:
         try:
-            await asyncio.to_thread(forget_task, self._engine, task_id)
+            await asyncio.to_thread(forget_task, self._engine, task.tenant, task.id)
         except SQLAlchemyError:
             # The redelivery still republishes it: the row is queued and the message redelivered.
-            log.warning("could not forget unqueued task %s", task_id, exc_info=True)
+            log.warning("could not forget unqueued task %s/%s", task.tenant, task.id,
+                        exc_info=True)
 
     async def _requeue(self, reason: str) -> NoReturn:
         log.warning("%s; giving the message back", reason)

@@ -38,8 +38,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     writer = BatchCommitter[Result](functools.partial(record_results, engine), BATCH_SIZE,
                                     BATCH_WAIT_S, observe=_count)
 
-    running = BatchCommitter[str](functools.partial(mark_running, engine), BATCH_SIZE,
-                                 BATCH_WAIT_S)
+    running = BatchCommitter[tuple[str, str]](functools.partial(mark_running, engine),
+                                              BATCH_SIZE, BATCH_WAIT_S)
 
     async def handle(message: AbstractIncomingMessage) -> None:
         try:
@@ -53,8 +53,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             event = Event.model_validate_json(message.body)
         except ValidationError as exc:
             raise RejectMessage(f"not an Event: {exc.errors()[0]['msg']}") from None
-        if event.task_id:
-            await running.add(event.task_id)
+        if event.task_id and event.tenant:
+            await running.add((event.tenant, event.task_id))
 
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     writer_stop = asyncio.Event()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -10,16 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.amqp import PublishFailed
+from services.common.api_keys import ADMIN, KeyTable
 from services.common.models import Task
 from services.common.settings import Settings
 from services.common.store import (
+    find_tasks,
     forget_task,
     get_task,
     insert_task,
@@ -29,6 +30,7 @@ from services.common.store import (
 )
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
+from services.ingest.scope import Forbidden, lookup_tenant, scope_tasks
 from services.ingest.validation import InvalidTask, decode_json, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Ingest:
     redis: redis.Redis
     metrics: IngestMetrics
     exposition: CollectorRegistry  # what /metrics serves (all gunicorn workers when shared)
+    keys: KeyTable = KeyTable()  # empty = open
 
 
 def _ingest() -> Ingest:
@@ -70,14 +73,15 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 @tasks.before_request
 def _authenticate() -> Response | None:
-    keys = _ingest().settings.api_key_set
-    if not keys:
+    """Find the tenant of the bearer key (`*` for an admin key, or when no key is set)."""
+    keys = _ingest().keys
+    if keys.open:
+        g.agentq_caller = ADMIN
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token_bytes = token.strip().encode()
-    # Compare against every key in constant time so timing does not reveal a key's prefix.
-    if scheme.lower() == "bearer" and any(
-            [hmac.compare_digest(token_bytes, key.encode()) for key in keys]):
+    caller = keys.tenant_for(token.strip()) if scheme.lower() == "bearer" else None
+    if caller is not None:
+        g.agentq_caller = caller
         return None
     response = error_response(401, "unauthorized",
                               "a valid 'Authorization: Bearer <key>' header is required",
@@ -86,12 +90,17 @@ def _authenticate() -> Response | None:
     return response
 
 
-def _forget(ingest: Ingest, task_id: str) -> None:
+def _caller() -> str:
+    caller: str = g.agentq_caller
+    return caller
+
+
+def _forget(ingest: Ingest, task: Task) -> None:
     try:
-        forget_task(ingest.engine, task_id)
+        forget_task(ingest.engine, task.tenant, task.id)
     except SQLAlchemyError:
         # The row stays "queued" although nothing was queued; a resubmit will not fix it.
-        log.exception("could not forget unqueued task %s", task_id)
+        log.exception("could not forget unqueued task %s/%s", task.tenant, task.id)
 
 
 def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
@@ -109,10 +118,10 @@ def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
         ingest.publisher.publish_task(task)
     except PublishFailed:
         if created:
-            _forget(ingest, task.id)
+            _forget(ingest, task)
         raise
     try:
-        mark_queued(ingest.engine, task.id)
+        mark_queued(ingest.engine, task.tenant, task.id)
     except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
         log.warning("could not mark task %s queued", task.id, exc_info=True)
     ingest.metrics.accepted.labels(door="http").inc()
@@ -128,6 +137,10 @@ def submit() -> ResponseReturnValue:
         batch = parse_tasks(payload)
     except InvalidTask as exc:
         return error_response(400, "invalid_task", exc.message, exc.field)
+    try:
+        batch = scope_tasks(batch, _caller(), listed=isinstance(payload, list))
+    except Forbidden as exc:
+        return error_response(403, "forbidden", exc.message, exc.field)
     backlog = ingest.publisher.backlog()
     if backlog is not None and backlog > ingest.settings.max_backlog:
         return error_response(429, "backlog_full",
@@ -149,17 +162,38 @@ def submit() -> ResponseReturnValue:
     return jsonify(answers if isinstance(payload, list) else answers[0]), 202
 
 
+def _rows(engine: Engine, task_id: str, tenant: str | None) -> list[dict[str, Any]]:
+    if tenant is None:
+        return []
+    if tenant == ADMIN:
+        return find_tasks(engine, task_id)
+    row = get_task(engine, tenant, task_id)
+    return [row] if row is not None else []
+
+
 @tasks.get("/v1/tasks/<task_id>")
 def show(task_id: str) -> ResponseReturnValue:
-    """Return a task's status and, once finished, its result."""
+    """Return a task's status and, once finished, its result.
+
+    A tenant's key reads that tenant's tasks only: another tenant's id is an unknown id.
+    Ids are per tenant, so an admin key (or open mode) names the tenant with `?tenant=`
+    when several use the id, else the answer is 409 naming field `tenant`.
+    """
+    tenant = lookup_tenant(_caller(), request.args.get("tenant"))
     try:
-        row = get_task(_ingest().engine, task_id)
+        rows = _rows(_ingest().engine, task_id, tenant)
     except SQLAlchemyError as exc:
         log.warning("cannot read task %s: %r", task_id, exc)
         return error_response(503, "unavailable", "the store is unavailable",
                               retry_after=UNAVAILABLE_RETRY_AFTER_S)
-    if row is None:
+    if not rows:
         return error_response(404, "not_found", f"no task with id {task_id!r}", "id")
+    if len(rows) > 1:
+        tenants = [r["tenant"] for r in rows]
+        return error_response(409, "ambiguous_id",
+                              f"tenants {', '.join(tenants)} each have a task {task_id!r}: "
+                              "say which with ?tenant=", "tenant", tenants=tenants)
+    row = rows[0]
     result = json.loads(row["result_json"]) if row["result_json"] else None
     return jsonify({"id": row["id"], "status": visible_status(row["status"]),
                     "tenant": row["tenant"],

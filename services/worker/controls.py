@@ -33,7 +33,7 @@ from services.common.work_headers import (
 )
 from services.worker.breaker import Breakers
 from services.worker.cascade import CascadeState, check_answer, next_tier
-from services.worker.dedup import InflightLocks, wait_for_answer
+from services.worker.dedup import InflightLocks, owner_of, wait_for_answer
 from services.worker.provider import ProviderError, ProviderRateLimited, ProviderRejected
 
 log = logging.getLogger(__name__)
@@ -90,19 +90,19 @@ class CostControls:
         routed = routed_tier(headers, tier)
         key = cache_key(self.bus.names, task, routed)
         extras = self.extras
-        if await extras.attempt("dedup", self.locks.acquire(key, task.id), True):
+        if await extras.attempt("dedup", self.locks.acquire(key, owner_of(task)), True):
             # A twin may have finished between the router's cache lookup and now.
             answer = await extras.attempt("cache", self.exact.get(task, routed), None)
             if answer is None:
                 return True
-            await extras.attempt("dedup", self.locks.release(key, task.id), None)
+            await extras.attempt("dedup", self.locks.release(key, owner_of(task)), None)
         else:
             answer = await wait_for_answer(
                 lambda: extras.attempt("cache", self.exact.get(task, routed), None),
                 lambda: extras.attempt("dedup", self.locks.held(key), False),
                 self.config.cache.inflight_wait_s)
             if answer is None:  # call ourselves; own the key if free
-                await extras.attempt("dedup", self.locks.acquire(key, task.id), True)
+                await extras.attempt("dedup", self.locks.acquire(key, owner_of(task)), True)
                 return True
         await self._publish_twin_answer(task, headers, answer)
         return False
@@ -187,7 +187,7 @@ class CostControls:
     async def _release(self, task: Task, tier: str, headers: dict[str, Any]) -> None:
         if cacheable(task):
             key = cache_key(self.bus.names, task, routed_tier(headers, tier))
-            await self.extras.attempt("dedup", self.locks.release(key, task.id), None)
+            await self.extras.attempt("dedup", self.locks.release(key, owner_of(task)), None)
 
     def _with_prior_calls(self, prior: CascadeState, result: Result, valid: bool) -> Result:
         if not prior.calls:

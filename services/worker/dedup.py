@@ -1,7 +1,7 @@
 """In-flight dedup: of identical cacheable tasks running at once, one calls the provider.
 
-The first worker to take a task sets a lock on its exact-cache key (SET NX, owned by the task
-id, with a TTL). A twin that finds the lock taken waits for the cache entry to appear; when
+The first worker to take a task sets a lock on its exact-cache key (SET NX, owned by the task,
+with a TTL). A twin that finds the lock taken waits for the cache entry to appear; when
 the lock goes away without an answer (the owner failed) or the wait times out, the twin calls
 the provider itself.
 """
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from services.common.cache import CachedAnswer
+from services.common.models import Task
 
 POLL_S = 0.05
 
@@ -27,6 +28,12 @@ return 0
 
 def lock_key(cache_key: str) -> str:
     return f"{cache_key}:inflight"
+
+
+def owner_of(task: Task) -> str:
+    """Name a lock's owner by tenant and id: ids are per tenant. (The cache key, and so the
+    lock, is per tenant too: one tenant's task never waits on another's paid call.)"""
+    return f"{task.tenant}/{task.id}"
 
 
 class InflightLocks:

@@ -84,7 +84,10 @@ def latency_parts(row: dict[str, Any]) -> list[dict[str, Any]]:
 @bp.get("/tasks/<task_id>")
 def detail(task_id: str) -> str:
     """Show one task: route decision, attempts, tokens, cost, latency and output."""
-    found = db.session.execute(select(tasks_table).where(tasks_table.c.id == task_id))
+    query = select(tasks_table).where(tasks_table.c.id == task_id)
+    if request.args.get("tenant"):  # ids are per tenant; without ?tenant= the newest shows
+        query = query.where(tasks_table.c.tenant == request.args["tenant"])
+    found = db.session.execute(query.order_by(tasks_table.c.created_at.desc()))
     row = found.mappings().first()
     if row is None:
         abort(404, f"no task {task_id!r} in the results store")
