@@ -96,6 +96,14 @@ def test_the_env_holds_old_admin_keys_and_tenant_digests() -> None:
     assert plain_keys(value) == [ADMIN_KEY]  # what `agentq submit` may send
 
 
+@pytest.mark.parametrize("value", ["acme:sha256:" + "z" * 64, "sha256:" + "0" * 64,
+                                   "acme:sha256:" + "0" * 63, "a b:sha256:" + "0" * 64])
+def test_a_mistyped_digest_is_not_taken_for_a_key(value: str) -> None:
+    with pytest.raises(KeysError):
+        entries_from_env(f"{ADMIN_KEY},{value}")
+    assert plain_keys(f"{ADMIN_KEY},{value}") == [ADMIN_KEY]
+
+
 def test_a_key_names_its_tenant() -> None:
     table = key_table(ADMIN_KEY, {"acme": [_digest(ACME_KEY)], "beta": [_digest(BETA_KEY)]})
     assert not table.open and KeyTable().open
@@ -433,3 +441,19 @@ def test_the_dashboard_shows_each_tenants_task(settings: Settings, database_url:
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_config_check_reports_bad_key_entries(tmp_path: Path) -> None:
+    from services.common.config_check import key_problems, table_problems
+
+    bad_file = tmp_path / "keys.toml"
+    bad_file.write_text('[api_keys]\nacme = "sha256:00"\n')
+    problems = key_problems({"AGENTQ_API_KEYS": "acme:sha256:" + "0" * 64 + ",x:sha256:" + "z" * 64,
+                             "AGENTQ_API_KEYS_FILE": str(bad_file)})
+    assert [p.where for p in problems] == ["AGENTQ_API_KEYS", "AGENTQ_API_KEYS_FILE"]
+    assert key_problems({"AGENTQ_API_KEYS_FILE": str(tmp_path / "missing.toml")})[0].where == \
+        "AGENTQ_API_KEYS_FILE"
+    assert key_problems({"AGENTQ_API_KEYS": "old-key", "AGENTQ_API_KEYS_FILE": ""}) == []
+    document = tomllib.loads(Path("agentq.example.toml").read_text())
+    assert table_problems({**document, "api_keys": {"acme": ["sha256:nothex"]}}, "t.toml")
+    assert Settings(api_keys_file="").api_keys_file is None

@@ -100,8 +100,8 @@ def entries_from_table(table: Mapping[str, Iterable[str]]) -> list[KeyEntry]:
     """Read an `[api_keys]` table: tenant (or "*") → list of `sha256:<hex>` digests."""
     entries = []
     for tenant, digests in table.items():
-        if isinstance(digests, str):
-            raise KeysError(f"api_keys.{tenant}: give a list of digests, not one string")
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise KeysError(f"{tenant}: give a list of 'sha256:<hex>' strings")
         for text in digests:
             entries.append(KeyEntry(tenant=check_tenant(tenant), digest=parse_digest(text)))
     return entries
@@ -114,6 +114,9 @@ def entries_from_env(value: str) -> list[KeyEntry]:
         if not item:
             continue
         match = _TENANT_DIGEST.match(item)
+        if match is None and _looks_like_digest(item):
+            # Not taken for a key in clear: that would make the mistyped text an admin key.
+            raise KeysError(f"{item[:24]!r}… is neither a key nor 'tenant:sha256:<64 hex>'")
         if match is None:
             entries.append(KeyEntry(tenant=ADMIN, digest=digest_of(item)))
         else:
@@ -122,10 +125,14 @@ def entries_from_env(value: str) -> list[KeyEntry]:
     return entries
 
 
+def _looks_like_digest(item: str) -> bool:
+    return item.lower().startswith(DIGEST_PREFIX) or f":{DIGEST_PREFIX}" in item.lower()
+
+
 def plain_keys(value: str) -> list[str]:
     """Return the keys AGENTQ_API_KEYS holds in clear (what `agentq submit` may send)."""
     return [item for item in (p.strip() for p in value.split(","))
-            if item and _TENANT_DIGEST.match(item) is None]
+            if item and not _looks_like_digest(item)]
 
 
 def read_keys_file(path: Path) -> dict[str, list[str]]:

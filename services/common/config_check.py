@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.common.api_keys import KeysError, entries_from_env, entries_from_table, read_keys_file
 from services.common.config import AgentqConfig, load_config
 from services.common.models import TIERS
 
@@ -80,6 +81,22 @@ def environment_problems(config: AgentqConfig, environ: Mapping[str, str]) -> li
             for name, provider in config.providers.items()
             if provider.api_key_env and not provider.api_key
             and not environ.get(provider.api_key_env)]
+
+
+def key_problems(environ: Mapping[str, str]) -> list[Problem]:
+    """Return what is wrong with AGENTQ_API_KEYS and the file AGENTQ_API_KEYS_FILE names."""
+    problems = []
+    try:
+        entries_from_env(environ.get("AGENTQ_API_KEYS", ""))
+    except KeysError as exc:
+        problems.append(Problem("AGENTQ_API_KEYS", str(exc)))
+    path = environ.get("AGENTQ_API_KEYS_FILE", "")
+    if path:
+        try:
+            entries_from_table(read_keys_file(Path(path)))
+        except KeysError as exc:
+            problems.append(Problem("AGENTQ_API_KEYS_FILE", str(exc)))
+    return problems
 
 
 def probe(base_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
@@ -148,7 +165,7 @@ def check(path: Path | None, environ: Mapping[str, str], *, openai_api_key: str 
             return Report(None, source, problems)
     extra = {"mockllm_url": mockllm_url} if mockllm_url else {}
     config = load_config(path, openai_api_key, openai_base_url, **extra)
-    problems = environment_problems(config, environ)
+    problems = environment_problems(config, environ) + key_problems(environ)
     if probe_providers:
         problems += reachability_problems(config, skip=skip_probe)
     return Report(config, source, problems)

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
     openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")
 
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_no_file(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_name(cls, value: str) -> str:
