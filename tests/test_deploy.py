@@ -38,7 +38,7 @@ K8S = ROOT / "deploy" / "k8s"
 INFRA = {"rabbitmq", "redis", "postgres"}
 IMAGE_BUILD = {"context": ".", "dockerfile": "deploy/Dockerfile"}
 # Unset means "the built-in tier table", which is what the containers use.
-OPTIONAL_SETTINGS = {"AGENTQ_CONFIG"}
+OPTIONAL_SETTINGS = {"AGENTQ_CONFIG", "AGENTQ_API_KEYS_FILE"}  # files a user mounts
 
 
 def interpolate(value: Any) -> Any:

@@ -98,9 +98,10 @@ def test_decode_json_rejects_non_json(raw: bytes) -> None:
 
 
 def test_gunicorn_command_uses_this_interpreter() -> None:
-    command = gunicorn_command(APP, 8123, 2, 8)
+    command = gunicorn_command(APP, "127.0.0.1", 8123, 2, 8)
     assert command[:3] == [sys.executable, "-m", "gunicorn"]
-    assert command[command.index("--bind") + 1] == "0.0.0.0:8123"
+    assert command[command.index("--bind") + 1] == "127.0.0.1:8123"
+    assert gunicorn_command(APP, "::", 8123, 2, 8)[4] == "[::]:8123"
     assert "--no-control-socket" in command  # ingest and dashboard share a host
     assert command[-1] == "services.ingest.app:create_app()"
 

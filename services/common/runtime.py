@@ -25,12 +25,12 @@ def configure_logging(level: str, name: str) -> None:
         logging.getLogger(client_logger).setLevel(logging.WARNING)
 
 
-def serve_metrics(port: int) -> None:
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose Prometheus metrics; a taken port (several workers on one host) only warns."""
     if port <= 0:
         return
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
         log.warning("metrics port %d unavailable (%s); metrics not exposed", port, exc)
 
@@ -75,7 +75,7 @@ async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str
 def run(service: Service, settings: Settings, name: str, default_metrics_port: int) -> int:
     """Run `service` until SIGTERM/SIGINT sets its stop event; return an exit code."""
     configure_logging(settings.log_level, name)
-    serve_metrics(settings.metrics_port or default_metrics_port)
+    serve_metrics(settings.metrics_port or default_metrics_port, settings.metrics_host)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     ingest_port: int = 8000
     dashboard_port: int = 8080
     metrics_port: int = 0  # 0 = the service's default port; -1 = no metrics endpoint
+    # Where the HTTP servers listen: this host only unless asked (the image says 0.0.0.0).
+    ingest_host: str = "127.0.0.1"
+    dashboard_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
     max_body_bytes: int = 1024 * 1024
     max_backlog: int = 100_000  # ingest answers 429 past this many ready tasks in agentq.tasks
     worker_concurrency: int = 32

@@ -11,10 +11,15 @@ def _has_setting(name: str) -> bool:
     return any(setting.name == name for setting in KNOWN_SETTINGS)
 
 
-def gunicorn_command(app: str, port: int, workers: int, threads: int,
+def bind_address(host: str, port: int) -> str:
+    """Return gunicorn's `--bind` for host and port (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def gunicorn_command(app: str, host: str, port: int, workers: int, threads: int,
                      *extra: str) -> list[str]:
-    """Return the command that serves `app` on all interfaces with gthread workers."""
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}",
+    """Return the command that serves `app` on host:port with gthread workers."""
+    command = [sys.executable, "-m", "gunicorn", "--bind", bind_address(host, port),
                "--workers", str(workers), "--threads", str(threads),
                "--worker-class", "gthread", *extra]
     if _has_setting("control_socket_disable"):

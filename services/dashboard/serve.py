@@ -17,7 +17,7 @@ from types import FrameType
 
 from services.common.runtime import configure_logging
 from services.common.settings import Settings
-from services.common.webserver import gunicorn_command
+from services.common.webserver import bind_address, gunicorn_command
 
 log = logging.getLogger(__name__)
 COLLECTOR_RESTART_S = 5.0
@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser = argparse.ArgumentParser(prog="agentq dashboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=settings.dashboard_port)
+    parser.add_argument("--host", default=settings.dashboard_host,
+                        help="address to listen on (default AGENTQ_DASHBOARD_HOST, 127.0.0.1)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--no-collector", action="store_true",
@@ -90,15 +92,16 @@ def supervise(web_cmd: list[str], collector_cmd: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the dashboard on 0.0.0.0:<port> with its collector."""
+    """Serve the dashboard on <host>:<port> with its collector."""
     settings = Settings()
     args = parse_args(argv, settings)
     configure_logging(settings.log_level, "dashboard")
     extra = ["--eval-interval", str(args.eval_interval)]
     if args.management_url is not None:
         extra += ["--management-url", args.management_url]
-    log.info("dashboard on http://0.0.0.0:%d (namespace %s)", args.port, settings.namespace)
-    return supervise(gunicorn_command(APP, args.port, args.workers, args.threads,
+    log.info("dashboard on http://%s (namespace %s)", bind_address(args.host, args.port),
+             settings.namespace)
+    return supervise(gunicorn_command(APP, args.host, args.port, args.workers, args.threads,
                                       "--graceful-timeout", "10", "--timeout", "60"),
                      None if args.no_collector else collector_command(extra))
 

@@ -19,10 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentq ingest", description=__doc__)
     parser.add_argument("--port", type=int, default=None,
                         help="HTTP port (default AGENTQ_INGEST_PORT, 8000)")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default AGENTQ_INGEST_HOST, 127.0.0.1)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     args = parser.parse_args(argv)
     settings = Settings()  # read now so a bad variable fails here, not in every worker
-    command = gunicorn_command(APP, args.port or settings.ingest_port, args.workers, 8,
+    command = gunicorn_command(APP, args.host or settings.ingest_host,
+                               args.port or settings.ingest_port, args.workers, 8,
                                "--access-logfile", "-")
     env = dict(os.environ)
     # Workers count separately; a fresh shared directory lets /metrics sum them all.
