@@ -134,6 +134,7 @@ DELEGATED = {
     "autoscale": ("services.autoscale.run", "scale local worker processes on queue depth"),
     "bench": ("bench.run", "run a benchmark: pipeline, limiter, cost, scale, dashboard"),
     "keys": ("services.keys", "make an API key for a tenant: `keys new --tenant T`"),
+    "dlq": ("services.dlq", "dead letters: `dlq list|show|replay [--reason R] [--tenant T]`"),
 }
 
 

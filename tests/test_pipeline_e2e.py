@@ -119,6 +119,34 @@ def test_a_task_that_keeps_failing_is_dead_lettered(pipeline: Pipeline) -> None:
     connection.close()
 
 
+def test_a_dead_task_replayed_from_the_cli_succeeds_once(pipeline: Pipeline,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    from services.cli import main as agentq
+
+    pipeline.control(fail_next={"count": 4, "status": 503})
+    task_id = pipeline.submit({"prompt": f"doomed, then replayed {uuid.uuid4()}"})
+    assert pipeline.wait_done([task_id], timeout=60)[task_id]["status"] == "failed"
+    monkeypatch.setenv("AGENTQ_NAMESPACE", pipeline.ns)
+    monkeypatch.setenv("AGENTQ_DATABASE_URL", pipeline.stack.env["AGENTQ_DATABASE_URL"])
+
+    def listed() -> bool:
+        agentq(["dlq", "list", "--json"])
+        return task_id in capsys.readouterr().out
+
+    wait_until(listed, 10, "the dead letter listed")
+    calls = pipeline.stats()["requests"]
+    assert agentq(["dlq", "replay", "--id", task_id]) == 0
+    assert json.loads(capsys.readouterr().out)["task_ids"] == [task_id]
+    assert agentq(["dlq", "replay", "--id", task_id]) == 0  # idempotent
+    assert json.loads(capsys.readouterr().out)["replayed"] == 0
+    result = wait_until(lambda: (body := pipeline.task(task_id))["status"] == "succeeded"
+                        and body["result"], 60, "the replayed task to succeed")
+    assert result["error"] is None and result["output"]
+    assert pipeline.stats()["requests"] == calls + 1  # one paid call for the replay
+
+
 def _find_in_queue(channel: Any, queue: str, task_id: str) -> Any:
     """Return the properties of the message carrying `task_id` in `queue`, consuming it."""
     while True:

@@ -237,3 +237,44 @@ def mark_running(engine: Engine, task_keys: Iterable[tuple[str, str]]) -> None:
             conn.execute(update(tasks).where(tasks.c.tenant == tenant, tasks.c.id.in_(ids),
                                              tasks.c.status.in_(QUEUED_STATUSES))
                          .values(status="running"))
+
+
+REPLAYED = "replayed"  # error_code of a task reopened by a dead-letter replay, until it ends
+
+
+def reopen_for_replay(engine: Engine, task: Task, letter: str) -> str:
+    """Reopen a dead task for a replay of dead letter `letter` (its fingerprint).
+
+    Returns "reopened" (publish it), "duplicate" (a replay of another letter of this task is
+    still pending: drop this one) or "succeeded" (finished meanwhile: drop it). The same
+    letter again reopens: the replay that marked it died before acknowledging it, so its
+    publish may never have happened.
+    """
+    mark = f"replay of dead letter {letter}"
+    for _ in range(5):  # a concurrent change of the row: look again
+        row = get_task(engine, task.tenant, task.id)
+        if row is None:
+            with engine.begin() as conn:
+                try:
+                    conn.execute(insert(tasks).values(
+                        id=task.id, tenant=task.tenant, kind=task.kind, status="queued",
+                        task_json=task.model_dump_json(), error_code=REPLAYED,
+                        error_message=mark, created_at=task.submitted_at or time.time()))
+                except IntegrityError:
+                    continue
+            return "reopened"
+        if row["status"] == "succeeded":
+            return "succeeded"
+        pending = row["error_code"] == REPLAYED and row["status"] != "failed"
+        if pending:
+            return "reopened" if row["error_message"] == mark else "duplicate"
+        with engine.begin() as conn:
+            changed = conn.execute(
+                update(tasks).where(_is(task.tenant, task.id), tasks.c.status == row["status"],
+                                    tasks.c.error_code.is_(None) if row["error_code"] is None
+                                    else tasks.c.error_code == row["error_code"])
+                .values(status="queued", error_code=REPLAYED, error_message=mark,
+                        finished_at=None)).rowcount
+        if changed:
+            return "reopened"
+    raise RuntimeError(f"task {task.tenant}/{task.id} kept changing under a replay")
