@@ -148,7 +148,7 @@ class Load:
     seconds: float = 4.0  # how long the submissions are spread over
     http_threads: int = 4
     tenants: int = 3
-    accepted: set[str] = field(default_factory=set)
+    accepted: dict[str, str] = field(default_factory=dict)  # task id -> its tenant
     statuses: Counter[int] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)  # 5xx the contract does not allow
     connection_errors: int = 0
@@ -212,7 +212,7 @@ class Load:
             if response.status_code == 202:
                 assert response.json()["id"] == task["id"]
                 with self._lock:
-                    self.accepted.add(task["id"])
+                    self.accepted[task["id"]] = task["tenant"]
                 return
             retry_after = response.headers.get("Retry-After")
             if response.status_code == 503 and retry_after and self.allow_503:
@@ -254,7 +254,7 @@ class Load:
                         time.sleep(0.2)
                         continue
                     with self._lock:
-                        self.accepted.add(task["id"])
+                        self.accepted[task["id"]] = task["tenant"]
                     break
         finally:
             _close_quietly(connection)
@@ -330,8 +330,9 @@ def settle(run: FaultPipeline, load: Load, timeout: float = 90,
         while True:
             pending = [i for i in ids if bodies.get(i, {}).get("status") not in TERMINAL]
             for task_id in pending:
-                try:
-                    response = client.get(f"{run.ingest}/v1/tasks/{task_id}")
+                try:  # ids are per tenant: say whose
+                    response = client.get(f"{run.ingest}/v1/tasks/{task_id}",
+                                          params={"tenant": load.accepted[task_id]})
                 except httpx.TransportError:
                     continue
                 body = response.json() if response.status_code == 200 else {
