@@ -48,6 +48,7 @@ check-k8s:
 
 lint: install
 	$(BIN)/ruff check services tests bench deploy/ci/k8s-check
+	$(BIN)/mypy
 	$(BIN)/deptry .
 	$(BIN)/python -m pip check
 

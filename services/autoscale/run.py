@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Gauge
@@ -123,10 +124,10 @@ class Autoscaler:
             log.info("scale %s %d -> %d: %s", direction, current, decision.target,
                      decision.reason)
             await self.pool.scale_to(decision.target)
-            await emit(self.bus, f"scale.{direction}", SERVICE,
-                       **{"from": current, "to": decision.target, "reason": decision.reason,
-                          "ready": depth.ready, "unacked": depth.unacked,
-                          "depth_source": depth.source})
+            data: dict[str, Any] = {"from": current, "to": decision.target,
+                                    "reason": decision.reason, "ready": depth.ready,
+                                    "unacked": depth.unacked, "depth_source": depth.source}
+            await emit(self.bus, f"scale.{direction}", SERVICE, **data)
         WORKERS.labels("running").set(self.pool.size)
         WORKERS.labels("draining").set(self.pool.draining)
 

@@ -152,7 +152,8 @@ class LaneRegistry:
             return None
         token = uuid.uuid4().hex
         keys = [self.names.lanes_seen_key(tier), self._retiring_key(tier, tenant)]
-        args = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000), token]
+        args: list[str | int] = [tenant, repr(self.retire_s), int(RETIRING_MARK_S * 1000),
+                                 token]
         return token if await self._begin(keys=keys, args=args) else None
 
     async def end_retiring(self, tier: str, tenant: str, token: str, deleted: bool,

@@ -56,7 +56,7 @@ async def until_stopped(stop: asyncio.Event, *background: asyncio.Task[None]) ->
             raise BackgroundTaskDied(f"{task.get_name()} ended: {error!r}") from error
 
 
-async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str,
+async def every(interval_s: float, job: Callable[[], Awaitable[object]], name: str,
                 stop: asyncio.Event, on_failure: Callable[[], None] | None = None) -> None:
     """Run `job` every `interval_s` until `stop`; a failure is logged and retried next time."""
     while not stop.is_set():

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -163,7 +164,8 @@ class SemanticCache:
             return
         async with self._sync_lock:
             while True:
-                batch = await self._redis.xread({self._stream: self._last_id}, count=SYNC_BATCH)
+                batch: Any = await self._redis.xread({self._stream: self._last_id},
+                                                     count=SYNC_BATCH)
                 records = batch[0][1] if batch else []
                 self.index.add_many(r for r in map(self._decode, (f for _, f in records))
                                     if r is not None and r[3] > now)

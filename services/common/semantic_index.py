@@ -147,7 +147,7 @@ class Bucket:
         expires[: len(rows)] = self._expires[rows]
         self._vectors, self._expires = vectors, expires
         self._keys = [key for key, _ in live]
-        self._row_of = {key: row for row, key in enumerate(self._keys)}
+        self._row_of = {key: row for row, (key, _) in enumerate(live)}
         self._indexed = len(self._keys)
         self._lsh = (LshTables(self._planes, self._vectors[: self._indexed],
                                np.arange(self._indexed)) if self._indexed > BRUTE_FORCE_MAX

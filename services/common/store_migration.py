@@ -54,7 +54,8 @@ def _postgresql(engine: Engine, table: Table) -> bool:
         key = inspect(conn).get_pk_constraint(table.name)
         if list(key["constrained_columns"]) != OLD_KEY:  # another service was first
             return False
-        conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {_quote(engine, key['name'])}, "
+        constraint = _quote(engine, key["name"] or f"{table.name}_pkey")
+        conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}, "
                           "ADD PRIMARY KEY (tenant, id)"))
         for index in table.indexes:
             conn.execute(CreateIndex(index, if_not_exists=True))

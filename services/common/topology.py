@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, ExchangeType
@@ -154,10 +155,10 @@ def retry_level(delay_ms: float) -> int:
 
 # Classic: its entries are read and requeued at every sweep, which a quorum queue would count
 # as redeliveries towards a delivery limit.
-ROSTER_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
+ROSTER_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic"}
 
 
-def _quorum(names: Names, **extra: object) -> dict[str, object]:
+def _quorum(names: Names, **extra: object) -> dict[str, Any]:
     return {"x-queue-type": "quorum", "x-dead-letter-exchange": names.dlx,
             "x-delivery-limit": DELIVERY_LIMIT, **extra}
 
@@ -176,7 +177,7 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
         names.dlx: await channel.declare_exchange(names.dlx, topic, durable=True),
     }
 
-    async def queue(name: str, arguments: dict[str, object], exchange: str | None = None,
+    async def queue(name: str, arguments: dict[str, Any], exchange: str | None = None,
                     key: str = "#") -> None:
         declared = await channel.declare_queue(name, durable=True, arguments=arguments)
         if exchange is not None:

@@ -7,14 +7,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from services.dashboard.alerts import Reading, Status, Transition
+from services.dashboard.db_session import DbSession
 from services.dashboard.models import AlertEvent, AlertState, Threshold
 from services.dashboard.thresholds import Value, merged
 
 
-def load_values(session: Session) -> dict[str, Value]:
+def load_values(session: DbSession) -> dict[str, Value]:
     """Return every setting: the stored ones over the defaults."""
     stored: dict[str, Any] = {}
     for row in session.execute(select(Threshold.key, Threshold.value)):
@@ -25,20 +25,20 @@ def load_values(session: Session) -> dict[str, Value]:
     return merged(stored)
 
 
-def save_values(session: Session, values: Mapping[str, Value], now: float) -> None:
+def save_values(session: DbSession, values: Mapping[str, Value], now: float) -> None:
     """Store validated settings (the caller commits)."""
     for key, value in values.items():
         session.merge(Threshold(key=key, value=json.dumps(value), updated_at=now))
 
 
-def load_statuses(session: Session) -> dict[str, Status]:
+def load_statuses(session: DbSession) -> dict[str, Status]:
     """Return each rule's stored state."""
     rows = session.execute(select(AlertState.rule, AlertState.state, AlertState.since,
                                   AlertState.value))
     return {r.rule: Status(r.state, r.since, r.value) for r in rows}
 
 
-def save_statuses(session: Session, statuses: Mapping[str, Status],
+def save_statuses(session: DbSession, statuses: Mapping[str, Status],
                   readings: Mapping[str, Reading], now: float) -> None:
     """Store each rule's state with the value and threshold it was judged on."""
     for rule, status in statuses.items():
@@ -49,7 +49,7 @@ def save_statuses(session: Session, statuses: Mapping[str, Status],
             detail=reading.detail if reading else "", updated_at=now))
 
 
-def record_changes(session: Session, changes: Iterable[Transition],
+def record_changes(session: DbSession, changes: Iterable[Transition],
                    texts: Mapping[str, str], now: float) -> None:
     """Append state changes to the history."""
     session.add_all(AlertEvent(ts=now, rule=c.rule, from_state=c.from_state,
@@ -57,12 +57,12 @@ def record_changes(session: Session, changes: Iterable[Transition],
                                message=texts.get(c.rule, "")) for c in changes)
 
 
-def history(session: Session, limit: int = 100) -> list[AlertEvent]:
+def history(session: DbSession, limit: int = 100) -> list[AlertEvent]:
     """Return the newest state changes first."""
     query = select(AlertEvent).order_by(AlertEvent.ts.desc(), AlertEvent.id.desc()).limit(limit)
     return list(session.scalars(query))
 
 
-def states(session: Session) -> dict[str, AlertState]:
+def states(session: DbSession) -> dict[str, AlertState]:
     """Return the stored state row of each rule."""
     return {row.rule: row for row in session.scalars(select(AlertState))}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from services.common.models import TIERS
 from services.common.topology import Names
 from services.dashboard import queries, snapshot
 from services.dashboard.cards import card_dicts
+from services.dashboard.db_session import DbSession
 from services.dashboard.queries import Window
 from services.dashboard.suggestion import suggest
 
@@ -23,7 +22,7 @@ def backlog_queues(names: Names) -> list[str]:
     return [names.submit, names.tasks, *(names.work_queue(t) for t in TIERS)]
 
 
-def window_metrics(session: Session, names: Names, window: Window, now: float,
+def window_metrics(session: DbSession, names: Names, window: Window, now: float,
                    tenant: str | None = None, limiter_rpm: int = 0) -> dict[str, Any]:
     """Return the `/api/metrics` document for `window` ending at `now`."""
     start = window.start(now)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from sqlalchemy.orm import Session
 
 from services.common.topology import Names
 from services.dashboard import queries
+from services.dashboard.db_session import DbSession
 from services.dashboard.histogram import QUANTILES, STAGES, merge, percentile
 from services.dashboard.rollup import bin_start
 from services.dashboard.snapshot import window_totals
@@ -25,7 +25,7 @@ def _gauge(registry: CollectorRegistry, name: str, text: str,
     return Gauge(name, text, labels, registry=registry)
 
 
-def _queues(registry: CollectorRegistry, session: Session, now: float) -> None:
+def _queues(registry: CollectorRegistry, session: DbSession, now: float) -> None:
     depth = _gauge(registry, "agentq_queue_depth", "Ready messages per queue", ("queue",))
     unacked = _gauge(registry, "agentq_queue_unacked",
                      "Delivered, unacknowledged messages (management API only)", ("queue",))
@@ -99,7 +99,7 @@ def _latency(registry: CollectorRegistry, rows: list[tuple[int, str, int, int]])
                 latency.labels(stage, str(q)).set(value)
 
 
-def _tasks(registry: CollectorRegistry, session: Session, now: float) -> None:
+def _tasks(registry: CollectorRegistry, session: DbSession, now: float) -> None:
     start = bin_start(now - RECENT_S, 60)
     minutes = max(now - start, 1.0) / 60
     rows = queries.rollup_rows(session, 60, start)
@@ -109,7 +109,7 @@ def _tasks(registry: CollectorRegistry, session: Session, now: float) -> None:
     _latency(registry, queries.latency_rows(session, 60, start))
 
 
-def render(session: Session, names: Names, now: float) -> bytes:
+def render(session: DbSession, names: Names, now: float) -> bytes:
     """Return the Prometheus text exposition of the dashboard's figures."""
     registry = CollectorRegistry(auto_describe=False)
     _queues(registry, session, now)

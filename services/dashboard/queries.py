@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, case, cast, func, select
-from sqlalchemy.orm import Session
 
+from services.dashboard.db_session import DbSession
 from services.dashboard.models import (
     AlertState,
     LatencyBucket,
@@ -58,7 +58,7 @@ def _sums(*extra: Any) -> list[Any]:
     return [*extra, *(total(getattr(Rollup, c)).label(c) for c in SUMMED)]
 
 
-def rollup_rows(session: Session, res: int, start: int,
+def rollup_rows(session: DbSession, res: int, start: int,
                 tenant: str | None = None) -> list[dict[str, Any]]:
     """Return summed figures per (bin, status, tier)."""
     query = (select(*_sums(Rollup.ts, Rollup.status, Rollup.tier))
@@ -69,7 +69,7 @@ def rollup_rows(session: Session, res: int, start: int,
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def totals(session: Session, res: int, start: int, end: float | None = None
+def totals(session: DbSession, res: int, start: int, end: float | None = None
            ) -> dict[str, Any]:
     """Return figures summed over [start, end) plus the failed-task count."""
     failed = total(case((Rollup.status == "failed", Rollup.count), else_=0)).label("failed")
@@ -80,7 +80,7 @@ def totals(session: Session, res: int, start: int, end: float | None = None
     return dict(row)
 
 
-def top_tenants(session: Session, res: int, start: int, limit: int = 10
+def top_tenants(session: DbSession, res: int, start: int, limit: int = 10
                 ) -> list[dict[str, Any]]:
     """Return the tenants with the highest spend in the window."""
     failed = total(case((Rollup.status == "failed", Rollup.count), else_=0)).label("failed")
@@ -94,7 +94,7 @@ def top_tenants(session: Session, res: int, start: int, limit: int = 10
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def latency_rows(session: Session, res: int, start: int,
+def latency_rows(session: DbSession, res: int, start: int,
                  stages: tuple[str, ...] | None = None) -> list[tuple[int, str, int, int]]:
     """Return (bin, stage, bucket, count) for the window."""
     query = (select(LatencyBucket.ts, LatencyBucket.stage, LatencyBucket.bucket,
@@ -106,7 +106,7 @@ def latency_rows(session: Session, res: int, start: int,
     return [(int(t), s, int(b), int(n)) for t, s, b, n in session.execute(query)]
 
 
-def queue_rows(session: Session, window: Window, now: float, queues: list[str]
+def queue_rows(session: DbSession, window: Window, now: float, queues: list[str]
                ) -> list[tuple[float, str, int]]:
     """Return (time, queue, depth): raw samples for short windows, bin peaks for long ones."""
     if window.seconds <= RAW_QUEUE_WINDOW_S:
@@ -121,7 +121,7 @@ def queue_rows(session: Session, window: Window, now: float, queues: list[str]
     return [(float(t), q, int(d)) for t, q, d in session.execute(query)]
 
 
-def latest_readings(session: Session, now: float) -> dict[str, dict[str, Any]]:
+def latest_readings(session: DbSession, now: float) -> dict[str, dict[str, Any]]:
     """Return each queue's newest reading of the last half minute."""
     query = (select(QueueSample.ts, QueueSample.queue, QueueSample.depth, QueueSample.unacked,
                     QueueSample.consumers, QueueSample.source)
@@ -129,7 +129,7 @@ def latest_readings(session: Session, now: float) -> dict[str, dict[str, Any]]:
     return {r["queue"]: dict(r) for r in session.execute(query).mappings()}
 
 
-def depth_history(session: Session, queues: list[str], since: float
+def depth_history(session: DbSession, queues: list[str], since: float
                   ) -> list[tuple[float, int]]:
     """Return (round time, summed depth of `queues`) per sampling round since `since`."""
     query = (select(QueueSample.ts, total(QueueSample.depth))
@@ -138,7 +138,7 @@ def depth_history(session: Session, queues: list[str], since: float
     return [(float(t), int(d)) for t, d in session.execute(query)]
 
 
-def limiter_rows(session: Session, res: int, start: int) -> list[dict[str, Any]]:
+def limiter_rows(session: DbSession, res: int, start: int) -> list[dict[str, Any]]:
     """Return summed limiter figures per (bin, pool)."""
     query = (select(LimiterStat.ts, LimiterStat.pool,
                     total(LimiterStat.samples).label("samples"),
@@ -153,7 +153,7 @@ def limiter_rows(session: Session, res: int, start: int) -> list[dict[str, Any]]
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def online_workers(session: Session, now: float) -> list[dict[str, Any]]:
+def online_workers(session: DbSession, now: float) -> list[dict[str, Any]]:
     """Return the workers heard from in the last 15 seconds."""
     query = (select(Worker.worker_id, Worker.last_seen, Worker.tiers, Worker.in_flight,
                     Worker.concurrency, Worker.pid)
@@ -161,7 +161,7 @@ def online_workers(session: Session, now: float) -> list[dict[str, Any]]:
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def scale_events(session: Session, since: float, limit: int = 200) -> list[dict[str, Any]]:
+def scale_events(session: DbSession, since: float, limit: int = 200) -> list[dict[str, Any]]:
     """Return the autoscaler's changes since `since`, newest first."""
     query = (select(ScaleEvent.ts, ScaleEvent.direction, ScaleEvent.from_count,
                     ScaleEvent.to_count, ScaleEvent.reason)
@@ -169,7 +169,7 @@ def scale_events(session: Session, since: float, limit: int = 200) -> list[dict[
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def active_alerts(session: Session) -> list[dict[str, Any]]:
+def active_alerts(session: DbSession) -> list[dict[str, Any]]:
     """Return the alerts a banner shows (firing, or firing and resolving)."""
     query = (select(AlertState.rule, AlertState.state, AlertState.since, AlertState.value,
                     AlertState.threshold, AlertState.detail)
@@ -177,7 +177,7 @@ def active_alerts(session: Session) -> list[dict[str, Any]]:
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def has_data_before(session: Session, ts: float) -> bool:
+def has_data_before(session: DbSession, ts: float) -> bool:
     """Tell whether rollups reach back before `ts` (a baseline needs a full history)."""
     query = select(Rollup.ts).where(Rollup.res == 3600, Rollup.ts < ts).limit(1)
     return session.execute(query).first() is not None

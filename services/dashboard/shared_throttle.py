@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -59,7 +60,7 @@ class SharedThrottle:
         if self._redis_up():
             now = self._clock()
             try:
-                found = self._client.zrangebyscore(self._key(key), now - self.policy.window_s,
+                found: Any = self._client.zrangebyscore(self._key(key), now - self.policy.window_s,
                                                    "+inf", withscores=True)
                 return max(wait_s((score for _, score in found), now, self.policy),
                            self._fallback.retry_after(key))

@@ -44,6 +44,7 @@ def _upsert(session: Session, table: Table, rows: Sequence[dict[str, Any]],
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    insert: Any
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":

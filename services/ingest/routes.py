@@ -153,7 +153,7 @@ def submit() -> ResponseReturnValue:
             answers.append(_accept(ingest, task))
         except (PublishFailed, SQLAlchemyError) as exc:
             log.warning("cannot queue task %s: %r", task.id, exc)
-            extra = {"accepted": answers} if answers else {}
+            extra: dict[str, Any] = {"accepted": answers} if answers else {}
             return error_response(503, "unavailable",
                                   f"the queue or the store is unavailable; {len(answers)} of "
                                   f"{len(batch)} tasks were queued (resubmitting tasks that "

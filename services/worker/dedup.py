@@ -26,6 +26,10 @@ return 0
 """
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def lock_key(cache_key: str) -> str:
     return f"{cache_key}:inflight"
 
@@ -50,7 +54,7 @@ class InflightLocks:
         if await self._redis.set(key, owner, nx=True, px=self._ttl_ms):
             return True
         current = await self._redis.get(key)
-        if current is not None and current.decode() == owner:
+        if current is not None and _text(current) == owner:
             await self._redis.pexpire(key, self._ttl_ms)
             return True
         return False

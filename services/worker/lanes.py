@@ -70,9 +70,9 @@ class LaneWatcher:
             else:
                 done(lane)
         if failed:  # tried again at the next poll
-            lane, exc = failed[0]
-            raise LaneFailed(f"{len(failed)} lane(s) failed, first {lane[1]} in {lane[0]}: "
-                             f"{exc!r}") from exc
+            first, error = failed[0]
+            raise LaneFailed(f"{len(failed)} lane(s) failed, first {first[1]} in {first[0]}: "
+                             f"{error!r}") from error
         self._version = version
         self._next_resync = now + self.resync_s
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
@@ -89,13 +90,12 @@ class Providers:
     async def complete(self, entry: ModelEntry, task: Task) -> Completion:
         """Run one chat completion for a task on a model entry."""
         client = self._clients[entry.provider]
-        kwargs: dict[str, object] = {"temperature": task.temperature}
+        kwargs: dict[str, Any] = {"temperature": task.temperature}
         if task.max_tokens is not None:
             kwargs["max_tokens"] = task.max_tokens
         try:
             raw = await client.chat.completions.with_raw_response.create(
-                model=entry.model, messages=[m.model_dump() for m in task.messages],
-                **kwargs)  # type: ignore[arg-type]
+                model=entry.model, messages=_messages(task), **kwargs)
         except openai.OpenAIError as exc:
             raise _translate(exc) from None
         completion = raw.parse()
@@ -110,3 +110,8 @@ class Providers:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _messages(task: Task) -> Any:
+    # The SDK types each role's message apart; ours are already the chat format it sends.
+    return [m.model_dump() for m in task.messages]

@@ -345,7 +345,7 @@ class SharedLimiter:
         turn.levels = None
         now = time.monotonic()
         wait = 0.0
-        for level, limit, need in ((requests, limits.rpm, 1), (tokens, limits.tpm, cost)):
+        for level, limit, need in ((requests, limits.rpm, 1.0), (tokens, limits.tpm, cost)):
             if level is not None and limit > 0:
                 have = bucket.level_at(BucketState(level, at), limit, now, limits.burst_s)
                 need = min(need, bucket.capacity(limit, limits.burst_s))
