@@ -67,10 +67,11 @@ def create_app(settings: Settings | None = None,
         settings.redis_url, settings.namespace))
     register_security(app)
 
-    from services.dashboard.views import alerts, metrics, overview, settings_page, tasks
+    from services.dashboard.views import alerts, dead, metrics, overview, settings_page, tasks
     from services.dashboard.views.chrome import register_chrome
 
-    for blueprint in (overview.bp, tasks.bp, alerts.bp, settings_page.bp, metrics.bp):
+    app.extensions.setdefault("agentq.dead_letters", dead.dead_letter_queue(settings))
+    for blueprint in (overview.bp, tasks.bp, dead.bp, alerts.bp, settings_page.bp, metrics.bp):
         app.register_blueprint(blueprint)
     register_chrome(app)
     return app

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, Field, Form, PasswordField, StringField
-from wtforms.validators import InputRequired, ValidationError
+from wtforms import BooleanField, Field, Form, HiddenField, PasswordField, StringField
+from wtforms.validators import AnyOf, InputRequired, Length, ValidationError
 
 from services.dashboard.thresholds import SPECS, Spec, ThresholdError, Value, parse
 
@@ -64,3 +64,17 @@ class LoginForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     """Nothing but the CSRF token: logging out is a POST."""
+
+
+class ReplayForm(FlaskForm):
+    """Replay one dead task (scope "one": its id and tenant) or every letter matching the
+    page's filters (scope "matching": reason and tenant, empty = any)."""
+
+    scope = HiddenField(validators=[AnyOf(("one", "matching"))])
+    task_id = HiddenField(validators=[Length(max=255)])
+    tenant = HiddenField(validators=[Length(max=64)])
+    reason = HiddenField(validators=[Length(max=255)])
+
+    def validate_task_id(self, field: Field) -> None:
+        if self.scope.data == "one" and not (field.data or "").strip():
+            raise ValidationError("a single replay names its task id")
