@@ -2,8 +2,9 @@
 
 Ack and nack are decided here and only here: a handler returns (ack), raises `RejectMessage`
 (malformed: parked in the `rejected` queue with the reason, then acked) or `RequeueMessage`
-(not now: given back). Anything else is a bug or an outage: the message is given back after a
-pause, and the quorum queue's delivery limit dead-letters a message that keeps failing.
+(not now: given back; so is a message whose handler could not publish, `PublishFailed`).
+Anything else is a bug or an outage: the message is given back after a pause, and parked in
+`rejected` with the error once it has failed its handler POISON_AFTER_CRASHES times.
 """
 
 from __future__ import annotations
@@ -192,9 +193,13 @@ class Bus:
             await handler(message)
         except RejectMessage as exc:
             await self._park_rejected(message, str(exc))
-        except RequeueMessage:
-            # An outage (database, provider) must not burn through the delivery limit in a
-            # fraction of a second: hold the message a moment before giving it back.
+        except (RequeueMessage, PublishFailed) as exc:
+            # An outage (database, provider, the broker itself) must not burn through the
+            # delivery limit in a fraction of a second: hold the message a moment before
+            # giving it back. Not a crash: a message that lived through a few connection
+            # losses (each counts as a delivery) is not poison because it cannot publish.
+            if isinstance(exc, PublishFailed):
+                log.warning("%s; giving the message back", exc)
             await asyncio.sleep(REQUEUE_PAUSE_S)
             await message.nack(requeue=True)
         except asyncio.CancelledError:
