@@ -41,7 +41,12 @@ from services.common.topology import (
 from services.worker.controls import CostControls
 from services.worker.lanes import WATCH_INTERVAL_S as LANE_WATCH_S
 from services.worker.lanes import LaneSweeper, LaneWatcher, repeat
-from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
+from services.worker.limiter import (
+    SharedLimiter,
+    pools_from_config,
+    retry_after_from_headers,
+    tenants_from_config,
+)
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
@@ -171,7 +176,7 @@ class Worker:
         s = self.settings
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
-                                      _retry_after_s(exc.headers))
+                                      retry_after_from_headers(exc.headers))
             await self.controls.lanes.publish_later(
                 self.bus, tier, task, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
@@ -196,14 +201,6 @@ class Worker:
                                headers={**headers, ERROR_HEADER: f"{exc.code}: {exc}"[:4000]})
         await emit(self.bus, "task.dead", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, attempts=attempt, error_code=exc.code)
-
-
-def _retry_after_s(headers: Any) -> float | None:
-    value = headers.get("retry-after") if headers else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 async def _heartbeat(bus: Bus, worker: Worker, worker_id: str, tiers: list[str],

@@ -1,6 +1,7 @@
 """The shared rate limiter: one RPM/TPM budget per provider pool for every worker, via Redis."""
 
 from services.worker.limiter.headers import (
+    limits_from_headers,
     parse_duration,
     remaining_from_headers,
     retry_after_from_headers,
@@ -25,6 +26,7 @@ __all__ = [
     "SharedLimiter",
     "TenantShare",
     "UnknownPool",
+    "limits_from_headers",
     "model_pool",
     "parse_duration",
     "pools_from_config",

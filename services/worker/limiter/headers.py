@@ -1,4 +1,9 @@
-"""Read a provider's rate-limit headers: how long to hold after a 429, what remains."""
+"""Read a provider's rate-limit headers: how long to wait after a 429, what remains, the limits.
+
+The one parser of provider hints: `retry-after` (seconds or an HTTP date), `retry-after-ms`,
+OpenAI's `x-ratelimit-*` (resets as Go durations), and the same names prefixed with
+`llm_provider-`, which is how LiteLLM's proxy passes the upstream provider's headers through.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from email.utils import parsedate_to_datetime
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 KINDS = ("requests", "tokens")
+# LiteLLM's proxy forwards the upstream provider's headers under this prefix.
+PASSTHROUGH_PREFIX = "llm_provider-"
 
 
 def _number(text: str | None) -> float | None:
@@ -43,7 +50,26 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value for key, value in headers.items()}
+    """Return the headers by lower-case name; a passed-through upstream header fills in for
+    the same name the proxy did not set itself."""
+    own: dict[str, str] = {}
+    upstream: dict[str, str] = {}
+    for key, value in headers.items():
+        name = key.lower()
+        if name.startswith(PASSTHROUGH_PREFIX):
+            upstream[name.removeprefix(PASSTHROUGH_PREFIX)] = value
+        else:
+            own[name] = value
+    return {**upstream, **own}
+
+
+def http_date_delay(text: str, now: float) -> float | None:
+    """Return the seconds from `now` to an HTTP date ("Wed, 21 Oct 2015 07:28:05 GMT")."""
+    try:
+        when = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - now)
 
 
 def retry_after_from_headers(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -54,14 +80,10 @@ def retry_after_from_headers(headers: Mapping[str, str], now: float | None = Non
         return millis / 1000
     if "retry-after" in h:
         seconds = _number(h["retry-after"])
+        if seconds is None:
+            seconds = http_date_delay(h["retry-after"], time.time() if now is None else now)
         if seconds is not None:
             return seconds
-        try:
-            when = parsedate_to_datetime(h["retry-after"]).timestamp()
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is not None:
-            return max(0.0, when - (time.time() if now is None else now))
     resets = {kind: parse_duration(h.get(f"x-ratelimit-reset-{kind}")) for kind in KINDS}
     # A reset header says when that limit is whole again, which for tokens can be minutes;
     # wait for the exhausted limit if one is known to be, else for the soonest reset.
@@ -80,4 +102,12 @@ def remaining_from_headers(headers: Mapping[str, str]) -> tuple[float | None, fl
     """Return the requests and tokens the provider says remain (None where not given)."""
     h = _lower(headers)
     requests, tokens = (_number(h.get(f"x-ratelimit-remaining-{kind}")) for kind in KINDS)
+    return requests, tokens
+
+
+def limits_from_headers(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """Return the requests and tokens per minute the provider says the key is allowed."""
+    h = _lower(headers)
+    limits = (_number(h.get(f"x-ratelimit-limit-{kind}")) for kind in KINDS)
+    requests, tokens = (int(value) if value else None for value in limits)
     return requests, tokens
