@@ -335,6 +335,11 @@ def settle(run: FaultPipeline, load: Load, timeout: float = 90,
                                           params={"tenant": load.accepted[task_id]})
                 except httpx.TransportError:
                     continue
+                if response.status_code >= 500 and not (
+                        load.allow_503 and response.status_code == 503
+                        and response.headers.get("Retry-After")):
+                    load.violations.append(f"GET {task_id}: {response.status_code} "
+                                           f"{response.text[:300]}")
                 body = response.json() if response.status_code == 200 else {
                     "status": f"http {response.status_code}"}
                 if body.get("status") in TERMINAL:

@@ -4,6 +4,7 @@ scenario may stop, pause, restart or wipe without touching the shared services."
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -95,6 +96,11 @@ class OwnRabbit:
         out = self.ctl("close_all_connections", reason).stdout
         words = [w for w in out.split() if w.isdigit()]
         return int(words[-1]) if words else 0
+
+    def connection_names(self) -> list[str]:
+        """Return the connection_name of every client connection (one per line of the CLI)."""
+        out = self.ctl("list_connections", "-q", "client_properties").stdout
+        return re.findall(r'"connection_name","([^"]*)"', out)
 
     def stop(self) -> None:
         if self.process.poll() is None:
