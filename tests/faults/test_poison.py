@@ -9,6 +9,7 @@ import json
 
 import pika
 
+from bench.stack import wait_until
 from tests.faults.harness import FIGURES, FaultPipeline, Load, check, settle
 
 ERROR_HEADER = "x-agentq-error"
@@ -76,8 +77,6 @@ def test_poison_messages_are_rejected_with_a_reason(faulty: FaultPipeline) -> No
             reason = headers.get(ERROR_HEADER)
             parked[case] = reason.decode() if isinstance(reason, bytes) else str(reason)
         return expected <= set(parked)
-
-    from bench.stack import wait_until
 
     try:
         wait_until(all_parked, 30, "every poison message in rejected", interval=0.3)
