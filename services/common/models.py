@@ -130,7 +130,8 @@ class Usage(BaseModel):
 
 class Latency(BaseModel):
     queue: float = 0.0
-    llm: float = 0.0
+    llm: float = 0.0  # the provider calls alone
+    limiter: float | None = None  # waiting for provider capacity (absent in older results)
     total: float = 0.0
 
 

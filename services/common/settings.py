@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     lane_idle_s: float = Field(default=600.0, ge=1.0)
     # ... and its queue is deleted after this long (it is declared again with the next task).
     lane_retire_s: float = Field(default=3600.0, ge=1.0)
-    max_attempts: int = 5
+    max_attempts: int = 5  # the task's own errors (400, 5xx, timeouts); waits spend none
+    # How long a task may wait for provider capacity (429s, holds) from its first such wait,
+    # across retries, before it fails `rate_limited`.
+    rate_limit_wait_s: float = Field(default=3600.0, gt=0)
     retry_base_ms: int = 500
     retry_max_ms: int = 30_000
     llm_timeout_s: float = 120.0

@@ -11,3 +11,6 @@ CASCADE_HEADER = "x-agentq-cascade"
 VERIFY_HEADER = "x-agentq-verify"
 # How many times a task was held for its tenant's hard budget limit.
 HELD_HEADER = "x-agentq-held"
+# When (epoch seconds) the task first waited for provider capacity (a 429, a hold): its wait
+# budget, AGENTQ_RATE_LIMIT_WAIT_S, runs from then across retries.
+RATE_WAIT_HEADER = "x-agentq-rate-wait-since"

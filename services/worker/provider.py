@@ -29,6 +29,12 @@ class ProviderRateLimited(ProviderError):
     retryable = True
 
 
+class CapacityExhausted(ProviderRateLimited):
+    """The task waited for provider capacity as long as AGENTQ_RATE_LIMIT_WAIT_S allows."""
+
+    retryable = False
+
+
 class ProviderUnavailable(ProviderError):
     code = "provider_unavailable"
     retryable = True

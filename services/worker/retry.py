@@ -22,3 +22,14 @@ def retry_delay_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random,
 
 def should_retry(retryable: bool, attempt: int, max_attempts: int) -> bool:
     return retryable and attempt < max_attempts
+
+
+def capacity_left_s(since: float | None, now: float, limit_s: float) -> float:
+    """Return how much longer a task may wait for provider capacity.
+
+    The budget runs from the task's first rate-limited wait (`since`, carried across retries);
+    a task that has not waited yet has all of it. Waits never spend attempts.
+    """
+    if since is None:
+        return limit_s
+    return max(0.0, since + limit_s - now)

@@ -38,6 +38,7 @@ from services.common.topology import (
     declare_topology,
     tier_of,
 )
+from services.common.work_headers import RATE_WAIT_HEADER
 from services.worker.controls import CostControls
 from services.worker.lanes import WATCH_INTERVAL_S as LANE_WATCH_S
 from services.worker.lanes import LaneSweeper, LaneWatcher, repeat
@@ -50,7 +51,7 @@ from services.worker.limiter import (
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
-from services.worker.throttle import Throttle
+from services.worker.throttle import CallClock, Throttle
 
 log = logging.getLogger(__name__)
 SERVICE = "worker"
@@ -93,23 +94,27 @@ class Worker:
         if not await self.controls.admit(task, tier, headers):  # held, refused, deduped
             return
         started = time.time()
+        clock = CallClock(self.settings.rate_limit_wait_s, _since(headers))
         try:
-            completion = await self.call(task, tier, attempt)
+            completion = await self.call(task, tier, attempt, clock)
         except asyncio.CancelledError:  # shutting down: the message goes back to its queue
             await self.controls.abandon(task, tier, headers)
             raise
         except ProviderError as exc:
-            await self.on_failure(task, tier, attempt, headers, exc, started)
+            if clock.since is not None:
+                headers[RATE_WAIT_HEADER] = clock.since
+            await self.on_failure(task, tier, attempt, headers, exc, started, clock)
             return
         result = await self.controls.conclude(
             task, tier, headers, self.success_result(task, tier, attempt, headers, completion,
-                                                     started))
+                                                     started, clock))
         if result is None:  # the answer failed its validator: escalated to the next tier
             return
         await publish_result(self.bus, result, task.reply_to)
         await emit(self.bus, "task.completed", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, model=result.model, cost_usd=result.cost_usd,
-                   attempts=attempt, llm_ms=result.latency_ms.llm, reason=result.route_reason,
+                   attempts=attempt, llm_ms=result.latency_ms.llm,
+                   limiter_ms=result.latency_ms.limiter, reason=result.route_reason,
                    status=result.status)
 
     def announce(self, task: Task, tier: str, attempt: int) -> None:
@@ -124,8 +129,10 @@ class Worker:
         if not publish.cancelled() and publish.exception() is not None:
             log.debug("task.started not published: %r", publish.exception())
 
-    async def call(self, task: Task, tier: str, attempt: int = 1) -> Completion:
-        """Call the tier's model within the pools' shared limits and the process's slots."""
+    async def call(self, task: Task, tier: str, attempt: int = 1,
+                   clock: CallClock | None = None) -> Completion:
+        """Call the tier's model within the pools' shared limits and the process's slots;
+        `clock` bounds the waits for capacity and records them."""
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
         handler = asyncio.current_task()
         assert handler is not None
@@ -140,7 +147,7 @@ class Worker:
 
         self._waiting.add(handler)
         try:
-            completion = await self.throttle.call(entry, task, send)
+            completion = await self.throttle.call(entry, task, send, clock)
         except ProviderError as exc:
             self.controls.settle(entry, exc)
             raise
@@ -156,23 +163,25 @@ class Worker:
             handler.cancel()
 
     def success_result(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
-                       completion: Completion, started: float) -> Result:
-        now = time.time()
-        submitted = task.submitted_at or started
+                       completion: Completion, started: float,
+                       clock: CallClock | None = None) -> Result:
         cost = call_cost(completion.entry or self.config.primary(tier), completion.usage)
         return Result(
             task_id=task.id, tenant=task.tenant, status="succeeded", output=completion.text,
             model=completion.model, tier=tier, usage=completion.usage, cost_usd=cost,
             cost_saved_usd=saved(self.config, completion.usage, cost), cache="miss",
-            attempts=attempt, latency_ms=Latency(
-                queue=max(0.0, (started - submitted) * 1000), llm=(now - started) * 1000,
-                total=max(0.0, (now - submitted) * 1000)),
+            attempts=attempt, latency_ms=_latency(task, started, clock),
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
 
     async def on_failure(self, task: Task, tier: str, attempt: int,
-                         headers: dict[str, Any], exc: ProviderError, started: float) -> None:
-        """Schedule a retry through the delay queues, or fail and dead-letter the task."""
+                         headers: dict[str, Any], exc: ProviderError, started: float,
+                         clock: CallClock | None = None) -> None:
+        """Schedule a retry through the delay queues, or fail and dead-letter the task.
+
+        Only the task's own errors get here to spend attempts: waits for capacity (429s,
+        holds) are the throttle's, and end here only once their budget is spent.
+        """
         s = self.settings
         if should_retry(exc.retryable, attempt, s.max_attempts):
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
@@ -183,15 +192,11 @@ class Worker:
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)
             return
-        now = time.time()
-        submitted = task.submitted_at or started
         result = Result(
             task_id=task.id, tenant=task.tenant, status="failed", tier=tier,
             model=self.config.primary(tier).model, attempts=attempt,
             error=ErrorInfo(code=exc.code, message=str(exc)[:2000]),
-            latency_ms=Latency(queue=max(0.0, (started - submitted) * 1000),
-                               llm=(now - started) * 1000,
-                               total=max(0.0, (now - submitted) * 1000)),
+            latency_ms=_latency(task, started, clock),
             metadata=task.metadata, kind=task.kind,
             route_reason=str(headers.get(ROUTE_HEADER, "")))
         await self.controls.abandon(task, tier, headers)
@@ -201,6 +206,26 @@ class Worker:
                                headers={**headers, ERROR_HEADER: f"{exc.code}: {exc}"[:4000]})
         await emit(self.bus, "task.dead", SERVICE, tenant=task.tenant, task_id=task.id,
                    tier=tier, attempts=attempt, error_code=exc.code)
+
+
+def _since(headers: dict[str, Any]) -> float | None:
+    """Return when the task first waited for capacity, from its message header."""
+    try:
+        return float(headers[RATE_WAIT_HEADER])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _latency(task: Task, started: float, clock: CallClock | None) -> Latency:
+    """Split a delivery's time: queued before it, waiting for capacity, in provider calls."""
+    now = time.time()
+    submitted = task.submitted_at or started
+    queue = max(0.0, (started - submitted) * 1000)
+    total = max(0.0, (now - submitted) * 1000)
+    if clock is None:
+        return Latency(queue=queue, llm=(now - started) * 1000, total=total)
+    return Latency(queue=queue, llm=clock.llm_s * 1000, limiter=clock.limiter_s * 1000,
+                   total=total)
 
 
 async def _heartbeat(bus: Bus, worker: Worker, worker_id: str, tiers: list[str],

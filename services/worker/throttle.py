@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.config import ModelEntry
 from services.common.models import Task, Usage
 from services.common.tokens import count_messages
 from services.worker.limiter import Grant, PoolLimits, SharedLimiter, model_pool
-from services.worker.provider import Completion, ProviderError, ProviderRateLimited
+from services.worker.provider import (
+    CapacityExhausted,
+    Completion,
+    ProviderError,
+    ProviderRateLimited,
+)
+from services.worker.retry import capacity_left_s
 
 # What a call without max_tokens is charged before its usage is known: OpenAI's own
 # rate limiter reserves max_tokens, and agents rarely ask for long answers.
@@ -41,15 +50,36 @@ def charged_tokens(task: Task, usage: Usage, counts: str) -> int:
     return usage.prompt_tokens + max(usage.completion_tokens, reserved_completion(task))
 
 
-def pools_of(entry: ModelEntry, limited: Mapping[str, PoolLimits]) -> list[str]:
-    """Return the limited pools a model entry draws from: its provider key and its own."""
+def pools_of(entry: ModelEntry, pools: Mapping[str, PoolLimits]) -> list[str]:
+    """Return the pools a model entry draws from: its provider key's (every provider has one,
+    limits known or not) and its model's own when the tier table gives it limits."""
     names = [entry.provider, model_pool(entry.provider, entry.model)]
-    return [name for name in names
-            if name in limited and (limited[name].rpm or limited[name].tpm)]
+    return [name for name in names if name in pools]
+
+
+@dataclass
+class CallClock:
+    """One delivery's waits for capacity, bounded by their own budget rather than attempts."""
+
+    limit_s: float = math.inf  # AGENTQ_RATE_LIMIT_WAIT_S
+    since: float | None = None  # epoch s of the task's first rate-limited wait (a header)
+    limiter_s: float = 0.0  # time waiting for capacity: grants, holds, 429s
+    llm_s: float = 0.0  # time in provider calls, 429s included
+    rate_limited: int = 0  # 429s answered to this delivery
+
+    def left_s(self, now: float) -> float:
+        return capacity_left_s(self.since, now, self.limit_s)
+
+    def exhausted(self, provider: str, last: str) -> CapacityExhausted:
+        waited = time.time() - (self.since if self.since is not None else time.time())
+        return CapacityExhausted(
+            f"waited {waited:.0f} s for capacity on provider {provider!r} "
+            f"({self.rate_limited} answers 429 in this delivery); AGENTQ_RATE_LIMIT_WAIT_S is "
+            f"{self.limit_s:.0f} s. Last: {last}")
 
 
 class Throttle:
-    """Acquire before a call, settle after it, hold the pool on a 429."""
+    """Acquire before a call, settle after it, hold the pool on a 429 and call again."""
 
     def __init__(self, limiter: SharedLimiter, pools: Mapping[str, PoolLimits],
                  tpm_counts: Mapping[str, str]) -> None:
@@ -59,25 +89,60 @@ class Throttle:
         self._observed: dict[str, float] = {}
 
     async def call(self, entry: ModelEntry, task: Task,
-                   send: Callable[[], Awaitable[Completion]]) -> Completion:
-        """Run `send` once every pool of `entry` grants it capacity."""
+                   send: Callable[[], Awaitable[Completion]],
+                   clock: CallClock | None = None) -> Completion:
+        """Run `send` once every pool of `entry` grants it capacity; on a 429 hold the pool
+        and go again, until `clock`'s wait budget is spent (then CapacityExhausted)."""
+        clock = clock or CallClock()
         pools = pools_of(entry, self._pools)
-        if not pools:  # no known limits: nothing to share
-            return await send()
         tokens = estimate_tokens(task)
-        grants = [await self.limiter.acquire(pool, task.tenant, tokens) for pool in pools]
-        try:
-            completion = await send()
-        except ProviderRateLimited as exc:
-            await self._refused(grants, exc.headers)
-            raise
-        except ProviderError:
-            await self._settle(grants, 0)  # a failed call used no tokens
-            raise
+        last = "no capacity granted"
+        while True:
+            grants = await self._acquire(pools, task.tenant, tokens, clock, entry.provider, last)
+            started = time.monotonic()
+            try:
+                completion = await send()
+            except ProviderRateLimited as exc:
+                clock.llm_s += time.monotonic() - started
+                refused_at = time.time()
+                await self._refused(grants, exc.headers)
+                clock.rate_limited += 1
+                if clock.since is None:
+                    clock.since = refused_at
+                last = str(exc)
+                if clock.left_s(time.time()) <= 0:
+                    raise clock.exhausted(entry.provider, last) from None
+                continue  # the hold it set makes the next acquire wait as the provider asked
+            except ProviderError:
+                clock.llm_s += time.monotonic() - started
+                await self._settle(grants, 0)  # a failed call used no tokens
+                raise
+            clock.llm_s += time.monotonic() - started
+            break
         counts = self._tpm_counts.get(entry.provider, "reserved")
         await self._settle(grants, charged_tokens(task, completion.usage, counts))
         await self._observe(pools, completion.headers)
         return completion
+
+    async def _acquire(self, pools: list[str], tenant: str, tokens: int, clock: CallClock,
+                       provider: str, last: str) -> list[Grant]:
+        """Take a grant from every pool, within what is left of the task's wait budget."""
+        began, started = time.time(), time.monotonic()
+        grants: list[Grant] = []
+        try:
+            left = clock.left_s(began)
+            # A budget spent on earlier deliveries still lets a call through that needs no wait.
+            async with asyncio.timeout(max(left, 0.01) if math.isfinite(left) else None):
+                for pool in pools:
+                    grants.append(await self.limiter.acquire(pool, tenant, tokens))
+        except TimeoutError:
+            await self._settle(grants, 0)
+            if clock.since is None:
+                clock.since = began
+            raise clock.exhausted(provider, last) from None
+        finally:
+            clock.limiter_s += time.monotonic() - started
+        return grants
 
     async def _refused(self, grants: list[Grant], headers: Mapping[str, Any]) -> None:
         for grant in grants:
