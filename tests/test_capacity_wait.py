@@ -46,6 +46,7 @@ class FakeLimiter:
     """Grants at once (or after `acquire_s`), and records holds."""
 
     def __init__(self, acquire_s: float = 0.0) -> None:
+        self.limits = {"p": PoolLimits(rpm=100)}
         self.acquire_s = acquire_s
         self.acquired = 0
         self.holds: list[Mapping[str, Any]] = []
@@ -68,8 +69,7 @@ class FakeLimiter:
 
 
 def _throttle(limiter: FakeLimiter) -> Throttle:
-    # A provider without limits in the table still has its pool.
-    return Throttle(cast(SharedLimiter, limiter), {"p": PoolLimits()}, {})
+    return Throttle(cast(SharedLimiter, limiter), {})
 
 
 def _sender(failures: list[Exception]) -> Any:
@@ -158,3 +158,17 @@ def test_results_without_a_limiter_time_still_parse() -> None:
     assert '"limiter"' not in body
     assert Result.model_validate_json(body).latency_ms.limiter is None
     assert Latency(limiter=5).limiter == 5
+
+
+def test_a_429_with_no_pool_to_hold_waits_the_hint_in_the_call() -> None:
+    async def body() -> None:
+        limiter = FakeLimiter()
+        limiter.limits = {"p": PoolLimits()}  # nothing known, no learner to start the rule
+        clock = CallClock(limit_s=3600.0)
+        failures: list[Exception] = [ProviderRateLimited("429", {"retry-after-ms": "200"})]
+        started = time.monotonic()
+        await _throttle(limiter).call(ENTRY, Task(prompt="x"), _sender(failures), clock)
+        assert 0.2 <= time.monotonic() - started < 1.0 and clock.limiter_s >= 0.2
+        assert limiter.acquired == 0 and limiter.holds == []
+
+    asyncio.run(body())

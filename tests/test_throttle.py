@@ -41,5 +41,5 @@ def test_a_call_draws_from_its_provider_pool_and_its_model_pool_when_limited() -
     pools = {"openai": PoolLimits(rpm=500), "openai/gpt-4o": PoolLimits(tpm=30_000),
              "other": PoolLimits(rpm=1)}
     assert pools_of(entry, pools) == ["openai", "openai/gpt-4o"]
-    # A provider without limits in the table still has its pool (limits learned).
-    assert pools_of(entry, {"openai": PoolLimits()}) == ["openai"]
+    # No limits known (yet: none configured, advertised or adapted): nothing to pace.
+    assert pools_of(entry, {"openai": PoolLimits()}) == []

@@ -48,6 +48,8 @@ from services.worker.limiter import (
     retry_after_from_headers,
     tenants_from_config,
 )
+from services.worker.limiter.learned import LearnedLimits
+from services.worker.limiter.learning import Lowered
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, Providers
 from services.worker.retry import retry_delay_ms, should_retry
@@ -56,6 +58,7 @@ from services.worker.throttle import CallClock, Throttle
 log = logging.getLogger(__name__)
 SERVICE = "worker"
 HEARTBEAT_S = 5.0
+LEARNED_POLL_S = 1.0  # how soon a limit one worker learned is in force in the others
 
 
 class Worker:
@@ -229,10 +232,10 @@ def _latency(task: Task, started: float, clock: CallClock | None) -> Latency:
 
 
 async def _heartbeat(bus: Bus, worker: Worker, worker_id: str, tiers: list[str],
-                     stop: asyncio.Event) -> None:
+                     stop: asyncio.Event, learned: LearnedLimits) -> None:
     """Every few seconds, say this worker is alive and what its limiter did meanwhile."""
     limiter = worker.throttle.limiter
-    report = LimiterReport(pools_from_config(worker.config))
+    report = LimiterReport(limiter.limits, learned.sources)
     while not stop.is_set():
         try:
             await emit(bus, "worker.heartbeat", SERVICE, worker_id=worker_id, tiers=tiers,
@@ -267,6 +270,14 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     pools = pools_from_config(config)
     limiter = SharedLimiter(limiter_redis, names, pools, tenants_from_config(config),
                             worker_id=worker_id)
+
+    async def lowered(pool: str, change: Lowered) -> None:
+        await emit(bus, "limiter.lowered", SERVICE, worker_id=worker_id, pool=pool,
+                   limit=change.limit, configured=change.configured,
+                   advertised=change.advertised)
+
+    learned = LearnedLimits(limiter_redis, names, limiter, pools, config.providers,
+                            on_lowered=lowered)
     try:
         await limiter.start()
         await declare_topology(await bus.connection.channel(), names)
@@ -277,8 +288,8 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         worker = Worker(bus, providers, config, settings,
                         CostControls(bus, config, redis, exact, semantic,
                                      LaneDirectory(lanes_channel, registry)),
-                        Throttle(limiter, pools, {name: provider.tpm_counts for name, provider
-                                                  in config.providers.items()}),
+                        Throttle(limiter, {name: provider.tpm_counts for name, provider
+                                           in config.providers.items()}, learned),
                         concurrency)
         # Full collections skip what start-up built (SDK clients, config, the embedder):
         # their pauses land on the limiter's awaits as latency.
@@ -315,8 +326,10 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
                               RosterSweep(bus.connection, names, tiers).stranded)
         watching = asyncio.gather(
             repeat(watcher.poll, LANE_WATCH_S, stop, "watching the lane registry"),
-            repeat(sweeper.sweep, sweeper.every_s, stop, "sweeping idle lanes"))
-        heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop))
+            repeat(sweeper.sweep, sweeper.every_s, stop, "sweeping idle lanes"),
+            repeat(learned.poll, LEARNED_POLL_S, stop, "reading learned limits"))
+        heartbeat = asyncio.create_task(_heartbeat(bus, worker, worker_id, tiers, stop,
+                                                   learned))
         await stop.wait()
         await watching
         log.info("worker %s draining %d in flight", worker_id, bus.in_flight)

@@ -12,7 +12,14 @@ from typing import Any
 from services.common.config import ModelEntry
 from services.common.models import Task, Usage
 from services.common.tokens import count_messages
-from services.worker.limiter import Grant, PoolLimits, SharedLimiter, model_pool
+from services.worker.limiter import (
+    Grant,
+    PoolLimits,
+    SharedLimiter,
+    model_pool,
+    retry_after_from_headers,
+)
+from services.worker.limiter.learned import LearnedLimits
 from services.worker.provider import (
     CapacityExhausted,
     Completion,
@@ -27,6 +34,11 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 # Correcting drift from x-ratelimit-remaining-* costs a Redis round trip: once in a while is
 # enough to follow the provider's view.
 OBSERVE_INTERVAL_S = 0.5
+# A grant that waited longer than this was at the pool's limit: the adaptive rule's signal
+# that the limit, not the demand, set the pace.
+SATURATED_WAIT_S = 0.001
+# How long a 429 without a hint holds a call that has no pool to hold.
+UNPACED_HOLD_S = 1.0
 
 
 def reserved_completion(task: Task) -> int:
@@ -50,11 +62,15 @@ def charged_tokens(task: Task, usage: Usage, counts: str) -> int:
     return usage.prompt_tokens + max(usage.completion_tokens, reserved_completion(task))
 
 
-def pools_of(entry: ModelEntry, pools: Mapping[str, PoolLimits]) -> list[str]:
-    """Return the pools a model entry draws from: its provider key's (every provider has one,
-    limits known or not) and its model's own when the tier table gives it limits."""
+def pools_of(entry: ModelEntry, limited: Mapping[str, PoolLimits]) -> list[str]:
+    """Return the limited pools a model entry draws from: its provider key and its own.
+
+    Every provider has a pool, but one with no limits known (configured, advertised or
+    adapted after a 429) has nothing to pace yet: its calls skip the limiter.
+    """
     names = [entry.provider, model_pool(entry.provider, entry.model)]
-    return [name for name in names if name in pools]
+    return [name for name in names
+            if name in limited and (limited[name].rpm or limited[name].tpm)]
 
 
 @dataclass
@@ -81,10 +97,10 @@ class CallClock:
 class Throttle:
     """Acquire before a call, settle after it, hold the pool on a 429 and call again."""
 
-    def __init__(self, limiter: SharedLimiter, pools: Mapping[str, PoolLimits],
-                 tpm_counts: Mapping[str, str]) -> None:
+    def __init__(self, limiter: SharedLimiter, tpm_counts: Mapping[str, str],
+                 learned: LearnedLimits | None = None) -> None:
         self.limiter = limiter
-        self._pools = dict(pools)
+        self.learned = learned
         self._tpm_counts = dict(tpm_counts)  # provider -> "reserved" | "used"
         self._observed: dict[str, float] = {}
 
@@ -94,22 +110,22 @@ class Throttle:
         """Run `send` once every pool of `entry` grants it capacity; on a 429 hold the pool
         and go again, until `clock`'s wait budget is spent (then CapacityExhausted)."""
         clock = clock or CallClock()
-        pools = pools_of(entry, self._pools)
         tokens = estimate_tokens(task)
         last = "no capacity granted"
         while True:
+            # The limits in force, learned ones included, at each try.
+            pools = pools_of(entry, self.limiter.limits)
             grants = await self._acquire(pools, task.tenant, tokens, clock, entry.provider, last)
             started = time.monotonic()
             try:
                 completion = await send()
             except ProviderRateLimited as exc:
                 clock.llm_s += time.monotonic() - started
-                refused_at = time.time()
-                await self._refused(grants, exc.headers)
                 clock.rate_limited += 1
                 if clock.since is None:
-                    clock.since = refused_at
+                    clock.since = time.time()
                 last = str(exc)
+                await self._refused(entry, grants, exc.headers, clock)
                 if clock.left_s(time.time()) <= 0:
                     raise clock.exhausted(entry.provider, last) from None
                 continue  # the hold it set makes the next acquire wait as the provider asked
@@ -121,7 +137,10 @@ class Throttle:
             break
         counts = self._tpm_counts.get(entry.provider, "reserved")
         await self._settle(grants, charged_tokens(task, completion.usage, counts))
-        await self._observe(pools, completion.headers)
+        if self.learned is not None:  # first: the answer may advertise the limits
+            saturated = any(g.waited_s > SATURATED_WAIT_S for g in grants)
+            await self.learned.answered(entry.provider, completion.headers, saturated)
+        await self._observe(pools_of(entry, self.limiter.limits), completion.headers)
         return completion
 
     async def _acquire(self, pools: list[str], tenant: str, tokens: int, clock: CallClock,
@@ -144,10 +163,21 @@ class Throttle:
             clock.limiter_s += time.monotonic() - started
         return grants
 
-    async def _refused(self, grants: list[Grant], headers: Mapping[str, Any]) -> None:
-        for grant in grants:
-            await self.limiter.rate_limited(grant.pool, headers)
+    async def _refused(self, entry: ModelEntry, grants: list[Grant],
+                       headers: Mapping[str, Any], clock: CallClock) -> None:
+        """After a 429: learn from it, then hold the pools in force as the provider asks."""
         await self._settle(grants, 0)
+        if self.learned is not None:
+            await self.learned.refused(entry.provider, headers)
+        pools = pools_of(entry, self.limiter.limits)
+        for pool in pools:
+            await self.limiter.rate_limited(pool, headers)
+        if not pools:  # nothing to hold (no limiter to learn with): wait here instead
+            started = time.monotonic()
+            hint = retry_after_from_headers(headers)
+            await asyncio.sleep(min(clock.left_s(time.time()),
+                                    UNPACED_HOLD_S if hint is None else hint))
+            clock.limiter_s += time.monotonic() - started
 
     async def _settle(self, grants: list[Grant], used: int) -> None:
         for grant in grants:

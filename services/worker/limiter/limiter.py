@@ -125,6 +125,17 @@ class SharedLimiter:
     def workers(self) -> int:
         return self._workers
 
+    @property
+    def limits(self) -> Mapping[str, PoolLimits]:
+        """Return the limits in force by pool (they change as limits are learned)."""
+        return self._pools
+
+    def set_limits(self, pool: str, limits: PoolLimits) -> None:
+        """Put new limits in force for a pool (learned from the provider, or adapted)."""
+        if self._pools.get(pool) != limits:
+            self._pools[pool] = limits
+            self._params[pool] = self._pool_params(limits)
+
     def _limits(self, pool: str) -> PoolLimits:
         try:
             return self._pools[pool]

@@ -34,3 +34,12 @@ UTILISATION = Gauge("agentq_limiter_utilisation_ratio",
                     "Share of the pool's bucket in use (1 = empty bucket)", ["pool", "limit"])
 LIVE_WORKERS = Gauge("agentq_limiter_live_workers",
                      "Workers with a fresh heartbeat, as last seen")
+LIMIT = Gauge("agentq_limiter_limit",
+              "The limit in force per pool (configured, advertised by the provider, or adapted)",
+              ["pool", "limit"])
+LOWERED = Counter("agentq_limiter_lowered_total",
+                  "Times a provider advertised a lower limit than the tier table configures "
+                  "(the lower one wins)", ["pool", "limit"])
+ADAPTIVE_DECREASES = Counter("agentq_limiter_adaptive_decreases_total",
+                             "Multiplicative decreases of an adaptive pool's limit on a 429",
+                             ["pool"])
