@@ -314,17 +314,20 @@ def running_pipeline(tmp: Path, workers: int = 2, concurrency: int = 16,
                      dashboard_args: tuple[str, ...] = (),
                      tiers: dict[str, list[str]] | None = None, extra_config: str = "",
                      database_url: str | None = None, prefix: str = "agentq_test",
-                     print_logs: bool = False) -> Iterator[Pipeline]:
+                     print_logs: bool = False, provider: str | None = None
+                     ) -> Iterator[Pipeline]:
     """Run mockllm, `services`, `workers` workers and, with `dashboard`, the dashboard in a
     namespace of their own; stop them and delete the namespace afterwards.
 
     Workers are worker-1..N, each `worker --concurrency C *worker_args`. `tiers`/
     `extra_config` shape the tier table (see write_config); `database_url` replaces the
     scratch database; `print_logs` prints every log's tail once the processes stopped.
+    `provider` (a base URL without `/v1`) points the tier table at a provider already
+    running instead of starting mockllm.
     """
     with scratch_namespace(tmp, prefix, database_url) as (ns, db_url):
         mock_port, ingest_port = free_port(), free_port()
-        mock = f"http://127.0.0.1:{mock_port}"
+        mock = provider or f"http://127.0.0.1:{mock_port}"
         config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=rpm, tpm=tpm,
                               tiers=tiers, extra=extra_config)
         stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": db_url,
@@ -336,14 +339,16 @@ def running_pipeline(tmp: Path, workers: int = 2, concurrency: int = 16,
                             concurrency=concurrency, worker_args=worker_args,
                             dashboard=f"http://127.0.0.1:{dash_port}" if dashboard else "")
         try:
-            stack.start("mockllm", "mockllm", "--port", str(mock_port), *mock_args)
+            if provider is None:
+                stack.start("mockllm", "mockllm", "--port", str(mock_port), *mock_args)
             for name in services:
                 stack.start(name, name)
             for i in range(1, workers + 1):
                 pipeline.start_worker(i)
             if dashboard:
                 stack.start("dashboard", "dashboard", "--port", str(dash_port), *dashboard_args)
-            wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
+            if provider is None:
+                wait_until(lambda: http("GET", f"{mock}/healthz")[0] == 200, 30, "mockllm")
             if "ingest" in services:
                 wait_until(lambda: http("GET", f"{pipeline.ingest}/healthz")[0] == 200, 60,
                            "ingest /healthz")
