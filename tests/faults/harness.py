@@ -96,14 +96,15 @@ class FaultPipeline:
 @contextmanager
 def fault_pipeline(tmp: Path, rabbit: OwnRabbit, redis_server: OwnRedis, *,
                    workers: int = WORKERS, concurrency: int = CONCURRENCY,
-                   latency_ms: int = PROVIDER_LATENCY_MS,
+                   latency_ms: int = PROVIDER_LATENCY_MS, rpm: int = 0,
                    env: dict[str, str] | None = None) -> Iterator[FaultPipeline]:
     """Start mockllm, ingest (2 gunicorn workers), intake, router, recorder and the workers;
     stop them all afterwards and print their logs' tails (pytest shows them on failure)."""
     ns = f"faults_{uuid.uuid4().hex[:8]}"
     mock_port, ingest_port = free_port(), free_port()
     mock = f"http://127.0.0.1:{mock_port}"
-    config = write_config(tmp / "agentq.toml", f"{mock}/v1")
+    # With `rpm`, mockllm enforces and advertises it (x-ratelimit-*) and the table says so.
+    config = write_config(tmp / "agentq.toml", f"{mock}/v1", rpm=rpm)
     stack = Stack({"AGENTQ_NAMESPACE": ns, "AGENTQ_DATABASE_URL": f"sqlite:///{tmp}/results.db",
                    "AGENTQ_CONFIG": str(config), "AGENTQ_INGEST_PORT": str(ingest_port),
                    "AGENTQ_AMQP_URL": rabbit.url, "AGENTQ_REDIS_URL": redis_server.url,
@@ -114,7 +115,8 @@ def fault_pipeline(tmp: Path, rabbit: OwnRabbit, redis_server: OwnRedis, *,
                         concurrency=concurrency, worker_args=("--grace", "5"))
     try:
         stack.start("mockllm", "mockllm", "--port", str(mock_port),
-                    "--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms // 4))
+                    "--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms // 4),
+                    "--rpm", str(rpm))
         for name in ("ingest", "intake", "router", "recorder"):
             stack.start(name, name)
         for i in range(1, workers + 1):
