@@ -67,8 +67,11 @@ def test_the_limit_stays_within_its_bounds() -> None:
 
 def test_the_rule_starts_from_the_rate_seen() -> None:
     now = 1000.0
-    # 30 successes in this worker's first 2 s are taken over 10 s: 180 RPM, times 2 workers.
-    assert observed_rpm([now - 1] * 30, now - 2, now, 2, P) == pytest.approx(360.0)
+    # 30 successes in this worker's first 2 s: 900 RPM, times 2 workers.
+    assert observed_rpm([now - 1] * 30, now - 2, now, 2, P) == pytest.approx(1800.0)
+    # ... in its first 0.1 s: taken over min_observed_s.
+    assert observed_rpm([now] * 30, now - 0.1, now, 1, P) == pytest.approx(
+        30 / P.min_observed_s * 60)
     assert observed_rpm([now - 61] * 30, now - 120, now, 1, P) == 0.0  # too old
     assert observed_rpm([now - 5] * 30, now - 600, now, 1, P) == pytest.approx(30.0)
     assert rule_start(360.0, P) == Adaptive(rpm=360.0)
@@ -178,7 +181,7 @@ def test_a_pool_without_limits_is_unpaced_until_a_429(names: Names) -> None:
     async def main(redis: Redis) -> None:
         limiter, learned = _worker(redis, names, PoolLimits())
         assert learned.source("p") == "unlimited" and limiter.limits["p"] == PoolLimits()
-        for _ in range(30):  # 30 successes in this worker's first seconds: 180 RPM seen
+        for _ in range(30):  # 30 successes in this worker's first moments
             await learned.answered("p", {}, saturated=False)
         await learned.refused("p", {"retry-after": "1"})
         assert learned.source("p") == "adaptive"

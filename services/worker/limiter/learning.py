@@ -20,9 +20,10 @@ class AdaptiveParams:
     """The adaptive rule's tuning (see docs/limiter.md, "Limits learned")."""
 
     initial_rpm: float = 60.0  # where the rule starts if no rate was seen before the 429
-    # The rate seen before the first 429 is taken over at least this long: a first burst
-    # of concurrent calls is not a rate.
-    min_observed_s: float = 10.0
+    # The rate seen before the first 429 is taken over at least this long. Too high a start
+    # costs a few 429s (each decrease takes 30 % off); too low a start costs minutes of
+    # additive increase, so the estimate errs high.
+    min_observed_s: float = 1.0
     min_rpm: float = 1.0
     max_rpm: float = 1_000_000.0
     # After a decrease, each saturated success adds `step` (a tenth of a request per call,
