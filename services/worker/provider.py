@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
 
-from services.common.config import AgentqConfig, ModelEntry
+from services.common.config import AgentqConfig, ModelEntry, ProviderConfig
 from services.common.models import Task, Usage
 
 
@@ -59,20 +60,57 @@ class Completion:
     entry: ModelEntry | None = None  # the tier's model entry that answered
 
 
-def _translate(exc: openai.OpenAIError) -> ProviderError:
+@dataclass(frozen=True)
+class Where:
+    """What a provider error names: which provider, model and URL, and the timeout in force."""
+
+    provider: str
+    model: str
+    base_url: str
+    timeout_s: float
+
+    def __str__(self) -> str:
+        return f"provider {self.provider!r}, model {self.model!r} at {self.base_url}"
+
+
+_SDK_PREFIX = re.compile(r"^Error code: \d{3} - ")
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """Return the provider's own words for a failed call, without the SDK's status prefix."""
+    body = exc.body
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str) and error:
+        return error
+    text = _SDK_PREFIX.sub("", exc.message)
+    return exc.response.reason_phrase if text in ("", "None") else text
+
+
+def translate(exc: openai.OpenAIError, where: Where) -> ProviderError:
+    """Turn the SDK's error into agentq's own, naming the provider, model and URL."""
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeout(str(exc))
+        return ProviderTimeout(f"{where}: no answer within {where.timeout_s:g} s")
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderUnavailable(f"connection failed: {exc}")
+        cause = exc.__cause__ or exc
+        return ProviderUnavailable(f"{where}: connection failed: {cause}")
     if isinstance(exc, openai.APIStatusError):
         headers = dict(exc.response.headers)
         status = exc.status_code
+        message = f"{where}: HTTP {status}: {_detail(exc)}"
         if status == 429:
-            return ProviderRateLimited(exc.message, headers)
+            return ProviderRateLimited(message, headers)
         if status >= 500 or status in (408, 409):
-            return ProviderUnavailable(f"HTTP {status}: {exc.message}", headers)
-        return ProviderRejected(f"HTTP {status}: {exc.message}", headers)
-    return ProviderError(str(exc))
+            return ProviderUnavailable(message, headers)
+        return ProviderRejected(message, headers)
+    return ProviderError(f"{where}: {exc}")
+
+
+def effective_timeout_s(provider: ProviderConfig, default_timeout_s: float) -> float:
+    """Return a provider's timeout: its own `timeout_s` when the tier table sets it, else
+    AGENTQ_LLM_TIMEOUT_S."""
+    return provider.timeout_s if "timeout_s" in provider.model_fields_set else default_timeout_s
 
 
 class Providers:
@@ -80,6 +118,7 @@ class Providers:
 
     def __init__(self, config: AgentqConfig, default_timeout_s: float) -> None:
         self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._where: dict[str, tuple[str, float]] = {}  # provider -> base URL, timeout
         # The SDK's own HTTP client class and Limits type: openai 1.x ships on httpx, 3.x on
         # httpx2, and a client of the other library is refused, so name neither here.
         limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
@@ -87,10 +126,12 @@ class Providers:
         for name, provider in config.providers.items():
             api_key = provider.api_key or (
                 os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
+            timeout_s = effective_timeout_s(provider, default_timeout_s)
+            self._where[name] = (provider.base_url, timeout_s)
             self._clients[name] = openai.AsyncOpenAI(
                 base_url=provider.base_url, api_key=api_key or "agentq-no-key",
                 max_retries=0,  # retries are agentq's, through the delay queues
-                timeout=min(provider.timeout_s, default_timeout_s),
+                timeout=timeout_s,
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
     async def complete(self, entry: ModelEntry, task: Task) -> Completion:
@@ -103,7 +144,8 @@ class Providers:
             raw = await client.chat.completions.with_raw_response.create(
                 model=entry.model, messages=_messages(task), **kwargs)
         except openai.OpenAIError as exc:
-            raise _translate(exc) from None
+            raise translate(exc, Where(entry.provider, entry.model,
+                                       *self._where[entry.provider])) from None
         completion = raw.parse()
         usage = completion.usage
         choice = completion.choices[0]
