@@ -3,16 +3,18 @@ timeout in force is the provider's own when the tier table sets it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import openai
 import openai._exceptions as sdk_exceptions
 import pytest
 
-from services.common.config import ProviderConfig
+from services.common.config import AgentqConfig, ProviderConfig
 from services.worker.provider import (
     ProviderRateLimited,
     ProviderRejected,
+    Providers,
     ProviderTimeout,
     ProviderUnavailable,
     Where,
@@ -38,7 +40,8 @@ def _status(status: int, body: Any, cls: type[openai.APIStatusError],
              openai.AuthenticationError), ProviderRejected, "HTTP 401: Incorrect API key provided"),
     (_status(400, {"message": "model not found"}, openai.BadRequestError), ProviderRejected,
      "HTTP 400: model not found"),
-    (_status(503, None, openai.InternalServerError), ProviderUnavailable, "HTTP 503: Service Unavailable"),
+    (_status(503, None, openai.InternalServerError), ProviderUnavailable,
+     "HTTP 503: Service Unavailable"),
     (_status(429, {"error": {"message": "Rate limit reached"}}, openai.RateLimitError,
              {"retry-after": "2"}), ProviderRateLimited, "HTTP 429: Rate limit reached"),
 ])
@@ -75,3 +78,19 @@ def test_the_providers_own_timeout_wins_when_set() -> None:
     assert effective_timeout_s(ProviderConfig(base_url="x", timeout_s=600), 120.0) == 600.0
     assert effective_timeout_s(ProviderConfig(base_url="x", timeout_s=10), 120.0) == 10.0
     assert effective_timeout_s(ProviderConfig(base_url="x"), 45.0) == 45.0  # not set
+
+
+def test_an_unset_api_key_env_is_said_at_start_up(caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AGENTQ_TEST_UNSET_KEY", raising=False)
+    config = AgentqConfig.model_validate({
+        "providers": {"groq": {"base_url": "https://api.groq.example/v1",
+                               "api_key_env": "AGENTQ_TEST_UNSET_KEY"}},
+        "tiers": {tier: {"models": [{"provider": "groq", "model": "m", "input_per_mtok": 0,
+                                     "output_per_mtok": 0}]}
+                  for tier in ("cheap", "standard", "premium")}})
+    with caplog.at_level(logging.WARNING, "services.worker.provider"):
+        Providers(config, 120.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "provider 'groq' (https://api.groq.example/v1): AGENTQ_TEST_UNSET_KEY is not set "
+        "(api_key_env); its calls go without a key"]

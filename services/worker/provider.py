@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,8 @@ import openai
 
 from services.common.config import AgentqConfig, ModelEntry, ProviderConfig
 from services.common.models import Task, Usage
+
+log = logging.getLogger(__name__)
 
 
 class ProviderError(Exception):
@@ -126,6 +129,9 @@ class Providers:
         for name, provider in config.providers.items():
             api_key = provider.api_key or (
                 os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
+            if provider.api_key_env and not api_key:
+                log.warning("provider %r (%s): %s is not set (api_key_env); its calls go "
+                            "without a key", name, provider.base_url, provider.api_key_env)
             timeout_s = effective_timeout_s(provider, default_timeout_s)
             self._where[name] = (provider.base_url, timeout_s)
             self._clients[name] = openai.AsyncOpenAI(
