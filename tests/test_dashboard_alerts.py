@@ -9,6 +9,7 @@ from services.dashboard.alerts import (
     OK,
     Reading,
     Status,
+    broker_silence_s,
     cost_threshold,
     evaluate,
     growth_per_min,
@@ -99,3 +100,31 @@ def test_growth_is_a_least_squares_slope_per_minute() -> None:
     points = [(t, 100 + 2 * t) for t in range(0, 61, 5)]  # +2 per second
     assert growth_per_min([(float(t), d) for t, d in points]) == pytest.approx(120)
     assert growth_per_min([(0.0, 5), (5.0, 9)]) is None  # too short a span to judge
+
+
+@pytest.mark.parametrize("last_sample, watching_since, now, expected", [
+    (990.0, None, 1000.0, 10.0),  # the web app's view: the newest sample's age
+    (990.0, 500.0, 1000.0, 10.0),  # sampled while watching
+    (100.0, 980.0, 1000.0, 20.0),  # a restart counts from itself, not the old sample
+    (None, 970.0, 1000.0, 30.0),  # broker down since the collector began: nothing sampled
+    (1001.0, None, 1000.0, 0.0),  # a sample stamped a little ahead is not negative silence
+    (None, None, 1000.0, None),  # nothing to go on: the rule holds its state
+])
+def test_broker_silence_is_the_age_of_the_last_sample(
+        last_sample: float | None, watching_since: float | None, now: float,
+        expected: float | None) -> None:
+    assert broker_silence_s(last_sample, watching_since, now) == expected
+
+
+def test_broker_unreachable_fires_while_samples_stop_and_resolves_on_the_next_one() -> None:
+    values = {**DEFAULTS, "broker_unreachable": 30.0}
+    statuses: dict[str, Status] = {}
+    seen = []
+    last = 0.0
+    for now in range(0, 120, 5):  # samples every 5 s, none between 20 s and 80 s
+        if not 20 <= now < 80:
+            last = float(now)
+        reading = Reading(broker_silence_s(last, 0.0, now), 30.0)
+        statuses, changes = evaluate(statuses, {"broker_unreachable": reading}, values, now)
+        seen += [(now, c.to_state) for c in changes if c.rule == "broker_unreachable"]
+    assert seen == [(50, "firing"), (80, "ok")]

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from sqlalchemy import func, select
@@ -22,8 +25,10 @@ from bench.stack import ROOT, free_port, http, wait_until
 from services.common.models import Event, Latency, Result
 from services.common.settings import Settings
 from services.common.topology import Names, declare
+from services.dashboard import alert_store, create_app
 from services.dashboard.collector import Options, open_engine, serve
-from services.dashboard.models import AlertState, QueueSample, Rollup, Worker
+from services.dashboard.models import AlertState, QueueSample, Rollup, Worker, db
+from services.dashboard.thresholds import RULES
 from tests.conftest import Rabbit
 
 # management_url=None: try the management API on the broker's host; when the plugin is off
@@ -101,7 +106,8 @@ def test_collector_rolls_up_messages_and_samples_queues(
 
         def evaluated() -> bool:
             with Session(engine) as session:
-                return (session.scalar(select(func.count()).select_from(AlertState)) or 0) == 7
+                return (session.scalar(select(func.count()).select_from(AlertState))
+                        or 0) == len(RULES)
 
         eventually(rolled_up, timeout=15)
         assert eventually(sampled, timeout=15) == 3
@@ -168,3 +174,147 @@ def test_dashboard_command_serves_and_stops_its_children_on_sigterm(
     for child in children:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
+
+
+# --- the broker going away ---------------------------------------------------------------------
+
+class Relay:
+    """A TCP relay to the test broker that can be cut and restored: RabbitMQ goes away for
+    the collector alone while the shared broker keeps running."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR
+            listener = self._listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones, as a broker that died would."""
+        with self._lock:
+            doomed, self._open = self._open, []
+            if self._listener is not None:
+                doomed.append(self._listener)
+                self._listener = None
+        for sock in doomed:
+            _shut(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            with self._lock:
+                if listener is not self._listener:  # cut while this one was being accepted
+                    _shut(client)
+                    _shut(upstream)
+                    return
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shut(source)
+        _shut(sink)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv()
+    except OSError:
+        pass
+    sock.close()
+
+
+def _broker_state(engine: Any) -> str | None:
+    with Session(engine) as session:
+        row = session.get(AlertState, "broker_unreachable")
+        return row.state if row else None
+
+
+def _alert_threshold(engine: Any, seconds: float) -> None:
+    with Session(engine) as session:
+        alert_store.save_values(session, {"broker_unreachable": seconds}, time.time())
+        session.commit()
+
+
+QUICK = Options(flush_interval_s=0.05, sample_interval_s=0.3, eval_interval_s=0.3,
+                management_url="", connect_retry_s=0.3)
+
+
+def test_broker_unreachable_fires_while_rabbitmq_is_away_and_resolves_when_it_is_back(
+        settings: Settings, names: Names, eventually: Callable[..., Any]) -> None:
+    broker = urlparse(settings.amqp_url)
+    relay = Relay((broker.hostname or "127.0.0.1", broker.port or 5672))
+    relay.up()
+    netloc = f"{broker.netloc.rpartition('@')[0]}@127.0.0.1:{relay.port}".lstrip("@")
+    via_relay = settings.model_copy(update={"amqp_url": broker._replace(
+        netloc=netloc, query="reconnect_interval=0.3").geturl()})
+    engine = open_engine(settings.database_url)
+    _alert_threshold(engine, 1.5)
+    app = create_app(settings, {"TESTING": True})
+    web = app.test_client()
+
+    def firing() -> list[dict[str, Any]]:
+        alerts = web.get("/api/alerts").get_json()["alerts"]
+        return [a for a in alerts if a["rule"] == "broker_unreachable"]
+
+    collector = Running(via_relay, QUICK)
+    try:
+        def consuming() -> bool:  # started up: topology declared, consumers on, sampled
+            with Session(engine) as session:
+                return (session.scalar(select(func.max(QueueSample.consumers)).where(
+                    QueueSample.queue == names.dashboard_events)) or 0) >= 1
+
+        eventually(consuming, timeout=15)
+        assert _broker_state(engine) == "ok"
+        relay.down()
+        eventually(lambda: _broker_state(engine) == "firing", timeout=30)
+        (alert,) = firing()
+        assert "Broker unreachable" in alert["text"]
+        page = web.get("/alerts").get_data(as_text=True)
+        assert 'data-rule="broker_unreachable" data-state="firing"' in page
+        relay.up()
+        eventually(lambda: _broker_state(engine) == "ok", timeout=30)
+        assert firing() == []
+    finally:
+        relay.up()  # the broker back before stopping: a clean close, whatever failed above
+        collector.stop()
+        relay.down()
+        with app.app_context():
+            db.engine.dispose()
+        engine.dispose()
+
+
+def test_a_collector_started_while_rabbitmq_is_down_still_raises_the_alert(
+        settings: Settings, eventually: Callable[..., Any]) -> None:
+    closed = settings.model_copy(update={
+        "amqp_url": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
+    engine = open_engine(settings.database_url)
+    _alert_threshold(engine, 1.0)
+    collector = Running(closed, QUICK)  # it keeps trying to connect, evaluating meanwhile
+    try:
+        eventually(lambda: _broker_state(engine) == "firing", timeout=15)
+        with Session(engine) as session:
+            assert session.scalar(select(func.count()).select_from(QueueSample)) == 0
+    finally:
+        collector.stop()
+        engine.dispose()

@@ -146,6 +146,15 @@ def message(change: Transition, namespace: str) -> str:
     return f"[{namespace}] {title}: {change.from_state} → {change.to_state} at {value}{where}"
 
 
+def broker_silence_s(last_sample: float | None, watching_since: float | None,
+                     now: float) -> float | None:
+    """Return how long RabbitMQ has gone unread: since the newest queue sample, or since the
+    collector began watching if that is later (a restart must not count the time it was
+    away); None = unknown (nothing sampled, nobody watching)."""
+    known = [t for t in (last_sample, watching_since) if t is not None]
+    return max(0.0, now - max(known)) if known else None
+
+
 def growth_per_min(points: list[tuple[float, int]], min_span_s: float = 20.0) -> float | None:
     """Return the least-squares slope of (time, depth) points in messages per minute."""
     if len(points) < 2 or points[-1][0] - points[0][0] < min_span_s:

@@ -11,8 +11,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 SERVICE = "dashboard-collector"
 METRICS_PORT = 9105
 BATCH_SIZE = 500
+SAMPLE_TIMEOUT_S = 10.0
 
 MESSAGES = Counter("agentq_dashboard_messages_total", "Messages rolled up", ["source"])
 FLUSH_SECONDS = Histogram("agentq_dashboard_flush_seconds", "Time to write one batch")
@@ -54,6 +57,7 @@ class Options:
     eval_interval_s: float = 5.0
     prune_interval_s: float = 600.0
     management_url: str | None = None  # None = the broker host's port 15672; "" = never
+    connect_retry_s: float = 2.0  # while RabbitMQ does not answer (the alerts run meanwhile)
 
 
 def open_engine(database_url: str) -> Engine:
@@ -96,31 +100,44 @@ async def every(interval_s: float, job: Callable[[], Awaitable[None]], name: str
                          on_failure=lambda: LOOP_FAILURES.labels(name).inc())
 
 
+def broker_address(amqp_url: str) -> str:
+    """Return the broker's host:port from its URL (no credentials: it goes into alerts)."""
+    parsed = urlparse(amqp_url)
+    return f"{parsed.hostname or 'localhost'}:{parsed.port or 5672}"
+
+
+async def connect(settings: Settings, names: Names, stop: asyncio.Event,
+                  retry_s: float) -> Bus | None:
+    """Connect to RabbitMQ, trying again every `retry_s` until it answers (None: stopped)."""
+    failing = False
+    while not stop.is_set():
+        try:
+            return await Bus.connect(settings.amqp_url, names, name=SERVICE)
+        except (AMQPError, OSError) as exc:
+            if not failing:  # once per outage; the broker_unreachable alert says the rest
+                log.warning("RabbitMQ at %s unreachable (%r); trying again every %.0f s",
+                            broker_address(settings.amqp_url), exc, retry_s)
+                failing = True
+        try:
+            await asyncio.wait_for(stop.wait(), retry_s)
+        except TimeoutError:
+            pass
+    return None
+
+
 async def serve(settings: Settings, stop: asyncio.Event, options: Options = Options()) -> None:
-    """Collect until `stop` is set."""
+    """Collect until `stop` is set.
+
+    The alerts are evaluated from the start, broker or not: while RabbitMQ does not answer,
+    no queue is sampled and the `broker_unreachable` rule sees the last sample age.
+    """
     names = Names(settings.namespace)
     engine = await asyncio.to_thread(open_engine, settings.database_url)
-    batcher = BatchCommitter[Result | Event](functools.partial(write_delta, engine), BATCH_SIZE,
-                                             options.flush_interval_s, observe=_flushed)
-    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
-    mgmt = management_url(settings.amqp_url) if options.management_url is None \
-        else options.management_url
-    # The lane registry's client: short timeouts, so an outage does not hold up sampling.
-    redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-    sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt,
-                           WorkQueues(redis, names, TIERS))
-    evaluator = Evaluator(engine, names)
+    evaluator = Evaluator(engine, names, watching_since=time.time(),
+                          broker=broker_address(settings.amqp_url))
 
-    async def sample() -> None:
-        readings = await sampler.sample()
-        now = time.time()
-
-        def store() -> None:
-            with Session(engine) as session:
-                record_readings(session, now, readings)
-                session.commit()
-
-        await asyncio.to_thread(store)
+    async def evaluate() -> None:
+        await asyncio.to_thread(evaluator.run_once, time.time())
 
     async def clean() -> None:
         def store() -> None:
@@ -130,30 +147,56 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
 
         await asyncio.to_thread(store)
 
-    async def evaluate() -> None:
-        await asyncio.to_thread(evaluator.run_once, time.time())
-
     loops_stop = asyncio.Event()
-    flusher = asyncio.create_task(batcher.run(loops_stop), name="telemetry flusher")
     loops = [asyncio.create_task(every(interval, job, name, loops_stop), name=name)
-             for interval, job, name
-             in ((options.sample_interval_s, sample, "sample"),
-                 (options.eval_interval_s, evaluate, "evaluate"),
-                 (options.prune_interval_s, clean, "prune"))]
+             for interval, job, name in ((options.eval_interval_s, evaluate, "evaluate"),
+                                         (options.prune_interval_s, clean, "prune"))]
+    bus: Bus | None = None
+    redis: Redis | None = None
     try:
+        bus = await connect(settings, names, stop, options.connect_retry_s)
+        if bus is None:
+            return
+        mgmt = management_url(settings.amqp_url) if options.management_url is None \
+            else options.management_url
+        # The lane registry's client: short timeouts, so an outage does not hold up sampling.
+        redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt,
+                               WorkQueues(redis, names, TIERS))
+
+        async def sample() -> None:
+            # A channel opened while the connection recovers may wait: give up, try next time.
+            readings = await asyncio.wait_for(sampler.sample(), SAMPLE_TIMEOUT_S)
+            now = time.time()
+
+            def store() -> None:
+                with Session(engine) as session:
+                    record_readings(session, now, readings)
+                    session.commit()
+
+            await asyncio.to_thread(store)
+
+        batcher = BatchCommitter[Result | Event](functools.partial(write_delta, engine),
+                                                 BATCH_SIZE, options.flush_interval_s,
+                                                 observe=_flushed)
+        loops.append(asyncio.create_task(batcher.run(loops_stop), name="telemetry flusher"))
+        loops.append(asyncio.create_task(
+            every(options.sample_interval_s, sample, "sample", loops_stop), name="sample"))
         await declare_topology(await bus.connection.channel(), names)
         await bus.consume(names.dashboard_results, _handler(batcher, Result, "results"),
                           prefetch=options.prefetch)
         await bus.consume(names.dashboard_events, _handler(batcher, Event, "events"),
                           prefetch=options.prefetch)
         log.info("collecting %s and %s", names.dashboard_results, names.dashboard_events)
-        await until_stopped(stop, flusher, *loops)
+        await until_stopped(stop, *loops)
         await bus.stop_consuming(grace_s=10)
     finally:
         loops_stop.set()
-        await asyncio.gather(flusher, *loops, return_exceptions=True)
-        await bus.close()
-        await redis.aclose()
+        await asyncio.gather(*loops, return_exceptions=True)  # the flusher's last batch too
+        if bus is not None:
+            await bus.close()
+        if redis is not None:
+            await redis.aclose()
         engine.dispose()
 
 

@@ -33,8 +33,10 @@ def _recent_span(now: float, seconds: int) -> tuple[int, float]:
 
 
 def read_readings(session: Session, names: Names, values: dict[str, Value],
-                  now: float) -> dict[str, Reading]:
-    """Return every rule's current value and the threshold it is held to."""
+                  now: float, watching_since: float | None = None,
+                  broker: str = "") -> dict[str, Reading]:
+    """Return every rule's current value and the threshold it is held to (`watching_since`:
+    when the collector began sampling the broker `broker`, if one does)."""
     latest = queries.latest_readings(session, now)
     backlog = {q: latest[q]["depth"] for q in backlog_queues(names) if q in latest}
     start, span = _recent_span(now, RECENT_S)
@@ -69,6 +71,9 @@ def read_readings(session: Session, names: Names, values: dict[str, Value],
                                 t("rate_limited")),
         "dead_letters": Reading(float(dead) if dead is not None else float(recent["dead"]),
                                 t("dead_letters"), names.dead),
+        "broker_unreachable": Reading(alerts.broker_silence_s(
+            queries.last_sample_at(session), watching_since, now), t("broker_unreachable"),
+            f"RabbitMQ at {broker}" if broker else ""),
     }
 
 
@@ -90,12 +95,15 @@ class Evaluator:
     engine: Engine
     names: Names
     post: Poster = post_webhook
+    watching_since: float | None = None  # the collector's start: its broker sampling began
+    broker: str = ""  # host:port the collector samples, for the alert's text
 
     def run_once(self, now: float) -> list[Transition]:
         """Evaluate, store the new states and history, then notify; return the changes."""
         with Session(self.engine) as session:
             values = alert_store.load_values(session)
-            readings = read_readings(session, self.names, values, now)
+            readings = read_readings(session, self.names, values, now, self.watching_since,
+                                     self.broker)
             statuses, changes = alerts.evaluate(alert_store.load_statuses(session), readings,
                                                 values, now)
             texts = {c.rule: alerts.message(c, self.names.ns) for c in changes}

@@ -129,6 +129,12 @@ def latest_readings(session: DbSession, now: float) -> dict[str, dict[str, Any]]
     return {r["queue"]: dict(r) for r in session.execute(query).mappings()}
 
 
+def last_sample_at(session: DbSession) -> float | None:
+    """Return when a queue depth was last read from the broker (None: never)."""
+    found = session.scalar(select(func.max(QueueSample.ts)))
+    return float(found) if found is not None else None
+
+
 def depth_history(session: DbSession, queues: list[str], since: float
                   ) -> list[tuple[float, int]]:
     """Return (round time, summed depth of `queues`) per sampling round since `since`."""

@@ -1,8 +1,9 @@
 """`agentq dashboard`: run the collector and the web app (gunicorn) side by side.
 
 Both are child processes of this small supervisor: SIGTERM or SIGINT stops both; a collector
-that dies (RabbitMQ down at start, say) is restarted while the web app keeps serving what is
-already in the database; if gunicorn exits, everything stops.
+that dies (its database gone, say) is restarted while the web app keeps serving what is
+already in the database; if gunicorn exits, everything stops. The collector waits out a
+RabbitMQ outage by itself, evaluating the alerts (`broker_unreachable` among them) meanwhile.
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ RULES: tuple[RuleInfo, ...] = (
              "Rate-limit answers from providers, per minute over the last 5 minutes."),
     RuleInfo("dead_letters", "Dead letters", "messages", 0, 0,
              "Messages waiting in the dead-letter queue."),
+    RuleInfo("broker_unreachable", "Broker unreachable", "s", 30, 0,
+             "Seconds since the collector last read a queue depth from RabbitMQ; ingest "
+             "answers 503 meanwhile. Keep it above the sample interval (5 s)."),
 )
 RULE_KEYS: tuple[str, ...] = tuple(r.key for r in RULES)
 
