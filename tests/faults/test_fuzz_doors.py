@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pika
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.stack import wait_until
-from tests.faults.fuzz_bodies import bodies, encoded, payloads
+from tests.faults.fuzz_bodies import FOUR_BYTE, bodies, encoded, payloads
 from tests.faults.harness import FIGURES, FaultPipeline, fault_pipeline
 from tests.faults.servers import OwnRabbit, OwnRedis
 
@@ -49,6 +49,12 @@ def test_http_door_never_answers_5xx(doors: FaultPipeline) -> None:
 
         @FUZZ
         @given(body=bodies)
+        @example(body=b'{"": 1}')  # an unknown key named "": the error must still name it
+        @example(body=b'{"id": "..", "prompt": "x"}')
+        @example(body=b'{"prompt": "\\ud800 alone"}')
+        @example(body=json.dumps({"prompt": "x", "tenant": FOUR_BYTE * 17}).encode())
+        @example(body=b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}")
+        @example(body=b"[" * 100_000 + b"]" * 100_000)
         def post(body: bytes) -> None:
             response = client.post(f"{doors.ingest}/v1/tasks", content=body,
                                    headers={"Content-Type": "application/json"})
@@ -98,6 +104,11 @@ def test_amqp_door_stores_or_rejects_every_message(doors: FaultPipeline) -> None
     @settings(FUZZ, max_examples=AMQP_CASES)
     @given(case=st.one_of(payloads.map(lambda v: ("json", v)),
                           st.binary(max_size=64).map(lambda b: ("raw", b))))
+    @example(case=("json", {"": 1}))
+    @example(case=("json", {"id": ".", "prompt": "x"}))
+    @example(case=("json", {"prompt": "x", "tenant": FOUR_BYTE * 16}))  # 64 bytes: valid
+    @example(case=("json", {"prompt": "x", "tenant": "..", "kind": "."}))
+    @example(case=("raw", b"\xff\xfe\x00"))
     def publish(case: tuple[str, Any]) -> None:
         number = str(len(sent))
         kind, value = case
