@@ -102,6 +102,7 @@ def index() -> tuple[str, int]:
     access = edit_access()
     return render_template(
         "dead.html", letters=letters[:SHOWN_AT_MOST], count=len(letters), filters=filters,
+        query={key: value for key, value in filters.items() if value},
         form=ReplayForm() if access == "allowed" else None, access=access,
         broker_error=broker_error, shown_at_most=SHOWN_AT_MOST), 503 if broker_error else 200
 
