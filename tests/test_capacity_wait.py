@@ -19,7 +19,7 @@ from services.worker.provider import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from services.worker.retry import capacity_left_s, should_retry
+from services.worker.retry import capacity_left_s, next_attempt, should_retry
 from services.worker.throttle import CallClock, Throttle
 
 ENTRY = ModelEntry(provider="p", model="m", input_per_mtok=1, output_per_mtok=1)
@@ -40,6 +40,19 @@ def test_capacity_exhausted_is_rate_limited_and_final() -> None:
     exc = CapacityExhausted("waited")
     assert exc.code == "rate_limited" and not should_retry(exc.retryable, 1, 5)
     assert should_retry(ProviderRateLimited("429").retryable, 1, 5)
+
+
+@pytest.mark.parametrize(("rate_limited", "retryable", "attempt", "again"), [
+    (True, True, 1, 1),  # a 429 handed back to the queue: the same attempt goes again
+    (True, True, 5, 5),  # ...however many there were
+    (True, False, 1, None),  # the wait budget is spent (CapacityExhausted)
+    (False, True, 1, 2),  # the task's own error spends one
+    (False, True, 5, None),
+    (False, False, 1, None),  # a 400 is final
+])
+def test_next_attempt(rate_limited: bool, retryable: bool, attempt: int,
+                      again: int | None) -> None:
+    assert next_attempt(rate_limited, retryable, attempt, max_attempts=5) == again
 
 
 class FakeLimiter:
@@ -170,5 +183,18 @@ def test_a_429_with_no_pool_to_hold_waits_the_hint_in_the_call() -> None:
         await _throttle(limiter).call(ENTRY, Task(prompt="x"), _sender(failures), clock)
         assert 0.2 <= time.monotonic() - started < 1.0 and clock.limiter_s >= 0.2
         assert limiter.acquired == 0 and limiter.holds == []
+
+    asyncio.run(body())
+
+
+def test_a_long_wait_in_hand_goes_back_to_the_queue() -> None:
+    async def body() -> None:
+        clock = CallClock(limit_s=3600.0, in_hand_s=0.0)
+        failures: list[Exception] = [ProviderRateLimited("429")] * 3
+        with pytest.raises(ProviderRateLimited) as caught:
+            await _throttle(FakeLimiter()).call(ENTRY, Task(prompt="x"), _sender(failures),
+                                                clock)
+        assert not isinstance(caught.value, CapacityExhausted) and caught.value.retryable
+        assert clock.since is not None  # carried in the header to the next delivery
 
     asyncio.run(body())

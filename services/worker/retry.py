@@ -24,6 +24,18 @@ def should_retry(retryable: bool, attempt: int, max_attempts: int) -> bool:
     return retryable and attempt < max_attempts
 
 
+def next_attempt(rate_limited: bool, retryable: bool, attempt: int,
+                 max_attempts: int) -> int | None:
+    """Return the attempt number to retry a failed delivery as, or None to fail the task.
+
+    Waiting for capacity (a 429 handed back to the queue) is no attempt: the same number
+    goes again, however many times; the task's own errors spend one each.
+    """
+    if rate_limited and retryable:
+        return attempt
+    return attempt + 1 if should_retry(retryable, attempt, max_attempts) else None
+
+
 def capacity_left_s(since: float | None, now: float, limit_s: float) -> float:
     """Return how much longer a task may wait for provider capacity.
 

@@ -51,8 +51,8 @@ from services.worker.limiter import (
 from services.worker.limiter.learned import LearnedLimits
 from services.worker.limiter.learning import Lowered
 from services.worker.limiter_report import LimiterReport
-from services.worker.provider import Completion, ProviderError, Providers
-from services.worker.retry import retry_delay_ms, should_retry
+from services.worker.provider import Completion, ProviderError, ProviderRateLimited, Providers
+from services.worker.retry import next_attempt, retry_delay_ms
 from services.worker.throttle import CallClock, Throttle
 
 log = logging.getLogger(__name__)
@@ -182,15 +182,18 @@ class Worker:
                          clock: CallClock | None = None) -> None:
         """Schedule a retry through the delay queues, or fail and dead-letter the task.
 
-        Only the task's own errors get here to spend attempts: waits for capacity (429s,
-        holds) are the throttle's, and end here only once their budget is spent.
+        Only the task's own errors spend attempts: waits for capacity (429s, holds) are the
+        throttle's; one that held the message long enough comes back here to wait in a
+        delay queue instead, at the same attempt, until its budget is spent.
         """
         s = self.settings
-        if should_retry(exc.retryable, attempt, s.max_attempts):
+        again = next_attempt(isinstance(exc, ProviderRateLimited), exc.retryable, attempt,
+                             s.max_attempts)
+        if again is not None:
             delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
                                       retry_after_from_headers(exc.headers))
             await self.controls.lanes.publish_later(
-                self.bus, tier, task, {**headers, ATTEMPT_HEADER: attempt + 1}, delay_ms)
+                self.bus, tier, task, {**headers, ATTEMPT_HEADER: again}, delay_ms)
             await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
                        tier=tier, attempt=attempt, delay_ms=round(delay_ms),
                        error_code=exc.code)

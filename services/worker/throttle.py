@@ -39,6 +39,7 @@ OBSERVE_INTERVAL_S = 0.5
 SATURATED_WAIT_S = 0.001
 # How long a 429 without a hint holds a call that has no pool to hold.
 UNPACED_HOLD_S = 1.0
+IN_HAND_WAIT_S = 300.0
 
 
 def reserved_completion(task: Task) -> int:
@@ -82,6 +83,10 @@ class CallClock:
     limiter_s: float = 0.0  # time waiting for capacity: grants, holds, 429s
     llm_s: float = 0.0  # time in provider calls, 429s included
     rate_limited: int = 0  # 429s answered to this delivery
+    # After a 429, a delivery that has waited this long in hand goes back to wait in a delay
+    # queue (no attempt spent): RabbitMQ closes a channel whose delivery stays unacked past
+    # its consumer_timeout (15 min in deploy/, 30 by default).
+    in_hand_s: float = IN_HAND_WAIT_S
 
     def left_s(self, now: float) -> float:
         return capacity_left_s(self.since, now, self.limit_s)
@@ -110,6 +115,7 @@ class Throttle:
         """Run `send` once every pool of `entry` grants it capacity; on a 429 hold the pool
         and go again, until `clock`'s wait budget is spent (then CapacityExhausted)."""
         clock = clock or CallClock()
+        delivered = time.monotonic()
         tokens = estimate_tokens(task)
         last = "no capacity granted"
         while True:
@@ -128,6 +134,8 @@ class Throttle:
                 await self._refused(entry, grants, exc.headers, clock)
                 if clock.left_s(time.time()) <= 0:
                     raise clock.exhausted(entry.provider, last) from None
+                if time.monotonic() - delivered >= clock.in_hand_s:
+                    raise  # to a delay queue, its wait budget in the message's header
                 continue  # the hold it set makes the next acquire wait as the provider asked
             except ProviderError:
                 clock.llm_s += time.monotonic() - started
