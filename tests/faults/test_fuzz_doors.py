@@ -22,8 +22,8 @@ from tests.faults.fuzz_bodies import FOUR_BYTE, bodies, encoded, payloads
 from tests.faults.harness import FIGURES, FaultPipeline, fault_pipeline
 from tests.faults.servers import OwnRabbit, OwnRedis
 
-HTTP_CASES = 1500
-AMQP_CASES = 1500
+HTTP_CASES = 1200
+AMQP_CASES = 1200
 CASE_HEADER = "x-fuzz-case"
 FUZZ = settings(max_examples=HTTP_CASES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=False)
