@@ -40,6 +40,29 @@ POISON_AFTER_CRASHES = 5
 REQUEUE_PAUSE_S = 1.0
 
 
+# What settling a message raises once its channel went with the connection (aio-pika raises
+# ChannelInvalidStateError, a RuntimeError); the broker then gives the message back itself.
+_CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError,
+                 ConnectionError)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.ack()
+    except _CHANNEL_GONE as exc:
+        log.warning("could not ack a message from %s (%r): the broker delivers it again",
+                    message.routing_key, exc)
+
+
+async def _nack(message: AbstractIncomingMessage) -> None:
+    """Give a message back to its queue; on a closed channel the broker already has."""
+    try:
+        await message.nack(requeue=True)
+    except _CHANNEL_GONE as exc:
+        log.debug("nack of a message from %s on a closed channel: %r", message.routing_key,
+                  exc)
+
+
 def deliveries_before(headers: Mapping[str, Any] | None) -> int:
     """Return how often a message was delivered before (quorum queues count it)."""
     count = (headers or {}).get("x-delivery-count", 0)
@@ -201,9 +224,9 @@ class Bus:
             if isinstance(exc, PublishFailed):
                 log.warning("%s; giving the message back", exc)
             await asyncio.sleep(REQUEUE_PAUSE_S)
-            await message.nack(requeue=True)
+            await _nack(message)
         except asyncio.CancelledError:
-            await message.nack(requeue=True)
+            await _nack(message)
             raise
         except Exception as exc:
             if deliveries_before(message.headers) + 1 >= POISON_AFTER_CRASHES:
@@ -218,9 +241,9 @@ class Bus:
             log.exception("handler failed on a message from %s; giving it back",
                           message.routing_key)
             await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_S)
-            await message.nack(requeue=True)
+            await _nack(message)
         else:
-            await message.ack()
+            await _ack(message)
 
     async def _park_rejected(self, message: AbstractIncomingMessage, reason: str) -> None:
         headers = dict(message.headers or {})
@@ -231,9 +254,9 @@ class Bus:
                                reply_to=message.reply_to, correlation_id=message.correlation_id)
         except PublishFailed:
             log.exception("could not park a rejected message; giving it back")
-            await message.nack(requeue=True)
+            await _nack(message)
             return
-        await message.ack()
+        await _ack(message)
         log.info("rejected a message from %s: %s", message.routing_key, reason[:200])
 
     @property
