@@ -20,6 +20,7 @@ from services.worker.limiter.learning import (
     AdaptiveParams,
     Lowered,
     adaptive_limits,
+    combine,
     decrease,
     effective,
     increase,
@@ -137,6 +138,13 @@ def test_the_lower_limit_wins_and_says_so() -> None:
     limits, source, lowered = effective(PoolLimits(rpm=600, tpm=1_000), 30, 90_000)
     assert limits == PoolLimits(rpm=30, tpm=1_000) and source == "headers"
     assert lowered == [Lowered("rpm", 600, 30)]
+
+
+def test_the_slowest_models_advertised_limits_hold_for_the_pool() -> None:
+    assert combine({"mini": (30_000, 150_000_000), "o1": (500, 30_000_000),
+                    "other": (None, None)}) == (500, 30_000_000)
+    assert combine({"a": (None, 1000), "b": (60, None)}) == (60, 1000)
+    assert combine({}) == (None, None)
 
 
 def test_a_higher_advertised_limit_does_not_raise_the_configured_one() -> None:
@@ -261,5 +269,24 @@ def test_headers_end_the_adaptive_rule(names: Names) -> None:
         await second_learned.poll()
         assert second.limits["p"] == PoolLimits(rpm=120) and second_learned.source("p") == (
             "headers")
+
+    _run(main)
+
+
+def test_models_with_other_limits_do_not_swing_the_pool(names: Names) -> None:
+    async def main(redis: Redis) -> None:
+        first, first_learned = _worker(redis, names, PoolLimits())
+        second, second_learned = _worker(redis, names, PoolLimits())
+        for _ in range(3):  # answers of two models alternate
+            await first_learned.answered("p", {"x-ratelimit-limit-requests": "30000"}, False,
+                                         "mini")
+            await first_learned.answered("p", {"x-ratelimit-limit-requests": "500"}, False,
+                                         "o1")
+            assert first.limits["p"].rpm == 500
+        await second_learned.poll()
+        assert second.limits["p"].rpm == 500
+        fields = await redis.hgetall(learned_key(names, "p"))
+        assert fields[b"advertised_rpm:mini"] == b"30000" and fields[b"advertised_rpm:o1"] == (
+            b"500")
 
     _run(main)

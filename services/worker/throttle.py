@@ -147,7 +147,8 @@ class Throttle:
         await self._settle(grants, charged_tokens(task, completion.usage, counts))
         if self.learned is not None:  # first: the answer may advertise the limits
             saturated = any(g.waited_s > SATURATED_WAIT_S for g in grants)
-            await self.learned.answered(entry.provider, completion.headers, saturated)
+            await self.learned.answered(entry.provider, completion.headers, saturated,
+                                        entry.model)
         await self._observe(pools_of(entry, self.limiter.limits), completion.headers)
         return completion
 
@@ -176,7 +177,7 @@ class Throttle:
         """After a 429: learn from it, then hold the pools in force as the provider asks."""
         await self._settle(grants, 0)
         if self.learned is not None:
-            await self.learned.refused(entry.provider, headers)
+            await self.learned.refused(entry.provider, headers, entry.model)
         pools = pools_of(entry, self.limiter.limits)
         for pool in pools:
             await self.limiter.rate_limited(pool, headers)

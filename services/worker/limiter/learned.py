@@ -26,9 +26,11 @@ from services.worker.limiter.headers import limits_from_headers
 from services.worker.limiter.learning import (
     Adaptive,
     AdaptiveParams,
+    Advertised,
     Lowered,
     Source,
     adaptive_limits,
+    combine,
     decrease,
     effective,
     increase,
@@ -62,9 +64,16 @@ def _read(raw: Mapping[Any, Any]) -> dict[str, float]:
     return out
 
 
-def _positive(fields: Mapping[str, float], name: str) -> int | None:
-    value = fields.get(name, 0.0)
-    return int(value) if value > 0 else None
+def _advertised(fields: Mapping[str, float]) -> dict[str, Advertised]:
+    """Return the limits each model's answers advertised, from the learned hash."""
+    out: dict[str, Advertised] = {}
+    for name, value in fields.items():
+        kind, sep, model = name.partition(":")
+        if sep and kind in ("advertised_rpm", "advertised_tpm"):
+            rpm, tpm = out.get(model, (None, None))
+            number = int(value) if value > 0 else None
+            out[model] = (number, tpm) if kind == "advertised_rpm" else (rpm, number)
+    return {model: limits for model, limits in out.items() if limits != (None, None)}
 
 
 def _adaptive(fields: Mapping[str, float]) -> Adaptive:
@@ -84,7 +93,7 @@ class LearnedLimits:
         self._params = params or AdaptiveParams()
         self._on_lowered = on_lowered
         self._configured = {pool: configured.get(pool, PoolLimits()) for pool in pools}
-        self._advertised: dict[str, tuple[int | None, int | None]] = {}
+        self._advertised: dict[str, dict[str, Advertised]] = {}  # pool -> model -> limits
         self._adaptive: dict[str, Adaptive] = {}
         self._pending: Counter[str] = Counter()  # saturated successes not yet shared
         self._sources: dict[str, Source] = {}
@@ -107,9 +116,10 @@ class LearnedLimits:
 
     # -- what the throttle reports --
 
-    async def answered(self, pool: str, headers: Mapping[str, str], saturated: bool) -> None:
+    async def answered(self, pool: str, headers: Mapping[str, str], saturated: bool,
+                       model: str = "") -> None:
         """Learn from a provider's answer; `saturated`: the call had waited for capacity."""
-        if pool not in self._configured or await self._advertise(pool, headers):
+        if pool not in self._configured or await self._advertise(pool, model, headers):
             return
         if pool in self._adaptive:
             if saturated:
@@ -122,9 +132,9 @@ class LearnedLimits:
             while times and now - times[0] > 60.0:
                 times.popleft()
 
-    async def refused(self, pool: str, headers: Mapping[str, str]) -> None:
+    async def refused(self, pool: str, headers: Mapping[str, str], model: str = "") -> None:
         """Learn from a 429: its headers, else the adaptive rule's decrease."""
-        if pool not in self._configured or await self._advertise(pool, headers):
+        if pool not in self._configured or await self._advertise(pool, model, headers):
             return
         now = time.time()
         if self._sources.get(pool) == "unlimited":
@@ -153,9 +163,8 @@ class LearnedLimits:
             except REDIS_DOWN as exc:
                 log.debug("limiter: learned limits of %s not read: %s", pool, exc)
                 continue
-            advertised = (_positive(fields, "advertised_rpm"),
-                          _positive(fields, "advertised_tpm"))
-            if advertised != (None, None):
+            advertised = _advertised(fields)
+            if advertised:
                 if advertised != self._advertised.get(pool):
                     self._advertised[pool] = advertised
                     await self._apply_advertised(pool)
@@ -178,26 +187,28 @@ class LearnedLimits:
 
     # -- internals --
 
-    async def _advertise(self, pool: str, headers: Mapping[str, str]) -> bool:
+    async def _advertise(self, pool: str, model: str, headers: Mapping[str, str]) -> bool:
         """Apply and share the limits an answer advertises; True if the pool runs on them."""
         advertised = limits_from_headers(headers)
         if advertised == (None, None):
-            return self._sources.get(pool) == "headers"
-        if advertised != self._advertised.get(pool):
-            self._advertised[pool] = advertised
+            return self._sources.get(pool) == "headers" or pool in self._advertised
+        known_here = self._advertised.setdefault(pool, {})
+        if known_here.get(model) != advertised:
+            known_here[model] = advertised
             await self._apply_advertised(pool)
             rpm, tpm = advertised
             try:
                 key = learned_key(self._names, pool)
-                await self._redis.hset(key, mapping={"advertised_rpm": rpm or 0,
-                                                     "advertised_tpm": tpm or 0})
+                await self._redis.hset(key, mapping={f"advertised_rpm:{model}": rpm or 0,
+                                                     f"advertised_tpm:{model}": tpm or 0})
                 await self._redis.pexpire(key, STATE_TTL_MS)
             except REDIS_DOWN as exc:  # the next answer tells us again
                 log.debug("limiter: advertised limits of %s not shared: %s", pool, exc)
         return True
 
     async def _apply_advertised(self, pool: str) -> None:
-        limits, source, lowered = effective(self._configured[pool], *self._advertised[pool])
+        limits, source, lowered = effective(self._configured[pool],
+                                            *combine(self._advertised[pool]))
         self._adaptive.pop(pool, None)
         self._pending.pop(pool, None)
         if not known(limits):
@@ -225,8 +236,7 @@ class LearnedLimits:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     await pipe.watch(key)
                     fields = _read(await pipe.hgetall(key))
-                    if _positive(fields, "advertised_rpm") or _positive(fields,
-                                                                         "advertised_tpm"):
+                    if _advertised(fields):
                         return None  # another worker learned real limits: poll applies them
                     state = (_adaptive(fields) if fields.get("rpm", 0) > 0
                              else self._adaptive[pool])

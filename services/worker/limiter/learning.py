@@ -5,7 +5,7 @@ data; `learned.py` does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -103,6 +103,22 @@ class Lowered:
     limit: Literal["rpm", "tpm"]
     configured: int
     advertised: int
+
+
+Advertised = tuple[int | None, int | None]  # requests, tokens per minute
+
+
+def combine(by_model: Mapping[str, Advertised]) -> Advertised:
+    """Return the limits a provider pool takes from what each of its models' answers said.
+
+    A provider may limit per key (one figure whatever the model) or per model (OpenAI):
+    headers cannot tell. The lowest figure holds for the whole pool, so that answers of
+    models with different limits do not swing the pool between them (never too fast, at
+    the cost of pacing a faster model as its slowest sibling when the table gives none).
+    """
+    rpms = [rpm for rpm, _ in by_model.values() if rpm]
+    tpms = [tpm for _, tpm in by_model.values() if tpm]
+    return (min(rpms) if rpms else None), (min(tpms) if tpms else None)
 
 
 def effective(configured: PoolLimits, advertised_rpm: int | None, advertised_tpm: int | None
