@@ -557,3 +557,19 @@ def test_the_sweeper_queues_what_no_client_retried(
     assert rabbit.count(names.tasks) == 0  # the fresh one is left to its own request
     assert _stored_status(settings, "swept-1") == "queued"
     assert _stored_status(settings, "fresh-1") == "accepted"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"": 1}, '""'),
+    ({"a.b": 1}, '"a.b"'),
+    ({"a key": 1}, '"a key"'),
+    ({"prompt": "hi", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"prompt": "hi", "unknown_key": 1}, "unknown_key"),
+])
+def test_a_bad_field_is_named_even_when_its_key_is_odd(body: dict[str, object],
+                                                       field: str) -> None:
+    from services.ingest.validation import parse_task
+
+    with pytest.raises(InvalidTask) as caught:
+        parse_task(body)
+    assert caught.value.field == field

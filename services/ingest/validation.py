@@ -92,11 +92,22 @@ def _field_of_model_error(message: str) -> str:
     return "body"
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Name a field by its path, e.g. `messages.0.content`; a key that could not be read
+    back from the dotted form (empty, holding a dot, a space, a quote) is quoted as JSON,
+    so `{"": 1}` names `""`, never nothing."""
+    return ".".join(str(part) if isinstance(part, int) or _PLAIN_KEY.fullmatch(part)
+                    else json.dumps(part) for part in loc)
+
+
 def _from_validation_error(error: ValidationError) -> InvalidTask:
     first = error.errors(include_url=False)[0]
     message = first["msg"].removeprefix("Value error, ")
     loc = first["loc"]
-    field = ".".join(str(part) for part in loc) if loc else _field_of_model_error(message)
+    field = field_path(loc) if loc else _field_of_model_error(message)
     more = error.error_count() - 1
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
