@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import pika.exceptions
 
+from services.cli import one_line
 from services.common.dead_letters import DeadLetter, DeadLetterQueue, Filter, letter_detail
 from services.common.settings import Settings
 from services.common.store import make_engine
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValueError as exc:
-        print(f"agentq dlq: bad setting: {exc}", file=sys.stderr)
+        print(f"agentq dlq: bad setting: {one_line(exc)}", file=sys.stderr)
         return 2
     queue = DeadLetterQueue(settings.amqp_url, Names(settings.namespace))
     try:

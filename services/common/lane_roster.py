@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 from pydantic import BaseModel, ValidationError
 
 from services.common.lane_idle import Lane
+from services.common.passive_declare import passive_depths
 from services.common.topology import ROSTER_ARGUMENTS, Names
 
 log = logging.getLogger(__name__)
@@ -153,27 +153,9 @@ async def lane_depths(connection: AbstractConnection, names: Names,
                       lanes: Iterable[Lane]) -> dict[Lane, tuple[int, int] | None]:
     """Return each lane's (ready, consumers), None where the broker says its queue does not
     exist; a lane whose reading failed otherwise is left out (unknown)."""
-    readings: dict[Lane, tuple[int, int] | None] = {}
-    channel: aio_pika.Channel | None = None
-    try:
-        for lane in lanes:
-            if channel is None or channel.is_closed:
-                channel = aio_pika.Channel(connection, publisher_confirms=False)
-                await channel.initialize()
-            try:
-                queue = await channel.declare_queue(names.lane_queue(*lane), passive=True)
-            except ChannelNotFoundEntity:
-                readings[lane] = None
-                continue
-            except AMQPError as exc:
-                log.debug("reading the lane %s failed: %r", lane, exc)
-                continue
-            result = queue.declaration_result
-            readings[lane] = (int(result.message_count or 0), int(result.consumer_count or 0))
-    finally:
-        if channel is not None and not channel.is_closed:
-            await channel.close()
-    return readings
+    queues = {names.lane_queue(*lane): lane for lane in lanes}
+    return {queues[queue]: depth
+            for queue, depth in (await passive_depths(connection, queues)).items()}
 
 
 async def roster_lanes(connection: AbstractConnection, names: Names) -> set[Lane]:

@@ -16,14 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urlparse
 
-import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractConnection
-from aio_pika.exceptions import AMQPError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.common.lanes import registered_lanes
+from services.common.passive_declare import passive_depths
 from services.common.topology import Names
 
 log = logging.getLogger(__name__)
@@ -75,29 +74,10 @@ def queues_request(management: str, amqp_url: str) -> tuple[str, str, str]:
 
 
 async def read_passive(connection: AbstractConnection, queues: list[str]) -> list[QueueDepth]:
-    """Passively declare each queue on a plain (non-robust) channel; skip missing ones.
-
-    A robust channel answers a repeated passive declare from its cache, so it is not used.
-    """
-    readings: list[QueueDepth] = []
-    channel: aio_pika.Channel | None = None
-    try:
-        for name in queues:
-            if channel is None or channel.is_closed:
-                channel = aio_pika.Channel(connection, publisher_confirms=False)
-                await channel.initialize()
-            try:
-                declared = await channel.declare_queue(name, passive=True)
-            except AMQPError as exc:  # a missing queue closes the channel: open another
-                log.debug("passive declare of %s failed: %r", name, exc)
-                continue
-            result = declared.declaration_result
-            readings.append(QueueDepth(name, int(result.message_count or 0), None,
-                                       int(result.consumer_count or 0)))
-    finally:
-        if channel is not None and not channel.is_closed:
-            await channel.close()
-    return readings
+    """Read each queue by a passive declare; skip missing ones and those that failed."""
+    return [QueueDepth(name, depth[0], None, depth[1])
+            for name, depth in (await passive_depths(connection, queues)).items()
+            if depth is not None]
 
 
 class QueueDepths:
