@@ -7,6 +7,7 @@ test then works in its own schema, dropped at the end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 
 from bench.stack import ScratchDatabase, delete_namespace, wait_until
 from services.common.settings import Settings
+from services.common.topology import Names, declare
 
 POLL_INTERVAL_S = 0.05
 
@@ -117,6 +119,14 @@ class Rabbit:
     def close(self) -> None:
         if self.connection.is_open:
             self.connection.close()
+
+
+@pytest.fixture
+def names(namespace: str) -> Names:
+    """The test namespace's names, its topology declared (the namespace fixture deletes it)."""
+    names = Names(namespace)
+    asyncio.run(declare(Settings(namespace=namespace).amqp_url, names))
+    return names
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from services.common.models import ErrorInfo, Event, Latency, Result, Task, Usag
 from services.common.settings import Settings
 from services.common.store import insert_task, make_engine, record_results
 from services.common.topology import Names
-from services.dashboard import alert_store, create_app, snapshot, suggestion
+from services.dashboard import alert_store, snapshot, suggestion
 from services.dashboard.evaluator import Evaluator
 from services.dashboard.histogram import bucket_of, bucket_range, merge, percentile
 from services.dashboard.models import AlertEvent, QueueSample, QueueStat, Rollup, db
@@ -32,6 +32,7 @@ from services.dashboard.queries import SUMMED, WINDOWS
 from services.dashboard.rollup import aggregate, bin_start
 from services.dashboard.thresholds import DEFAULTS, ThresholdError, parse
 from services.dashboard.writer import QueueReading, apply_delta, prune, record_readings
+from tests.dashboard_app import csrf_token, log_in, serve
 
 PASSWORD = "correct horse"
 CHART_IDS = ("chart-throughput", "chart-queue-depth", "chart-latency", "chart-cost",
@@ -41,20 +42,13 @@ CHART_IDS = ("chart-throughput", "chart-queue-depth", "chart-latency", "chart-co
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
     """Yield the dashboard with an admin password set."""
-    yield from _app(settings.model_copy(update={"dashboard_password": PASSWORD}))
+    yield from serve(settings, PASSWORD)
 
 
 @pytest.fixture
 def locked_app(settings: Settings) -> Iterator[Flask]:
     """Yield the dashboard without a password: read-only, settings locked."""
-    yield from _app(settings.model_copy(update={"dashboard_password": ""}))
-
-
-def _app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings, {"TESTING": True})
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    yield from serve(settings, "")
 
 
 @pytest.fixture
@@ -84,23 +78,15 @@ def _result(n: int, now: float, **overrides: Any) -> Result:
     return Result(**fields)
 
 
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
 def _login(client: FlaskClient) -> None:
-    token = _csrf(client.get("/login").get_data(as_text=True))
-    response = client.post("/login", data={"csrf_token": token, "password": PASSWORD})
-    assert response.status_code == 303
+    log_in(client, PASSWORD)
 
 
 def _form(client: FlaskClient, **changes: Any) -> dict[str, Any]:
     """Return the settings form as a browser would post it, with `changes` applied."""
     values = {k: v for k, v in client.get("/api/thresholds").get_json().items()}
     values.update(changes)
-    data = {"csrf_token": _csrf(client.get("/settings").get_data(as_text=True))}
+    data = {"csrf_token": csrf_token(client.get("/settings").get_data(as_text=True))}
     for key, value in values.items():
         if isinstance(value, bool):
             if value:

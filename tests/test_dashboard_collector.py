@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from bench.stack import ROOT, free_port, http, wait_until
 from services.common.models import Event, Latency, Result
 from services.common.settings import Settings
-from services.common.topology import Names, declare
+from services.common.topology import Names
 from services.dashboard import alert_store, create_app
 from services.dashboard.collector import Options, open_engine, serve
 from services.dashboard.models import AlertState, QueueSample, Rollup, Worker, db
@@ -61,13 +61,6 @@ class Running:
         self._loop.close()
         if self.error is not None:
             raise self.error
-
-
-@pytest.fixture
-def names(settings: Settings) -> Names:
-    names = Names(settings.namespace)
-    asyncio.run(declare(settings.amqp_url, names))
-    return names
 
 
 def _result(n: int, status: str = "succeeded") -> Result:

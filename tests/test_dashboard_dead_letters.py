@@ -3,7 +3,6 @@ by the admin only, against the real RabbitMQ and results store of the test's nam
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -18,11 +17,10 @@ from services.common.dead_letters import DeadLetterQueue
 from services.common.models import ErrorInfo, Result, Task
 from services.common.settings import Settings
 from services.common.store import get_task, insert_task, make_engine, record_results
-from services.common.topology import ERROR_HEADER, Names, declare
-from services.dashboard import create_app
-from services.dashboard.models import db
+from services.common.topology import ERROR_HEADER, Names
 from services.dashboard.views.dead import quick_url, report_text
 from tests.conftest import Rabbit
+from tests.dashboard_app import csrf_token, log_in, serve
 
 PASSWORD = "dead letters password"
 AUTH = {"Authorization": f"Bearer {PASSWORD}"}
@@ -34,28 +32,13 @@ def _task(tenant: str) -> Task:
 
 
 @pytest.fixture
-def names(settings: Settings) -> Names:
-    names = Names(settings.namespace)
-    asyncio.run(declare(settings.amqp_url, names))
-    return names
-
-
-def _app(settings: Settings, password: str) -> Iterator[Flask]:
-    app = create_app(settings.model_copy(update={"dashboard_password": password}),
-                     {"TESTING": True})
-    yield app
-    with app.app_context():
-        db.engine.dispose()
-
-
-@pytest.fixture
 def app(settings: Settings, names: Names) -> Iterator[Flask]:
-    yield from _app(settings, PASSWORD)
+    yield from serve(settings, PASSWORD)
 
 
 @pytest.fixture
 def open_app(settings: Settings, names: Names) -> Iterator[Flask]:
-    yield from _app(settings, "")
+    yield from serve(settings, "")
 
 
 @pytest.fixture
@@ -82,16 +65,8 @@ def buried(settings: Settings, names: Names, rabbit: Rabbit) -> dict[str, Task]:
     return tasks
 
 
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
-
-
 def _login(client: FlaskClient) -> None:
-    token = _csrf(client.get("/login").get_data(as_text=True))
-    assert client.post("/login", data={"csrf_token": token,
-                                       "password": PASSWORD}).status_code == 303
+    log_in(client, PASSWORD)
 
 
 def _tasks_queued(rabbit: Rabbit, names: Names) -> list[str]:
@@ -166,7 +141,7 @@ def test_replay_one_then_all_matching_then_again(
         buried: dict[str, Task]) -> None:
     a, b, c = buried["a"], buried["b"], buried["c"]
     _login(client)
-    token = _csrf(client.get("/dead").get_data(as_text=True))
+    token = csrf_token(client.get("/dead").get_data(as_text=True))
 
     done = client.post("/dead/replay?tenant=acme", data={
         "csrf_token": token, "scope": "one", "task_id": a.id, "tenant": "acme"})
@@ -200,7 +175,7 @@ def test_a_replay_without_csrf_token_or_task_id_is_refused(
     _login(client)
     no_token = client.post("/dead/replay", data={"scope": "matching"})
     assert no_token.status_code == 400 and "Nothing was replayed" in no_token.get_data(True)
-    token = _csrf(client.get("/dead").get_data(as_text=True))
+    token = csrf_token(client.get("/dead").get_data(as_text=True))
     # A single replay that names no task must never become "replay everything".
     nameless = client.post("/dead/replay", data={"csrf_token": token, "scope": "one",
                                                  "task_id": "", "tenant": "acme"})
@@ -265,7 +240,7 @@ def test_an_unreachable_broker_is_a_503_page_never_a_500(app: Flask,
     api = client.get("/api/dead")
     assert api.status_code == 503 and api.get_json()["error"]["code"] == "broker_unavailable"
     assert client.post("/api/dead/replay", headers=AUTH, json={}).status_code == 503
-    token = _csrf(html)
+    token = csrf_token(html)
     replay = client.post("/dead/replay", data={"csrf_token": token, "scope": "matching"})
     assert replay.status_code == 303
     assert "RabbitMQ unreachable" in client.get("/dead").get_data(as_text=True)

@@ -24,12 +24,11 @@ from werkzeug.test import TestResponse
 from services.common.models import Latency, Result, Task, Usage
 from services.common.settings import Settings
 from services.common.store import insert_task, make_engine, record_results
-from services.dashboard import create_app
-from services.dashboard.models import db
 from services.dashboard.secret import stored_secret
 from services.dashboard.security import CONTENT_SECURITY_POLICY
 from services.dashboard.shared_throttle import SharedThrottle
 from services.dashboard.throttle import LoginThrottle, ThrottlePolicy, wait_s
+from tests.dashboard_app import csrf_token, serve
 
 PASSWORD = "correct horse"
 PROMPT = "PROMPT-TEXT summarise the confidential memo"
@@ -49,20 +48,13 @@ class FakeClock:
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
     """Yield the dashboard with an admin password set."""
-    yield from _app(settings.model_copy(update={"dashboard_password": PASSWORD}))
+    yield from serve(settings, PASSWORD)
 
 
 @pytest.fixture
 def open_app(settings: Settings) -> Iterator[Flask]:
     """Yield the dashboard without a password (read-only, open on localhost)."""
-    yield from _app(settings.model_copy(update={"dashboard_password": ""}))
-
-
-def _app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings, {"TESTING": True})
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    yield from serve(settings, "")
 
 
 @pytest.fixture
@@ -86,10 +78,7 @@ def stored_task(database_url: str) -> str:
 
 
 def _csrf(client: FlaskClient) -> str:
-    html = client.get("/login").get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, "no CSRF token in the login page"
-    return match.group(1)
+    return csrf_token(client.get("/login").get_data(as_text=True))
 
 
 def _login(client: FlaskClient, password: str = PASSWORD, token: str | None = None,
@@ -220,7 +209,7 @@ def test_the_secret_is_not_derived_from_the_password(app: Flask, client: FlaskCl
 
 def test_two_apps_on_one_database_sign_alike(app: Flask, settings: Settings) -> None:
     """Two gunicorn workers: a login made through one is honoured by the other."""
-    for other in _app(settings.model_copy(update={"dashboard_password": PASSWORD})):
+    for other in serve(settings, PASSWORD):
         assert other.secret_key == app.secret_key and len(str(app.secret_key)) == 64
         first = app.test_client()
         assert _login(first).status_code == 303
@@ -258,7 +247,7 @@ def test_agentq_secret_key_wins(settings: Settings, monkeypatch: pytest.MonkeyPa
     configured = Settings(namespace=settings.namespace, database_url=settings.database_url,
                           dashboard_password=PASSWORD)
     assert configured.secret_key.startswith("from-the-environment-")
-    for app in _app(configured):
+    for app in serve(configured, PASSWORD):
         assert app.secret_key == configured.secret_key
 
 
@@ -307,7 +296,7 @@ def test_the_eleventh_failed_login_is_refused_without_checking(app: Flask) -> No
 
 
 def test_workers_share_the_failure_count_through_redis(app: Flask, settings: Settings) -> None:
-    for other in _app(settings.model_copy(update={"dashboard_password": PASSWORD})):
+    for other in serve(settings, PASSWORD):
         first, second = app.test_client(), other.test_client()
         token = _csrf(first)
         for _ in range(10):

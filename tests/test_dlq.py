@@ -3,11 +3,9 @@ alone, then against the real RabbitMQ and results store of the test's namespace.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
 
 import pika
 import pytest
@@ -22,7 +20,7 @@ from services.common.dead_letters import (
 from services.common.models import ErrorInfo, Result, Task
 from services.common.settings import Settings
 from services.common.store import get_task, insert_task, make_engine, record_results
-from services.common.topology import ERROR_HEADER, Names, declare
+from services.common.topology import ERROR_HEADER, Names
 from tests.conftest import Rabbit
 
 
@@ -63,20 +61,6 @@ def test_a_letter_s_fingerprint_names_the_letter_not_the_task() -> None:
 
 
 # --- against the broker and the store ---------------------------------------------------------
-
-@pytest.fixture
-def names(settings: Settings) -> Names:
-    names = Names(settings.namespace)
-    asyncio.run(declare(settings.amqp_url, names))
-    return names
-
-
-@pytest.fixture
-def rabbit(settings: Settings) -> Iterator[Rabbit]:
-    client = Rabbit(settings.amqp_url)
-    yield client
-    client.close()
-
 
 def _fail(settings: Settings, task: Task, code: str = "provider_unavailable") -> None:
     """Store the task and its failed result, as ingest and the recorder do."""

@@ -5,7 +5,6 @@ the real RabbitMQ and Redis in the test's namespace (deleted afterwards, lanes t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import aio_pika
@@ -23,11 +22,11 @@ from services.common.lane_roster import (
 )
 from services.common.lanes import LaneDirectory, LaneRegistry, registered_lanes, registry_keys
 from services.common.models import TIERS
-from services.common.queue_depth import read_passive
 from services.common.settings import Settings
-from services.common.topology import Names, declare_topology
+from services.common.topology import Names
 from services.worker.lanes import LaneSweeper
 from tests.conftest import Rabbit
+from tests.lane_helpers import lane_sweeper, with_broker
 
 T = TypeVar("T")
 IDLE_S = 600.0
@@ -47,34 +46,10 @@ def test_compaction_of_nothing() -> None:
 
 # --- against the real broker and cache ------------------------------------------------------
 
-@pytest.fixture
-def names(namespace: str) -> Names:
-    names = Names(namespace)
-    asyncio.run(_with_broker(names, lambda connection, _: _declare(connection, names)))
-    return names
-
-
-@pytest.fixture
-def rabbit(namespace: str) -> Iterator[Rabbit]:
-    client = Rabbit(Settings(namespace=namespace).amqp_url)
-    yield client
-    client.close()
-
-
-async def _declare(connection: AbstractRobustConnection, names: Names) -> None:
-    await declare_topology(await connection.channel(), names)
-
-
-async def _with_broker(names: Names, action: Callable[[AbstractRobustConnection, Redis],
-                                                       Awaitable[T]]) -> T:
-    settings = Settings(namespace=names.ns)
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    cache = Redis.from_url(settings.redis_url)
-    try:
-        async with connection:
-            return await action(connection, cache)
-    finally:
-        await cache.aclose()
+def _roster_sweeper(registry: LaneRegistry, connection: AbstractRobustConnection,
+                    names: Names) -> LaneSweeper:
+    return lane_sweeper(registry, connection, "worker-1",
+                        RosterSweep(connection, names, TIERS).stranded)
 
 
 def _forget_registry(names: Names) -> None:
@@ -84,20 +59,6 @@ def _forget_registry(names: Names) -> None:
         client.delete(*registry_keys(names, TIERS))
     finally:
         client.close()
-
-
-def _sweeper(registry: LaneRegistry, connection: AbstractRobustConnection, names: Names,
-             owner: str) -> LaneSweeper:
-    async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
-        return {r.queue: (r.ready, r.consumers) for r in await read_passive(connection, queues)}
-
-    async def delete(queue: str) -> None:
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await channel.close()
-
-    return LaneSweeper(registry, TIERS, depths, delete, owner,
-                       RosterSweep(connection, names, TIERS).stranded)
 
 
 def test_each_publisher_enters_a_lane_in_the_roster_once(names: Names) -> None:
@@ -113,7 +74,7 @@ def test_each_publisher_enters_a_lane_in_the_roster_once(names: Names) -> None:
         async with LaneRoster(names).reading(connection) as read:
             return list(read.entries)
 
-    entries = asyncio.run(_with_broker(names, scenario))
+    entries = asyncio.run(with_broker(names, scenario))
     assert entries == [("cheap", "acme"), ("standard", "acme"), ("cheap", "acme")]
 
 
@@ -124,7 +85,7 @@ def test_lanes_redis_forgot_are_found_from_the_broker_and_woken(names: Names,
         for tier, tenant in (("cheap", "acme"), ("cheap", "empty"), ("standard", "acme")):
             await directory.route(tier, tenant)
 
-    asyncio.run(_with_broker(names, register))
+    asyncio.run(with_broker(names, register))
     for route, count in (("cheap.acme", 3), ("standard.acme", 2)):
         for n in range(count):
             rabbit.publish(names.work, route, f'{{"n": {n}}}')
@@ -135,18 +96,18 @@ def test_lanes_redis_forgot_are_found_from_the_broker_and_woken(names: Names,
         registry = LaneRegistry(cache, names, IDLE_S)
         assert await registered_lanes(cache, names, TIERS) == []
         before = await registry.version(TIERS)
-        woken = await _sweeper(registry, connection, names, "worker-1").sweep()
+        woken = await _roster_sweeper(registry, connection, names).sweep()
         changed = int(await registry.version(TIERS) != before)
         return woken, await registered_lanes(cache, names, TIERS), changed
 
-    woken, registered, changed = asyncio.run(_with_broker(names, sweep))
+    woken, registered, changed = asyncio.run(with_broker(names, sweep))
     # Both lanes that hold tasks are registered again (so every worker's watcher consumes
     # them, as the version changed); the empty one waits for its next task.
     assert sorted(woken) == [("cheap", "acme"), ("standard", "acme")]
     assert registered == [("cheap", "acme"), ("standard", "acme")]
     assert changed == 1
     # The roster is left whole for the next loss.
-    assert asyncio.run(_with_broker(names, lambda c, _: roster_lanes(c, names))) == {
+    assert asyncio.run(with_broker(names, lambda c, _: roster_lanes(c, names))) == {
         ("cheap", "acme"), ("cheap", "empty"), ("standard", "acme")}
     assert rabbit.depth(names.lane_queue("cheap", "acme")) == (3, 0)  # nothing taken
 
@@ -170,11 +131,11 @@ def test_the_sweep_removes_duplicates_and_entries_of_deleted_lanes(names: Names,
                                                routing_key=names.lane_roster)
         await channel.close()
         before = await _roster_size(connection, names)
-        await _sweeper(registry, connection, names, "worker-1").sweep()
+        await _roster_sweeper(registry, connection, names).sweep()
         async with LaneRoster(names).reading(connection) as read:
             return before, list(read.entries)
 
-    before, after = asyncio.run(_with_broker(names, scenario))
+    before, after = asyncio.run(with_broker(names, scenario))
     assert before == 7
     assert after == [("cheap", "acme")]
 
@@ -191,7 +152,7 @@ def test_an_unreadable_roster_does_not_stop_the_registry_sweep(names: Names) -> 
         async def broken(_registered: object) -> list[tuple[str, str]]:
             raise aio_pika.exceptions.AMQPConnectionError("broker went away")
 
-        sweeper = _sweeper(registry, connection, names, "worker-1")
+        sweeper = _roster_sweeper(registry, connection, names)
         sweeper.stranded = broken
         await registry.touch("cheap", "untimed")
         await cache.zrem(names.lanes_seen_key("cheap"), "untimed")
@@ -200,7 +161,7 @@ def test_an_unreadable_roster_does_not_stop_the_registry_sweep(names: Names) -> 
         view = await registry.view(TIERS)
         return [view.seen[("cheap", "untimed")]]
 
-    (seen,) = asyncio.run(_with_broker(names, scenario))
+    (seen,) = asyncio.run(with_broker(names, scenario))
     assert seen is not None  # adopted before the roster was read
 
 
@@ -210,7 +171,7 @@ def test_delete_namespace_finds_lanes_from_the_roster_alone(names: Names,
         directory = LaneDirectory(await connection.channel(), LaneRegistry(cache, names, IDLE_S))
         await directory.route("premium", "acme")
 
-    asyncio.run(_with_broker(names, register))
+    asyncio.run(with_broker(names, register))
     _forget_registry(names)
     lane = names.lane_queue("premium", "acme")
     assert rabbit.depth(lane) == (0, 0)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import aio_pika
 import pytest
 import redis
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -40,10 +39,11 @@ from services.common.lanes import (
 from services.common.models import TIERS, Task
 from services.common.queue_depth import QueueDepth, WorkQueues, read_passive, tier_totals
 from services.common.settings import Settings
-from services.common.topology import Names, declare_lane, declare_topology, lane_route, tier_of
+from services.common.topology import Names, declare_lane, lane_route, tier_of
 from services.dashboard.sampler import QueueSampler
-from services.worker.lanes import LaneFailed, LaneSweeper, LaneWatcher
+from services.worker.lanes import LaneFailed, LaneWatcher
 from tests.conftest import Rabbit
+from tests.lane_helpers import lane_sweeper, with_broker
 
 T = TypeVar("T")
 IDLE_S = 600.0
@@ -105,35 +105,10 @@ def test_tier_totals_sum_a_tier_over_its_queues() -> None:
 # --- against the real broker and cache ------------------------------------------------------
 
 @pytest.fixture
-def names(namespace: str) -> Names:
-    """The test namespace's names, its topology declared (the fixture deletes it after)."""
-    names = Names(namespace)
-    asyncio.run(_with_broker(names, lambda connection, _: _declare(connection, names)))
-    return names
-
-
-@pytest.fixture
 def rabbit(namespace: str) -> Iterator[Rabbit]:
     client = Rabbit(Settings(namespace=namespace).amqp_url)
     yield client
     client.close()
-
-
-async def _declare(connection: AbstractRobustConnection, names: Names) -> None:
-    await declare_topology(await connection.channel(), names)
-
-
-async def _with_broker(names: Names, action: Callable[[AbstractRobustConnection, Redis],
-                                                       Awaitable[T]]) -> T:
-    """Run `action` with a broker connection and a Redis client of the test's settings."""
-    settings = Settings(namespace=names.ns)
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    cache = Redis.from_url(settings.redis_url)
-    try:
-        async with connection:
-            return await action(connection, cache)
-    finally:
-        await cache.aclose()
 
 
 def _dead_redis() -> Redis:
@@ -161,7 +136,7 @@ def test_route_declares_binds_and_registers_the_lane(names: Names, rabbit: Rabbi
         route = await directory.route("cheap", "acme")
         return route, await registered_lanes(cache, names, TIERS)
 
-    route, registered = asyncio.run(_with_broker(names, scenario))
+    route, registered = asyncio.run(with_broker(names, scenario))
     assert route == "cheap.acme"
     assert registered == [("cheap", "acme")]
     assert _registered(names, "cheap") == {"acme"}
@@ -185,7 +160,7 @@ def test_route_falls_back_to_the_tier_while_the_registry_is_unreachable(
         directory.registry = LaneRegistry(cache, names, IDLE_S)
         return outage, again, await directory.route("cheap", "acme")
 
-    outage, again, back = asyncio.run(_with_broker(names, scenario))
+    outage, again, back = asyncio.run(with_broker(names, scenario))
     assert (outage, again) == ("cheap", "cheap")  # workers could not find the lane yet
     assert back == "cheap.acme"
     assert _registered(names, "cheap") == {"acme"}
@@ -204,7 +179,7 @@ def test_a_tenant_that_cannot_name_a_queue_uses_the_tier(names: Names) -> None:
         return [await directory.route("cheap", "café"), await directory.route("cheap", "漢"),
                 await long.route("cheap", "t" * 64), await directory.route("cheap", "t" * 64)]
 
-    assert asyncio.run(_with_broker(names, scenario)) == ["cheap", "cheap", "cheap",
+    assert asyncio.run(with_broker(names, scenario)) == ["cheap", "cheap", "cheap",
                                                           f"cheap.{'t' * 64}"]
     assert _registered(names, "cheap") == {"t" * 64}
 
@@ -222,7 +197,7 @@ def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
         await dead.aclose()
         return routes
 
-    assert asyncio.run(_with_broker(names, scenario)) == ["standard.acme"] * 3
+    assert asyncio.run(with_broker(names, scenario)) == ["standard.acme"] * 3
 
 
 def test_watcher_starts_each_new_lane_once(names: Names) -> None:
@@ -259,7 +234,7 @@ def test_watcher_starts_each_new_lane_once(names: Names) -> None:
         rounds.append(list(seen))
         return rounds
 
-    rounds = asyncio.run(_with_broker(names, scenario))
+    rounds = asyncio.run(with_broker(names, scenario))
     assert rounds == [
         [],
         [("cheap", "acme"), ("cheap", "beta")],
@@ -304,7 +279,7 @@ def test_touch_records_use_by_redis_time_and_bumps_the_version_on_new_or_waking_
         out["awake"] = (await registry.view(["cheap"])).idle(IDLE_S)
         return out
 
-    out = asyncio.run(_with_broker(names, scenario))
+    out = asyncio.run(with_broker(names, scenario))
     assert out["empty"] == (0, 0)
     assert out["touched"] == ["new", "ok"]
     assert out["new"] == (1, 1)  # version, lanes of cheap
@@ -345,7 +320,7 @@ def test_watcher_stops_an_idle_lane_once_nothing_is_in_hand_and_restarts_it_when
         await watcher.poll()
         return calls
 
-    assert asyncio.run(_with_broker(names, scenario)) == [
+    assert asyncio.run(with_broker(names, scenario)) == [
         "start acme", "start beta", "stop beta", "|", "stop acme", "|", "start acme"]
 
 
@@ -360,7 +335,7 @@ def test_watcher_keeps_consuming_lanes_a_restarted_registry_lost(names: Names) -
         await watcher.poll()
         return watcher.consumed
 
-    assert asyncio.run(_with_broker(names, scenario)) == {("cheap", "acme")}
+    assert asyncio.run(with_broker(names, scenario)) == {("cheap", "acme")}
 
 
 async def _started(tier: str, tenant: str) -> None:
@@ -380,32 +355,18 @@ def test_sweeper_wakes_idle_lanes_that_hold_messages_and_adopts_untimed_ones(
         for tenant in ("acme", "beta", "empty", "drained"):
             await _age(cache, names, "cheap", tenant, IDLE_S + 1)
         await cache.zrem(names.lanes_seen_key("standard"), "acme")  # an untimed lane
-        first = _sweeper(registry, connection, "worker-1")
-        second = _sweeper(registry, connection, "worker-2")
+        first = lane_sweeper(registry, connection, "worker-1")
+        second = lane_sweeper(registry, connection, "worker-2")
         woken = await first.sweep()
         other = await second.sweep()  # the job is taken for this round
         view = await registry.view(TIERS)
         return woken, other, view.idle(IDLE_S), dict(view.seen)
 
-    woken, other, idle, seen = asyncio.run(_with_broker(names, scenario))
+    woken, other, idle, seen = asyncio.run(with_broker(names, scenario))
     assert woken == [("cheap", "acme"), ("cheap", "beta")]
     assert other == []
     assert idle == {("cheap", "drained"), ("cheap", "empty")}
     assert seen[("standard", "acme")] is not None  # adopted
-
-
-def _sweeper(registry: LaneRegistry, connection: AbstractRobustConnection,
-             owner: str) -> LaneSweeper:
-    """A sweeper that reads depths and deletes queues on `connection`, as a worker does."""
-    async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
-        return {r.queue: (r.ready, r.consumers) for r in await read_passive(connection, queues)}
-
-    async def delete(queue: str) -> None:
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await channel.close()
-
-    return LaneSweeper(registry, TIERS, depths, delete, owner)
 
 
 RETIRE_S = 3600.0
@@ -431,14 +392,14 @@ def test_sweeper_retires_long_idle_lanes_that_hold_nothing(names: Names, rabbit:
             await _age(cache, names, "cheap", tenant, RETIRE_S + 1)
         for tenant in ("beta", "recent"):  # idle, not long enough to retire
             await _age(cache, names, "cheap", tenant, IDLE_S + 1)
-        woken = await _sweeper(registry, connection, "worker-1").sweep()
+        woken = await lane_sweeper(registry, connection, "worker-1").sweep()
         view = await registry.view(["cheap"])
         retiring = [lane for lane in view.seen
                     if await cache.exists(names.redis_key("lanes", "cheap", "retiring", lane[1]))]
         await holder.close()
         return woken, dict(view.seen), retiring
 
-    woken, seen, retiring = asyncio.run(_with_broker(names, scenario))
+    woken, seen, retiring = asyncio.run(with_broker(names, scenario))
     assert woken == [("cheap", "acme"), ("cheap", "beta")]  # work in them: woken, not retired
     assert rabbit.depth(names.lane_queue("cheap", "gone")) is None  # deleted
     assert ("cheap", "gone") not in seen  # and out of the registry
@@ -475,7 +436,7 @@ def test_a_retiring_lane_sends_work_to_the_tier_and_a_retired_one_is_declared_ag
         out.append(await directory.route("cheap", "acme"))
         return out
 
-    assert asyncio.run(_with_broker(names, scenario)) == [
+    assert asyncio.run(with_broker(names, scenario)) == [
         "cheap.acme", None, "cheap.acme", (0, 0), "cheap"]
 
 
@@ -495,7 +456,7 @@ def test_publish_falls_back_to_the_tier_when_a_lane_vanished_under_a_fresh_regis
         finally:
             await bus.close()
 
-    assert asyncio.run(_with_broker(names, scenario)) == "cheap.acme"
+    assert asyncio.run(with_broker(names, scenario)) == "cheap.acme"
     body = rabbit.get(names.work_queue("cheap")).body
     assert Task.model_validate_json(body).messages[0].content == "still delivered"
     assert rabbit.depth(names.lane_queue("cheap", "acme")) == (0, 0)
@@ -537,7 +498,7 @@ def test_bus_stops_a_queue_after_its_messages_in_hand_are_settled(
             await bus.close()
 
     stopped, in_hand, during, handled, after, drained = asyncio.run(
-        _with_broker(names, scenario))
+        with_broker(names, scenario))
     assert (stopped, in_hand, during) == (False, 2, 2)
     assert handled == 2
     assert after == (1, 0)  # the two were acked, not given back
@@ -568,7 +529,7 @@ def _fill(names: Names, rabbit: Rabbit) -> None:
         for tier, tenant in (("cheap", "acme"), ("cheap", "beta"), ("standard", "acme")):
             await directory.route(tier, tenant)
 
-    asyncio.run(_with_broker(names, register))
+    asyncio.run(with_broker(names, register))
     for route, count in (("cheap", 1), ("cheap.acme", 3), ("cheap.beta", 2),
                          ("standard.acme", 4)):
         for n in range(count):
@@ -583,7 +544,7 @@ def test_work_queues_list_each_tier_with_its_lanes(names: Names, rabbit: Rabbit)
         return (await WorkQueues(cache, names, TIERS).read(),
                 await WorkQueues(cache, names, ["standard"]).flat())
 
-    listing, standard = asyncio.run(_with_broker(names, scenario))
+    listing, standard = asyncio.run(with_broker(names, scenario))
     assert listing == {
         "cheap": [names.work_queue("cheap"), names.lane_queue("cheap", "acme"),
                   names.lane_queue("cheap", "beta")],
@@ -606,7 +567,7 @@ def test_work_queues_without_the_registry(names: Names, rabbit: Rabbit) -> None:
         await dead.aclose()
         return never_read, listed, during
 
-    never_read, listed, during = asyncio.run(_with_broker(names, scenario))
+    never_read, listed, during = asyncio.run(with_broker(names, scenario))
     assert never_read == [names.work_queue("cheap")]  # the tier's own queue only
     assert len(listed) == 3
     assert during == listed  # an outage keeps the lanes listed last
@@ -630,7 +591,7 @@ def test_autoscaler_depth_sums_every_lane_of_its_tiers(names: Names, rabbit: Rab
         depths.append(await cheap.sample(reported_in_flight=3))
         return depths
 
-    every, cheap, blind, consumed = asyncio.run(_with_broker(names, scenario))
+    every, cheap, blind, consumed = asyncio.run(with_broker(names, scenario))
     assert every == Depth(ready=10, unacked=0, consumers=0, source="estimate")
     assert cheap == Depth(ready=6, unacked=0, consumers=0, source="estimate")
     assert blind == Depth(ready=1, unacked=0, consumers=0, source="estimate")  # tier queue only
@@ -650,7 +611,7 @@ def test_dashboard_samples_a_tier_as_one_reading_over_its_lanes(
                                WorkQueues(cache, names, TIERS))
         return {r.queue: (r.depth, r.consumers) for r in await sampler.sample()}
 
-    readings = asyncio.run(_with_broker(names, scenario))
+    readings = asyncio.run(with_broker(names, scenario))
     # beta's 2 messages sit unacked in its consumer's window: ready counts 1 + 3 + 0.
     assert readings[names.work_queue("cheap")] == (4, 1)
     assert readings[names.work_queue("standard")] == (4, 0)
