@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from services.common.store import reopen_for_replay
 from services.common.topology import ERROR_HEADER, SUBMIT_ROUTING_KEY, Names
 
 READ_AT_MOST = 10_000
+GIVE_BACK_WAIT_S = 5.0
 REPLAY_HEADER = "x-agentq-replayed"
 
 
@@ -147,9 +149,10 @@ class DeadLetterQueue:
         self.names = names
 
     @contextmanager
-    def _held(self, at_most: int) -> Iterator[tuple[Any, list[tuple[int, DeadLetter]]]]:
-        """Yield (channel, [(delivery tag, letter)]) with every letter unacknowledged; the
-        connection's close puts back those not acknowledged."""
+    def _held(self, at_most: int
+              ) -> Iterator[tuple[Any, list[tuple[int, DeadLetter]], list[int]]]:
+        """Yield (channel, [(delivery tag, letter)], acked) with every letter unacknowledged;
+        the caller appends to `acked` the tags it acknowledged, and the rest go back."""
         params = pika.URLParameters(self.amqp_url)
         params.client_properties = {"connection_name": f"{self.names.ns}.dlq"}
         connection = pika.BlockingConnection(params)
@@ -163,21 +166,37 @@ class DeadLetterQueue:
                     break
                 held.append((method.delivery_tag,
                              parse(len(held), body, properties, method.routing_key)))
-            yield channel, held
+            acked: list[int] = []
+            yield channel, held, acked
+            if connection.is_open:
+                self._give_back(channel, len(held) - len(acked))
         finally:
             if connection.is_open:
                 connection.close()
 
+    def _give_back(self, channel: Any, count: int) -> None:
+        """Return the letters not acknowledged and wait (briefly) until the queue counts them
+        again: a quorum queue takes returns asynchronously, and a read right after this one
+        (`agentq dlq list`, then `replay`) must see every letter."""
+        def ready() -> int:
+            return int(channel.queue_declare(self.names.dead, passive=True).method.message_count)
+
+        expected = ready() + count  # those not read (past at_most) and those given back
+        channel.basic_recover(requeue=True)
+        deadline = time.monotonic() + GIVE_BACK_WAIT_S
+        while ready() < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def list(self, where: Filter = Filter(), at_most: int = READ_AT_MOST) -> list[DeadLetter]:
         """Return the letters that match, leaving the queue as it was."""
-        with self._held(at_most) as (_, held):
+        with self._held(at_most) as (_, held, _acked):
             return [letter for _, letter in held if where.matches(letter)]
 
     def replay(self, engine: Engine, where: Filter = Filter(),
                at_most: int = READ_AT_MOST) -> ReplayReport:
         """Send every matching task back to the router; see the module docstring."""
         report = ReplayReport()
-        with self._held(at_most) as (channel, held):
+        with self._held(at_most) as (channel, held, acked):
             for tag, letter in held:
                 if letter.task is None:
                     report.unreadable += 1
@@ -187,6 +206,7 @@ class DeadLetterQueue:
                     continue
                 outcome = self._replay_one(channel, engine, letter.task, letter.fingerprint)
                 channel.basic_ack(tag)
+                acked.append(tag)
                 {"replayed": report.replayed, "duplicate": report.duplicates,
                  "succeeded": report.succeeded}[outcome].append(letter.task_id)
         return report
