@@ -10,12 +10,11 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import TimeoutError as RedisTimeout
 
 from services.common.redis_extras import REDIS_DOWN
 from services.common.topology import Names
@@ -24,6 +23,7 @@ from services.worker.limiter.admission import Outcome, PoolParams, Request, spre
 from services.worker.limiter.bucket import BucketState
 from services.worker.limiter.fairness import FairParams
 from services.worker.limiter.headers import remaining_from_headers, retry_after_from_headers
+from services.worker.limiter.link import RedisLink, SlowRedis
 from services.worker.limiter.local import LocalBuckets
 from services.worker.limiter.pools import LimiterOptions, PoolLimits, TenantShare, UnknownPool
 from services.worker.limiter.shared import RedisPools
@@ -32,28 +32,7 @@ from services.worker.limiter.stats import LimiterStats
 log = logging.getLogger(__name__)
 
 Mode = Literal["shared", "local"]
-T = TypeVar("T")
-# The worker must keep calling (throttled locally) through all of these, so none may escape.
-_REDIS_DOWN = REDIS_DOWN
-# A call that took too long: most often the event loop's own lag under load, not Redis. Only
-# pings that time out in a row too make it an outage. (TimeoutError is also an OSError.)
-_TIMEOUTS = (TimeoutError, RedisTimeout)
 _EQUAL_SHARE = TenantShare()
-
-
-class _SlowRedis(Exception):
-    """A Redis call timed out once: the caller retries; Redis is pinged to tell if it is down."""
-
-
-def _resume_cancellation() -> None:
-    """Raise the cancellation a Redis call swallowed, so that a waiting caller can stop.
-
-    redis-py sends with asyncio.wait_for, which on Python 3.11 drops a cancellation that
-    arrives as the send completes; the acquire loop would then keep going forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True)
@@ -99,13 +78,8 @@ class SharedLimiter:
         self._tenants = dict(tenants or {})
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stats = LimiterStats()
-        self._fallback = False
-        self._next_probe = 0.0
-        self._workers = 1  # last known live workers; 1 until Redis has told us otherwise
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._probe_task: asyncio.Task[None] | None = None
-        self._confirm_task: asyncio.Task[None] | None = None
-        self._run_id: str | None = None  # Redis's, to tell a restart (state lost) from a blip
+        self._link = RedisLink(self._shared, self._local, self._stats, self._options,
+                               self.worker_id, self._pool_views)
         self._turns: dict[tuple[str, str], _Turn] = {}
         self._polling: dict[str, int] = {}  # per pool, heads waiting for its buckets
         self._random = random.Random()
@@ -119,11 +93,11 @@ class SharedLimiter:
     @property
     def fallback(self) -> bool:
         """Whether the limiter is on its local buckets because Redis is unreachable."""
-        return self._fallback
+        return self._link.fallback
 
     @property
     def workers(self) -> int:
-        return self._workers
+        return self._link.workers
 
     @property
     def limits(self) -> Mapping[str, PoolLimits]:
@@ -145,31 +119,22 @@ class SharedLimiter:
     def stats(self) -> dict[str, float | int | bool]:
         """Return cumulative in-process counters, for the worker's periodic events."""
         out: dict[str, float | int | bool] = dict(self._stats.snapshot())
-        out.update(fallback=self._fallback, workers=self._workers)
+        out.update(fallback=self._link.fallback, workers=self._link.workers)
         return out
 
-    # -- lifecycle: the heartbeat counts live workers and probes Redis during an outage --
+    def _pool_views(self) -> Iterator[tuple[str, PoolLimits, PoolParams]]:
+        for name, limits in self._pools.items():
+            yield name, limits, self._params[name]
+
+    # -- lifecycle: the link's heartbeat counts live workers and probes Redis in an outage --
 
     async def start(self) -> None:
         """Register this worker's heartbeat and keep it fresh in the background."""
-        if self._heartbeat_task is None:
-            await self._beat()
-            self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(),
-                                                       name="limiter-heartbeat")
+        await self._link.start()
 
     async def close(self) -> None:
         """Stop the heartbeat and leave the set of live workers."""
-        tasks = [t for t in (self._heartbeat_task, self._probe_task, self._confirm_task)
-                 if t is not None]
-        self._heartbeat_task = self._probe_task = self._confirm_task = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if not self._fallback:
-            try:
-                await self._redis(self._shared.heartbeat(self.worker_id, 0, leave=True))
-            except (_SlowRedis, *_REDIS_DOWN) as exc:  # the heartbeat expires on its own
-                log.debug("limiter: could not leave the workers set: %s", exc)
+        await self._link.close()
 
     async def __aenter__(self) -> SharedLimiter:
         await self.start()
@@ -177,128 +142,6 @@ class SharedLimiter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    async def _heartbeat_loop(self) -> None:
-        o = self._options
-        while True:
-            await asyncio.sleep(o.probe_interval_s if self._fallback else o.heartbeat_interval_s)
-            await self._beat()
-
-    async def _beat(self) -> None:
-        if self._fallback:
-            self._probe_soon()
-            return
-        try:
-            self._set_workers(await self._heartbeat())
-            if self._run_id is None:
-                self._run_id = await self._redis(self._shared.run_id())
-        except _SlowRedis as exc:
-            log.debug("limiter: heartbeat skipped: %s", exc)
-        except _REDIS_DOWN as exc:
-            self._lost(exc)
-
-    def _heartbeat(self) -> Awaitable[int]:
-        ttl_ms = int(self._options.heartbeat_ttl_s * 1000)
-        return self._redis(self._shared.heartbeat(self.worker_id, ttl_ms))
-
-    def _set_workers(self, live: int) -> None:
-        self._workers = max(1, live)
-        self._stats.workers(self._workers)
-
-    # -- Redis round trips and the fallback state --
-
-    async def _redis(self, call: Awaitable[T]) -> T:
-        """Await one Redis call; raise _SlowRedis if it times out, and its error if it fails."""
-        try:
-            async with asyncio.timeout(self._options.redis_timeout_s):
-                result = await call
-        except _TIMEOUTS as exc:
-            _resume_cancellation()
-            self._timed_out(exc)
-            raise _SlowRedis(f"no answer within {self._options.redis_timeout_s} s") from exc
-        except _REDIS_DOWN:
-            _resume_cancellation()
-            raise
-        _resume_cancellation()
-        return result
-
-    def _timed_out(self, exc: BaseException) -> None:
-        """A call timed out: find out in the background whether Redis is down or we were slow."""
-        self._stats.redis_timeout()
-        running = self._confirm_task is not None and not self._confirm_task.done()
-        if not self._fallback and not running:
-            self._confirm_task = asyncio.create_task(self._confirm(exc), name="limiter-confirm")
-
-    async def _confirm(self, first: BaseException) -> None:
-        """Ping Redis: an outage only if it refuses, or if every ping in a row times out."""
-        o = self._options
-        for _ in range(max(1, o.outage_pings)):
-            try:
-                async with asyncio.timeout(o.redis_timeout_s):
-                    await self._shared.ping()
-            except _TIMEOUTS as exc:
-                first = exc
-                continue
-            except _REDIS_DOWN as exc:
-                self._lost(exc)
-                return
-            return  # Redis answers: the timeout was a slow await (often our own loop's lag)
-        self._lost(first)
-
-    def _lost(self, exc: BaseException) -> None:
-        self._stats.redis_error()
-        self._next_probe = time.monotonic() + self._options.probe_interval_s
-        if self._fallback:
-            return
-        self._fallback = True
-        self._local.reset()
-        self._stats.fallback(True)
-        log.warning("limiter: Redis unreachable (%s: %s); limiting locally at 1/%d of each "
-                    "pool until it answers", type(exc).__name__, exc, self._workers)
-
-    def _probe_soon(self) -> None:
-        """Probe Redis in the background if a probe is due and none is running."""
-        running = self._probe_task is not None and not self._probe_task.done()
-        if not running and time.monotonic() >= self._next_probe:
-            # In the background: callers keep their local pace, never waiting on a dead Redis.
-            self._probe_task = asyncio.create_task(self._probe(), name="limiter-probe")
-
-    async def _probe(self) -> None:
-        """Try Redis again; if it answers, reseed its buckets and go back to the shared pools."""
-        self._next_probe = time.monotonic() + self._options.probe_interval_s
-        try:
-            live = await self._heartbeat()
-            run_id = await self._redis(self._shared.run_id())
-            await self._reseed(run_id)
-        except _SlowRedis as exc:
-            log.debug("limiter: Redis still too slow: %s", exc)
-            return
-        except _REDIS_DOWN as exc:
-            self._lost(exc)
-            return
-        self._run_id = run_id
-        self._fallback = False
-        self._stats.fallback(False)
-        self._set_workers(live)
-        log.info("limiter: Redis is back; sharing the pools again")
-
-    async def _reseed(self, run_id: str) -> None:
-        """Seed the buckets a restarted Redis lost with what the local slices hold together.
-
-        A lost bucket reads as full, and recovering must not be a burst. But a Redis that kept
-        its state (the same run id: we lost the connection, not Redis its data) holds live
-        buckets that other workers draw on: those are never touched. Even after a restart,
-        only missing buckets are written (another worker may have seeded them already).
-        """
-        if self._run_id is not None and run_id == self._run_id:
-            return
-        n = self._workers
-        for pool, limits in self._pools.items():
-            req, tok = self._local.levels(pool, limits.divided(n))
-            if req is not None or tok is not None:
-                await self._redis(self._shared.seed(
-                    pool, self._params[pool], None if req is None else max(0.0, req) * n,
-                    None if tok is None else max(0.0, tok) * n))
 
     # -- the public API --
 
@@ -379,28 +222,28 @@ class SharedLimiter:
         # Only one caller per (pool, tenant) polls in each process; assume the other workers
         # have as many as this one.
         heads = self._polling.get(pool, 0) + (0 if turn.polling else 1)
-        return float(self._workers * heads)
+        return float(self._link.workers * heads)
 
     async def _attempt(self, pool: str, limits: PoolLimits,
                        req: Request) -> tuple[Outcome, Mode]:
-        if self._fallback:
-            self._probe_soon()
+        if self._link.fallback:
+            self._link.probe_soon()
         else:
             started = time.perf_counter()
             try:
-                outcome, _ = await self._redis(self._shared.acquire(
+                outcome, _ = await self._link.call(self._shared.acquire(
                     pool, self._params[pool], req, int(self._options.state_ttl_s * 1000)))
-            except _SlowRedis:
+            except SlowRedis:
                 # Not an outage (yet): ask again soon. Had the script run, it took a call's
                 # worth that nobody uses; the bucket refills it.
                 return Outcome(False, self._options.timeout_retry_s, "timeout"), "shared"
-            except _REDIS_DOWN as exc:
-                self._lost(exc)
+            except REDIS_DOWN as exc:
+                self._link.lost(exc)
             else:
                 self._stats.decided(pool, time.perf_counter() - started)
                 self._stats.levels(pool, limits, outcome.requests_level, outcome.tokens_level)
                 return outcome, "shared"
-        mine = limits.divided(self._workers)
+        mine = limits.divided(self._link.workers)
         outcome = self._local.acquire(pool, mine, req.cost)
         self._stats.levels(pool, mine, outcome.requests_level, outcome.tokens_level)
         return outcome, "local"
@@ -419,19 +262,19 @@ class SharedLimiter:
             return
         self._stats.settled(grant.pool, delta)
         limits = self._limits(grant.pool)
-        if not self._fallback:
+        if not self._link.fallback:
             try:
-                level = await self._redis(self._shared.settle(
+                level = await self._link.call(self._shared.settle(
                     grant.pool, limits.tpm, limits.burst_s, delta, grant.tenant, grant.w_eff))
-            except _SlowRedis as exc:  # it may have been applied: never apply it twice
+            except SlowRedis as exc:  # it may have been applied: never apply it twice
                 log.debug("limiter: settle of %d tokens may be lost: %s", delta, exc)
                 return
-            except _REDIS_DOWN as exc:
-                self._lost(exc)
+            except REDIS_DOWN as exc:
+                self._link.lost(exc)
             else:
                 self._stats.levels(grant.pool, limits, None, level)
                 return
-        self._local.settle(grant.pool, limits.divided(self._workers), delta)
+        self._local.settle(grant.pool, limits.divided(self._link.workers), delta)
 
     async def hold(self, pool: str, seconds: float) -> None:
         """Pause every worker's calls on the pool for `seconds` (never shortens a hold)."""
@@ -442,15 +285,15 @@ class SharedLimiter:
         self._stats.held(pool, seconds)
         self._local.hold(pool, seconds)  # so the hold outlives a Redis outage
         for _ in range(2):  # a hold is rare and matters: retry one timeout
-            if self._fallback:
+            if self._link.fallback:
                 return
             try:
-                await self._redis(self._shared.hold(pool, math.ceil(seconds * 1000)))
-            except _SlowRedis as exc:
+                await self._link.call(self._shared.hold(pool, math.ceil(seconds * 1000)))
+            except SlowRedis as exc:
                 log.debug("limiter: hold timed out: %s", exc)
                 continue
-            except _REDIS_DOWN as exc:
-                self._lost(exc)
+            except REDIS_DOWN as exc:
+                self._link.lost(exc)
             return
 
     async def rate_limited(self, pool: str, headers: Mapping[str, str]) -> float:
@@ -469,18 +312,18 @@ class SharedLimiter:
         requests, tokens = remaining_from_headers(headers)
         if requests is None and tokens is None:
             return
-        if not self._fallback:
+        if not self._link.fallback:
             try:
-                levels = await self._redis(self._shared.sync(pool, self._params[pool],
+                levels = await self._link.call(self._shared.sync(pool, self._params[pool],
                                                              requests, tokens))
-            except _SlowRedis as exc:  # the next response's headers will tell us again
+            except SlowRedis as exc:  # the next response's headers will tell us again
                 log.debug("limiter: remaining levels not applied: %s", exc)
                 return
-            except _REDIS_DOWN as exc:
-                self._lost(exc)
+            except REDIS_DOWN as exc:
+                self._link.lost(exc)
             else:
                 self._stats.levels(pool, limits, *levels)
                 return
-        n = self._workers
+        n = self._link.workers
         self._local.correct(pool, limits.divided(n), None if requests is None else requests / n,
                             None if tokens is None else tokens / n)
