@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.api_keys import KeysError, entries_from_table
 from services.common.cost_config import (
@@ -19,6 +20,14 @@ from services.common.cost_config import (
 from services.common.models import TIERS, Tier
 
 MOCK_BASE_URL = "http://127.0.0.1:8100/v1"
+
+# The parameter that caps an answer's length: OpenAI's reasoning models (o1, o3) refuse
+# `max_tokens` and want `max_completion_tokens`; most other servers know only `max_tokens`.
+MaxTokensParam = Literal["max_tokens", "max_completion_tokens"]
+QueryValue = str | int | float | bool
+
+# An HTTP header name is a token (RFC 9110 5.6.2): no spaces, colons or control characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 class ConfigError(ValueError):
@@ -40,6 +49,29 @@ class ProviderConfig(BaseModel):
     # admission, never refunded (OpenAI and the simulated provider); "used" = the tokens the
     # call really used. The limiter settles each call to this figure.
     tpm_counts: Literal["reserved", "used"] = "reserved"
+    # Quirks of the server behind the URL, sent with every call (Azure's `api-version`,
+    # a gateway's routing header), and what it refuses (temperature, max_tokens).
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    extra_query: dict[str, QueryValue] = Field(default_factory=dict)
+    supports_temperature: bool = True
+    max_tokens_param: MaxTokensParam = "max_tokens"
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers_are_sendable(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"extra_headers: {name!r} is not a valid HTTP header name")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"extra_headers: the value of {name!r} holds a line break")
+        return headers
+
+    @field_validator("extra_query")
+    @classmethod
+    def _query_names_are_set(cls, query: dict[str, QueryValue]) -> dict[str, QueryValue]:
+        if any(not name.strip() for name in query):
+            raise ValueError("extra_query: a parameter name is empty")
+        return query
 
 
 class ModelEntry(BaseModel):
@@ -54,6 +86,13 @@ class ModelEntry(BaseModel):
     context: int = Field(default=128_000, gt=0)
     rpm: int | None = Field(default=None, ge=0)
     tpm: int | None = Field(default=None, ge=0)
+    # A model's own quirks, over its provider's (None = as the provider says): one provider
+    # serves gpt-4o and o1, and only o1 refuses temperature and max_tokens.
+    supports_temperature: bool | None = None
+    max_tokens_param: MaxTokensParam | None = None
+    # The tokenizer its prompts are counted with (services.common.tokens): "cl100k_base",
+    # "o200k_base" or "approx"; None = chosen by the model's name.
+    tokenizer: Literal["cl100k_base", "o200k_base", "approx"] | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """Price a call in US dollars."""

@@ -209,6 +209,15 @@ async def read_json(request: web.Request) -> object:
         raise InvalidRequest("We could not parse the JSON body of your request.") from None
 
 
+def recorded(request: web.Request, document: object) -> dict[str, Any]:
+    """Return what GET /_agentq/last-request shows of a request: its credentials hidden."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if "authorization" in headers:
+        headers["authorization"] = "<redacted>"
+    return {"method": request.method, "path": request.path, "query": dict(request.query),
+            "headers": headers, "body": document}
+
+
 def ratelimit_headers(requests: Quota | None, tokens: Quota | None) -> dict[str, str]:
     """Return OpenAI's x-ratelimit-* headers for the limits that are on."""
     headers: dict[str, str] = {}

@@ -35,6 +35,7 @@ from services.mockllm.protocol import (
     rate_limited,
     ratelimit_headers,
     read_json,
+    recorded,
     retry_headers,
 )
 from services.mockllm.ratelimit import format_duration
@@ -78,7 +79,9 @@ async def _complete(state: MockState, request: web.Request) -> web.Response:
         state.stats.record(None, Counters(errors=1))
         return refused
     try:
-        chat = parse_chat(await read_json(request))
+        document = await read_json(request)
+        state.last_request = recorded(request, document)
+        chat = parse_chat(document)
     except InvalidRequest as exc:
         state.stats.record(None, Counters(errors=1))
         return invalid_request(exc)
@@ -108,19 +111,17 @@ async def _complete(state: MockState, request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     """Answer POST /v1/embeddings."""
-    request.app[STATE].stats.embeddings += 1
+    state = request.app[STATE]
+    state.stats.embeddings += 1
     if (refused := auth_error(request)) is not None:
         return refused
     try:
-        req = parse_embeddings(await read_json(request))
+        document = await read_json(request)
+        state.last_request = recorded(request, document)
+        req = parse_embeddings(document)
     except InvalidRequest as exc:
         return invalid_request(exc)
     return web.json_response(embeddings_body(req))
-
-
-async def list_models(request: web.Request) -> web.Response:
-    """Answer GET /v1/models."""
-    return web.json_response({"object": "list", "data": [model_object(m) for m in MODELS]})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
@@ -130,6 +131,20 @@ async def retrieve_model(request: web.Request) -> web.Response:
         message = f"The model `{model}` does not exist or you do not have access to it."
         return error_response(404, message, "invalid_request_error", code="model_not_found")
     return web.json_response(model_object(model))
+
+
+async def last_request(request: web.Request) -> web.Response:
+    """Answer GET /_agentq/last-request: the last chat or embeddings request (404 if none)."""
+    seen = request.app[STATE].last_request
+    if seen is None:
+        return error_response(404, "No request has arrived yet.", "invalid_request_error")
+    return web.json_response(seen)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Answer GET /v1/models."""
+    request.app[STATE].last_request = recorded(request, None)
+    return web.json_response({"object": "list", "data": [model_object(m) for m in MODELS]})
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -177,6 +192,7 @@ def create_app(settings: MockSettings) -> web.Application:
             web.get("/control", control),
             web.post("/control", control),
             web.get("/healthz", healthz),
+            web.get("/_agentq/last-request", last_request),
         ]
     )
     return app

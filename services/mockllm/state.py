@@ -76,6 +76,9 @@ class MockState:
     stats: Stats = field(default_factory=Stats)
     fail_next: FailNext = field(default_factory=lambda: FailNext(count=0))
     clock: Callable[[], float] = time.monotonic
+    # The last /v1 request as it arrived, for GET /_agentq/last-request: lets a test see
+    # which headers, query parameters and body fields a client really sent.
+    last_request: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, settings: MockSettings) -> MockState:

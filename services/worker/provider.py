@@ -122,6 +122,7 @@ class Providers:
     def __init__(self, config: AgentqConfig, default_timeout_s: float) -> None:
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._where: dict[str, tuple[str, float]] = {}  # provider -> base URL, timeout
+        self._providers = dict(config.providers)
         # The SDK's own HTTP client class and Limits type: openai 1.x ships on httpx, 3.x on
         # httpx2, and a client of the other library is refused, so name neither here.
         limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
@@ -138,14 +139,14 @@ class Providers:
                 base_url=provider.base_url, api_key=api_key or "agentq-no-key",
                 max_retries=0,  # retries are agentq's, through the delay queues
                 timeout=timeout_s,
+                default_headers=provider.extra_headers or None,
+                default_query=provider.extra_query or None,
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
     async def complete(self, entry: ModelEntry, task: Task) -> Completion:
         """Run one chat completion for a task on a model entry."""
         client = self._clients[entry.provider]
-        kwargs: dict[str, Any] = {"temperature": task.temperature}
-        if task.max_tokens is not None:
-            kwargs["max_tokens"] = task.max_tokens
+        kwargs = call_options(self._providers[entry.provider], entry, task)
         try:
             raw = await client.chat.completions.with_raw_response.create(
                 model=entry.model, messages=_messages(task), **kwargs)
@@ -164,6 +165,18 @@ class Providers:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def call_options(provider: ProviderConfig, entry: ModelEntry, task: Task) -> dict[str, Any]:
+    """Return a task's sampling parameters as this provider and model accept them."""
+    options: dict[str, Any] = {}
+    temperature = (entry.supports_temperature if entry.supports_temperature is not None
+                   else provider.supports_temperature)
+    if temperature:
+        options["temperature"] = task.temperature
+    if task.max_tokens is not None:
+        options[entry.max_tokens_param or provider.max_tokens_param] = task.max_tokens
+    return options
 
 
 def _messages(task: Task) -> Any:
