@@ -7,28 +7,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import runtime
 from services.common.amqp import Bus, PublishFailed, RejectMessage, RequeueMessage
-from services.common.models import Task
 from services.common.settings import Settings
-from services.common.store import (
-    ACCEPTED,
-    forget_task,
-    insert_task,
-    is_unpublished,
-    make_engine,
-    mark_queued,
-    unpublished_tasks,
-)
-from services.common.topology import SUBMIT_ROUTING_KEY, Names, declare_topology
+from services.common.store import make_engine
+from services.common.topology import Names, declare_topology
+from services.ingest.accept import StoreUnavailable, accept_task, queue_stored
+from services.ingest.loop_publisher import LoopTaskPublisher
 from services.ingest.metrics import IngestMetrics, make_metrics
+from services.ingest.sql_store import SqlTaskStore
 from services.ingest.validation import InvalidTask, check_size, decode_json, parse_task
 
 log = logging.getLogger(__name__)
@@ -41,20 +33,13 @@ DEFAULT_METRICS_PORT = 9101
 STOP_GRACE_S = 30.0
 
 
-async def mark_published(engine: Engine, task: Task) -> None:
-    try:
-        await asyncio.to_thread(mark_queued, engine, task.tenant, task.id)
-    except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
-        log.warning("could not mark task %s/%s queued", task.tenant, task.id, exc_info=True)
-
-
 class Intake:
     """The handler of `<ns>.submit`: one message in, at most one task out to `<ns>.tasks`."""
 
     def __init__(self, bus: Bus, engine: Engine, metrics: IngestMetrics,
                  max_body_bytes: int = 0) -> None:
         self._bus = bus
-        self._engine = engine
+        self._store = SqlTaskStore(engine)
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
 
@@ -67,51 +52,29 @@ class Intake:
             raise RejectMessage(f"{exc.field}: {exc.message}") from None
         task = task.stamped(reply_to=message.reply_to)
         try:
-            row, created = await asyncio.to_thread(insert_task, self._engine, task)
-        except SQLAlchemyError as exc:
-            await self._requeue(f"cannot store task {task.id}: {exc!r}")
-        if not created:
-            # A redelivered message whose task was stored but never confirmed comes from a
-            # consumer that died in between: publish the stored task rather than risk losing
-            # it (a rare duplicate is the lesser harm). So does a resubmit of a stale one.
-            retry = message.redelivered and row["status"] == ACCEPTED
-            if not (retry or is_unpublished(row, time.time())):
-                self._metrics.duplicates.labels(door="amqp").inc()
-                return
-            task = Task.model_validate_json(row["task_json"])
-        try:
-            await self._bus.publish(self._bus.names.tasks, SUBMIT_ROUTING_KEY, task,
-                                    priority=task.priority)
-        except PublishFailed as exc:
-            if created:  # so that the redelivery stores and publishes it afresh
-                await self._forget(task)
-            await self._requeue(f"cannot queue task {task.id}: {exc}")
-        await mark_published(self._engine, task)
-        self._metrics.accepted.labels(door="amqp").inc()
+            # In a thread: the store is synchronous; the publish itself runs on this loop.
+            accepted = await asyncio.to_thread(accept_task, task, self._store,
+                                               self._publisher(), time.time(),
+                                               bool(message.redelivered))
+        except (StoreUnavailable, PublishFailed) as exc:
+            # A row stored by this delivery was forgotten: the redelivery starts afresh.
+            log.warning("cannot queue task %s: %s; giving the message back", task.id, exc)
+            raise RequeueMessage(str(exc)) from None
+        counter = self._metrics.duplicates if accepted.duplicate else self._metrics.accepted
+        counter.labels(door="amqp").inc()
 
     async def sweep(self) -> int:
         """Publish the tasks stored and never published (an ingest process died between the
         two steps and no client retried); return how many."""
-        stale = await asyncio.to_thread(unpublished_tasks, self._engine,
-                                        time.time() - SWEEP_AFTER_S)
+        stale = await asyncio.to_thread(self._store.unpublished, SWEEP_AFTER_S)
+        publisher = self._publisher()
         for task in stale:
             log.warning("task %s was stored but never queued; queueing it now", task.id)
-            await self._bus.publish(self._bus.names.tasks, SUBMIT_ROUTING_KEY, task,
-                                    priority=task.priority)
-            await mark_published(self._engine, task)
+            await asyncio.to_thread(queue_stored, task, self._store, publisher)
         return len(stale)
 
-    async def _forget(self, task: Task) -> None:
-        try:
-            await asyncio.to_thread(forget_task, self._engine, task.tenant, task.id)
-        except SQLAlchemyError:
-            # The redelivery still republishes it: the row is queued and the message redelivered.
-            log.warning("could not forget unqueued task %s/%s", task.tenant, task.id,
-                        exc_info=True)
-
-    async def _requeue(self, reason: str) -> NoReturn:
-        log.warning("%s; giving the message back", reason)
-        raise RequeueMessage(reason)
+    def _publisher(self) -> LoopTaskPublisher:
+        return LoopTaskPublisher(self._bus, asyncio.get_running_loop())
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None,

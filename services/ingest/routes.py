@@ -19,18 +19,12 @@ from services.common.amqp import PublishFailed
 from services.common.api_keys import ADMIN, KeyTable
 from services.common.models import Task
 from services.common.settings import Settings
-from services.common.store import (
-    find_tasks,
-    forget_task,
-    get_task,
-    insert_task,
-    is_unpublished,
-    mark_queued,
-    visible_status,
-)
+from services.common.store import find_tasks, get_task, visible_status
+from services.ingest.accept import StoreUnavailable, accept_task
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from services.ingest.scope import Forbidden, lookup_tenant, scope_tasks
+from services.ingest.sql_store import SqlTaskStore
 from services.ingest.validation import InvalidTask, decode_json, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -95,37 +89,13 @@ def _caller() -> str:
     return caller
 
 
-def _forget(ingest: Ingest, task: Task) -> None:
-    try:
-        forget_task(ingest.engine, task.tenant, task.id)
-    except SQLAlchemyError:
-        # The row stays "queued" although nothing was queued; a resubmit will not fix it.
-        log.exception("could not forget unqueued task %s/%s", task.tenant, task.id)
-
-
 def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
-    """Store a task and queue it; a known id is answered with its stored status, and
-    published now if it was stored and never published (its first ingest died between)."""
-    task = task.stamped()
-    row, created = insert_task(ingest.engine, task)
-    if not created:
-        if not is_unpublished(row, time.time()):
-            ingest.metrics.duplicates.labels(door="http").inc()
-            return {"id": task.id, "status": visible_status(row["status"])}
-        task = Task.model_validate_json(row["task_json"])  # as it was first accepted
-        log.warning("task %s was stored but never queued; queueing it now", task.id)
-    try:
-        ingest.publisher.publish_task(task)
-    except PublishFailed:
-        if created:
-            _forget(ingest, task)
-        raise
-    try:
-        mark_queued(ingest.engine, task.tenant, task.id)
-    except SQLAlchemyError:  # it is queued; the sweeper may publish it once more, that is all
-        log.warning("could not mark task %s queued", task.id, exc_info=True)
-    ingest.metrics.accepted.labels(door="http").inc()
-    return {"id": task.id, "status": "queued"}
+    """Store a task and queue it once per id (services.ingest.accept), and count it."""
+    accepted = accept_task(task.stamped(), SqlTaskStore(ingest.engine), ingest.publisher,
+                           time.time())
+    counter = ingest.metrics.duplicates if accepted.duplicate else ingest.metrics.accepted
+    counter.labels(door="http").inc()
+    return accepted.answer()
 
 
 @tasks.post("/v1/tasks")
@@ -151,7 +121,7 @@ def submit() -> ResponseReturnValue:
     for task in batch:
         try:
             answers.append(_accept(ingest, task))
-        except (PublishFailed, SQLAlchemyError) as exc:
+        except (PublishFailed, StoreUnavailable) as exc:
             log.warning("cannot queue task %s: %r", task.id, exc)
             extra: dict[str, Any] = {"accepted": answers} if answers else {}
             return error_response(503, "unavailable",
