@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.api_keys import KeysError, entries_from_table
 from services.common.cost_config import (
@@ -18,6 +27,9 @@ from services.common.cost_config import (
     ComplexityConfig,
 )
 from services.common.models import TIERS, Tier
+from services.common.provider_models import NotAnswering, choose_tier_models, fetch_models
+
+log = logging.getLogger("agentq.config")
 
 MOCK_BASE_URL = "http://127.0.0.1:8100/v1"
 
@@ -168,30 +180,79 @@ class AgentqConfig(BaseModel):
         return self.tenants.get(name, TenantConfig())
 
 
+class BuiltinModels(BaseSettings):
+    """The model names of the built-in tier table (AGENTQ_MODEL_CHEAP, _STANDARD, _PREMIUM),
+    or, with AGENTQ_MODELS_FROM_PROVIDER=1, the ones its provider lists at GET /v1/models."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTQ_", extra="ignore",
+                                      protected_namespaces=())
+
+    model_cheap: str = "gpt-4o-mini"
+    model_standard: str = "gpt-4o"
+    model_premium: str = "o1"
+    models_from_provider: bool = False
+
+    @field_validator("model_cheap", "model_standard", "model_premium")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        if not value.strip() or value != value.strip():
+            raise ValueError(f"a model name, without spaces around it, not {value!r}")
+        return value
+
+    def by_tier(self) -> dict[str, str]:
+        return {"cheap": self.model_cheap, "standard": self.model_standard,
+                "premium": self.model_premium}
+
+
+# The built-in tiers' prices (OpenAI's for the default models), whatever the model names.
+_BUILTIN_PRICES = {"cheap": (0.15, 0.60), "standard": (2.50, 10.00), "premium": (15.00, 60.00)}
+
+
+def models_for(provider: dict[str, Any], models: BuiltinModels, api_key: str) -> dict[str, str]:
+    """Return the built-in tiers' model names: from settings, or from the provider's list."""
+    wanted = models.by_tier()
+    if not models.models_from_provider:
+        return wanted
+    url = provider["base_url"]
+    try:
+        available = fetch_models(url, api_key)
+    except NotAnswering as exc:
+        log.warning("built-in tier table: provider at %s is not answering (%s); the tiers "
+                    "keep the model names from settings", url, exc)
+        return wanted
+    if available is None:
+        log.warning("built-in tier table: %s/models gives no model list; the tiers keep the "
+                    "model names from settings", url.rstrip("/"))
+        return wanted
+    chosen, notes = choose_tier_models(available, wanted)
+    for note in notes:
+        log.warning("built-in tier table (%s): %s", url, note)
+    return chosen
+
+
 def _builtin(openai_api_key: str = "", openai_base_url: str = "",
-             mockllm_url: str = MOCK_BASE_URL) -> dict[str, Any]:
+             mockllm_url: str = MOCK_BASE_URL,
+             models: BuiltinModels | None = None) -> dict[str, Any]:
     """Return the default tier table: OpenAI when a key is set, any OpenAI-compatible server
     at OPENAI_BASE_URL (vLLM, Ollama) without one, else the simulated provider."""
     if openai_api_key:
         name = "openai"
-        provider = {"base_url": openai_base_url or "https://api.openai.com/v1",
-                    "api_key_env": "OPENAI_API_KEY", "rpm": 500, "tpm": 200_000}
+        provider: dict[str, Any] = {
+            "base_url": openai_base_url or "https://api.openai.com/v1",
+            "api_key_env": "OPENAI_API_KEY", "rpm": 500, "tpm": 200_000}
     elif openai_base_url:
         name = "openai"
         provider = {"base_url": openai_base_url}
     else:
         name = "mock"
         provider = {"base_url": mockllm_url, "rpm": 6_000, "tpm": 2_000_000}
+    names = models_for(provider, models or BuiltinModels(), openai_api_key)
+    tiers = {tier: {"models": [{"provider": name, "model": names[tier],
+                                "input_per_mtok": price[0], "output_per_mtok": price[1]}]}
+             for tier, price in _BUILTIN_PRICES.items()}
     return {
         "providers": {name: provider},
-        "tiers": {
-            "cheap": {"models": [{"provider": name, "model": "gpt-4o-mini",
-                                  "input_per_mtok": 0.15, "output_per_mtok": 0.60}]},
-            "standard": {"models": [{"provider": name, "model": "gpt-4o",
-                                     "input_per_mtok": 2.50, "output_per_mtok": 10.00}]},
-            "premium": {"models": [{"provider": name, "model": "o1",
-                                    "input_per_mtok": 15.00, "output_per_mtok": 60.00}]},
-        },
+        "tiers": tiers,
         "routing": {"kinds": {"classify": "cheap", "extract": "cheap",
                               "summarize": "standard", "reason": "premium"},
                     "floors": {"reason": "standard"}},
@@ -199,13 +260,25 @@ def _builtin(openai_api_key: str = "", openai_base_url: str = "",
 
 
 def load_config(path: Path | None, openai_api_key: str = "", openai_base_url: str = "",
-                mockllm_url: str = MOCK_BASE_URL) -> AgentqConfig:
-    """Read the tier table from a TOML file, or return the built-in one."""
+                mockllm_url: str = MOCK_BASE_URL,
+                models: BuiltinModels | None = None) -> AgentqConfig:
+    """Read the tier table from a TOML file, or return the built-in one (its model names
+    from `models`, by default the AGENTQ_MODEL_* settings)."""
     if path is None:
+        try:
+            names = models or BuiltinModels()
+        except ValidationError as exc:
+            raise ConfigError(f"AGENTQ_MODEL_*: {_first_error(exc)}") from None
         return AgentqConfig.model_validate(
-            _builtin(openai_api_key, openai_base_url, mockllm_url))
+            _builtin(openai_api_key, openai_base_url, mockllm_url, names))
     try:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     return AgentqConfig.model_validate(raw)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    field = "AGENTQ_" + str(error["loc"][0]).upper() if error["loc"] else "value"
+    return f"{field}: {str(error['msg']).removeprefix('Value error, ')}"

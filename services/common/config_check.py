@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.common.api_keys import KeysError, entries_from_env, entries_from_table, read_keys_file
-from services.common.config import AgentqConfig, load_config
+from services.common.config import MOCK_BASE_URL, AgentqConfig, ConfigError, load_config
 from services.common.models import TIERS
 
 PROBE_TIMEOUT_S = 3.0
@@ -163,8 +163,11 @@ def check(path: Path | None, environ: Mapping[str, str], *, openai_api_key: str 
         problems = table_problems(document, source)
         if problems:
             return Report(None, source, problems)
-    extra = {"mockllm_url": mockllm_url} if mockllm_url else {}
-    config = load_config(path, openai_api_key, openai_base_url, **extra)
+    try:
+        config = load_config(path, openai_api_key, openai_base_url,
+                             mockllm_url or MOCK_BASE_URL)
+    except ConfigError as exc:
+        return Report(None, source, [Problem(source, str(exc))])
     problems = environment_problems(config, environ) + key_problems(environ)
     if probe_providers:
         problems += reachability_problems(config, skip=skip_probe)
