@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(items, ours, baseline, run)
     lookup = asyncio.run(lookup_latency(args.entries, args.lookups)) if args.entries else None
     report(summary, lookup)
-    report_pairs("local embedder (default)", pair_metrics(CacheConfig(), LocalEmbedder()))
+    every_kind = CacheConfig(semantic_kinds=["*"], embedder="local")  # the layer is opt-in
+    report_pairs("local embedder, every kind opted in", pair_metrics(every_kind, LocalEmbedder()))
     if args.sentence_model:
         try:
             sentence = SentenceEmbedder(args.sentence_model)
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sentence model skipped: {exc}")
         else:
             report_pairs(f"sentence model {args.sentence_model}",
-                         pair_metrics(CacheConfig(), sentence))
+                         pair_metrics(CacheConfig(semantic_kinds=["*"]), sentence))
     if summary["success"] < 1.0:
         failures = Counter((r.get("error") or {}).get("code") for r in ours
                            if r["status"] != "succeeded")

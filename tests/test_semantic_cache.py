@@ -100,8 +100,19 @@ def test_guard_lets_rewordings_through(a: str, b: str) -> None:
     assert same_question(a, b).same
 
 
+def test_the_semantic_layer_is_off_unless_a_kind_opts_in() -> None:
+    assert CacheConfig().semantic_threshold("classify") is None
+    assert CacheConfig(semantic_kinds=["classify"]).semantic_threshold("chat") is None
+    assert CacheConfig(semantic_kinds=["classify"], embedder="local").semantic_threshold(
+        "classify") == 0.70
+    assert CacheConfig(semantic_kinds=["*"], embedder="local").semantic_threshold("reason")
+    assert CacheConfig(semantic_thresholds={"chat": 0.9}).semantic_threshold("chat") == 0.9
+    assert CacheConfig(semantic_default_threshold=0.8).semantic_threshold("reason") == 0.8
+    assert CacheConfig(semantic=False, semantic_kinds=["*"]).semantic_threshold("chat") is None
+
+
 def test_precision_and_recall_on_the_labelled_pairs() -> None:
-    config = CacheConfig()
+    config = CacheConfig(semantic_kinds=["*"], embedder="local")
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines()]
     assert len(rows) >= 150 and sum(not r["match"] for r in rows) >= 75
     predicted = [cosine(r["a"], r["b"]) >= (config.semantic_threshold(r["kind"]) or 2)
@@ -237,6 +248,7 @@ CACHE = """
 [cache]
 verify_share = 0.5
 embedder = "local"
+semantic_kinds = ["classify", "chat"]
 """
 
 

