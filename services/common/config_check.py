@@ -6,20 +6,23 @@ in, problems out); only `probe` touches the network, and `check` ties them toget
 
 from __future__ import annotations
 
-import socket
+import ipaddress
+import os
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from services.common.api_keys import KeysError, entries_from_env, entries_from_table, read_keys_file
 from services.common.config import MOCK_BASE_URL, AgentqConfig, ConfigError, load_config
 from services.common.models import TIERS
+from services.common.provider_models import NotAnswering, fetch_models, unreachable_reason
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -30,6 +33,8 @@ class Problem:
 
     where: str
     message: str
+    # A warning is said but does not stop `agentq up` (a local server that needs no key).
+    severity: Literal["error", "warning"] = "error"
 
     def line(self) -> str:
         return f"agentq config: {self.where}: {self.message}"
@@ -111,19 +116,8 @@ def probe(base_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
             return None
     except urllib.error.HTTPError:
         return None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(reason, socket.gaierror):
-            return "host not found"
-        if isinstance(reason, TimeoutError | socket.timeout):
-            return f"no answer within {timeout_s:.0f} s"
-        return str(reason)
-    except (TimeoutError, OSError) as exc:
-        return str(exc) or type(exc).__name__
-    except ValueError as exc:  # not a URL urllib can open
-        return f"not a usable URL ({exc})"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return unreachable_reason(exc, timeout_s)
 
 
 def reachability_problems(config: AgentqConfig, skip: Iterable[str] = (),
@@ -138,6 +132,86 @@ def reachability_problems(config: AgentqConfig, skip: Iterable[str] = (),
             problems.append(Problem(f"providers.{name}",
                                     f"{provider.base_url}: not answering ({reason})"))
     return problems
+
+
+def is_local(base_url: str) -> bool:
+    """Whether a base URL is on this host or a private network (a local server, which may
+    need no key), not a public provider."""
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+    if host == "localhost" or host.endswith((".local", ".localhost", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host  # a bare name: a container or a host on the local network
+    return address.is_loopback or address.is_private or address.is_unspecified
+
+
+def _models_in_use(config: AgentqConfig) -> dict[str, dict[str, str]]:
+    """Return, per provider, each model the table calls and the first place it is named."""
+    used: dict[str, dict[str, str]] = {name: {} for name in config.providers}
+    for tier, tier_config in config.tiers.items():
+        for index, entry in enumerate(tier_config.models):
+            used[entry.provider].setdefault(entry.model, f"tiers.{tier}.models[{index}]")
+    return used
+
+
+def key_problem(name: str, base_url: str, api_key_env: str | None, api_key: str
+                ) -> Problem | None:
+    """Return what is wrong with a provider's key: none for a remote URL is an error; an
+    unset api_key_env for a local one is a warning (a local server may need no key)."""
+    if api_key:
+        return None
+    local = is_local(base_url)
+    if api_key_env:
+        return Problem(f"providers.{name}", f"{api_key_env} is not set (api_key_env): its "
+                       "calls go without a key", "warning" if local else "error")
+    if not local:
+        return Problem(f"providers.{name}", "no key: set api_key_env to the variable that "
+                       f"holds the key for {base_url}")
+    return None
+
+
+def served_problems(config: AgentqConfig, environ: Mapping[str, str], skip: Iterable[str] = (),
+                    timeout_s: float = PROBE_TIMEOUT_S) -> list[Problem]:
+    """Ask each provider's GET /models: a base URL that does not answer, and each model of
+    the table that the provider's list (when it gives one) does not hold."""
+    skipped = set(skip)
+    problems = []
+    for name, models in _models_in_use(config).items():
+        if name in skipped:
+            continue
+        provider = config.providers[name]
+        api_key = provider.api_key or environ.get(provider.api_key_env or "", "")
+        try:
+            listed = fetch_models(provider.base_url, api_key, provider.extra_headers,
+                                  provider.extra_query, timeout_s)
+        except NotAnswering as exc:
+            problems.append(Problem(f"providers.{name}",
+                                    f"{provider.base_url}: not answering ({exc})"))
+            continue
+        if listed is None:
+            continue  # it answers but gives no list (no /models, or the key is refused)
+        shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+        problems += [Problem(f"providers.{name}",
+                             f"unknown model {model!r} ({where}): {provider.base_url}/models "
+                             f"lists {shown or 'none'}")
+                     for model, where in models.items() if model not in listed]
+    return problems
+
+
+def check_providers(config: AgentqConfig, environ: Mapping[str, str] | None = None,
+                    timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """Check every provider at a worker's start-up; return one line per problem, each
+    naming the provider: its key, whether its base URL answers, the models it serves."""
+    environ = os.environ if environ is None else environ
+    problems = [problem for name, provider in config.providers.items()
+                if (problem := key_problem(name, provider.base_url, provider.api_key_env,
+                                           provider.api_key
+                                           or environ.get(provider.api_key_env or "", "")))]
+    problems += served_problems(config, environ, timeout_s=timeout_s)
+    return [f"{p.severity}: provider {p.where.removeprefix('providers.')!r}: {p.message}"
+            for p in problems]
 
 
 @dataclass(frozen=True)
@@ -169,8 +243,12 @@ def check(path: Path | None, environ: Mapping[str, str], *, openai_api_key: str 
     except ConfigError as exc:
         return Report(None, source, [Problem(source, str(exc))])
     problems = environment_problems(config, environ) + key_problems(environ)
+    problems += [problem for name, provider in config.providers.items()
+                 if not provider.api_key_env
+                 and (problem := key_problem(name, provider.base_url, None, provider.api_key
+                                             or ""))]
     if probe_providers:
-        problems += reachability_problems(config, skip=skip_probe)
+        problems += served_problems(config, environ, skip=skip_probe)
     return Report(config, source, problems)
 
 
