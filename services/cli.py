@@ -65,6 +65,8 @@ def _run_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.config:
         settings = settings.model_copy(update={"config": Path(args.config)})
     report = config_report(settings, probe=not args.offline)
+    for warning in report.warnings:
+        print(f"{warning.line()} (warning)", file=sys.stderr)
     for problem in report.problems:
         print(problem.line(), file=sys.stderr)
     if report.problems:

@@ -4,6 +4,7 @@ answers, and the models the table calls that its GET /v1/models does not list.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from services.common import config_check
 from services.common.config import AgentqConfig
 from tests.mock_server import last_request, running_mockllm
-from tests.test_config_check import closed_port_url
+from tests.test_config_check import GOOD, agentq, closed_port_url
 
 
 def table(providers: dict[str, dict[str, Any]], models: dict[str, str]) -> AgentqConfig:
@@ -58,7 +59,7 @@ def test_check_providers_names_each_provider_once_per_problem(mock_url: str) -> 
     assert lines == [
         "warning: provider 'mock': AGENTQ_TEST_NO_KEY is not set (api_key_env): its calls go "
         "without a key",
-        f"error: provider 'mock': unknown model 'llama-9000' (tiers.standard.models[0]): "
+        f"warning: provider 'mock': unknown model 'llama-9000' (tiers.standard.models[0]): "
         f"{mock_url}/models lists gpt-4o-mini, gpt-4o, o1, claude-3-5-haiku, claude-sonnet-4, "
         "text-embedding-3-small",
         f"error: provider 'down': {down}: not answering (connection refused)",
@@ -84,3 +85,16 @@ def test_config_check_reports_an_unknown_model(mock_url: str) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("agentq config: providers.mock: unknown model 'o9' "
                                "(tiers.premium.models[0])")
+
+
+def test_config_check_warns_of_an_unknown_model_and_still_passes(mock_url: str,
+                                                                tmp_path: Path) -> None:
+    path = tmp_path / "agentq.toml"
+    path.write_text(GOOD.format(url=mock_url))  # m-small, m-mid, m-big: none listed
+    done = agentq("config", "check", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    warnings = done.stderr.splitlines()
+    assert len(warnings) == 3
+    assert warnings[0].startswith("agentq config: providers.local: unknown model 'm-small' "
+                                  "(tiers.cheap.models[0]): ")
+    assert all(line.endswith("(warning)") for line in warnings)

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,9 +193,11 @@ def served_problems(config: AgentqConfig, environ: Mapping[str, str], skip: Iter
         if listed is None:
             continue  # it answers but gives no list (no /models, or the key is refused)
         shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+        # A warning: many servers (gateways with wildcard routes, the simulated provider)
+        # answer models they do not list.
         problems += [Problem(f"providers.{name}",
                              f"unknown model {model!r} ({where}): {provider.base_url}/models "
-                             f"lists {shown or 'none'}")
+                             f"lists {shown or 'none'}", "warning")
                      for model, where in models.items() if model not in listed]
     return problems
 
@@ -218,7 +220,8 @@ def check_providers(config: AgentqConfig, environ: Mapping[str, str] | None = No
 class Report:
     config: AgentqConfig | None
     source: str
-    problems: list[Problem]
+    problems: list[Problem]  # errors: the stack does not start
+    warnings: list[Problem] = field(default_factory=list)  # said, but not in the way
 
 
 def check(path: Path | None, environ: Mapping[str, str], *, openai_api_key: str = "",
@@ -249,7 +252,8 @@ def check(path: Path | None, environ: Mapping[str, str], *, openai_api_key: str 
                                              or ""))]
     if probe_providers:
         problems += served_problems(config, environ, skip=skip_probe)
-    return Report(config, source, problems)
+    return Report(config, source, [p for p in problems if p.severity == "error"],
+                  [p for p in problems if p.severity == "warning"])
 
 
 def summary(report: Report) -> str:
