@@ -137,10 +137,9 @@ def test_api_metrics_reflects_rolled_up_results_and_events(app: Flask,
     events = [
         Event(type="task.retry", ts=now - 20, tenant="tenant-0", data={"tier": "cheap"}),
         Event(type="task.dead", ts=now - 20, tenant="tenant-0", data={"tier": "cheap"}),
-        Event(type="provider.rate_limited", ts=now - 20, data={"provider": "mock"}),
         Event(type="limiter.stats", ts=now - 20, data={
             "pool": "mock", "rpm_used": 300, "rpm_limit": 600, "tpm_used": 10, "tpm_limit": 100,
-            "grants": 5, "waits": 1, "holds": 0, "rate_limited_429": 0}),
+            "grants": 5, "waits": 1, "holds": 0, "rate_limited_429": 1}),
         Event(type="worker.heartbeat", ts=now - 1, data={
             "worker_id": "w1", "tiers": ["cheap"], "in_flight": 3, "concurrency": 8}),
         Event(type="scale.up", ts=now - 10, data={"from": 1, "to": 2, "reason": "backlog"}),

@@ -127,7 +127,8 @@ class Autoscaler:
             data: dict[str, Any] = {"from": current, "to": decision.target,
                                     "reason": decision.reason, "ready": depth.ready,
                                     "unacked": depth.unacked, "depth_source": depth.source}
-            await emit(self.bus, f"scale.{direction}", SERVICE, **data)
+            await emit(self.bus, "scale.up" if direction == "up" else "scale.down", SERVICE,
+                       **data)
         WORKERS.labels("running").set(self.pool.size)
         WORKERS.labels("draining").set(self.pool.draining)
 

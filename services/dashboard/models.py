@@ -46,6 +46,8 @@ class Rollup(db.Model):  # type: ignore[name-defined,misc]
     cache_semantic: Mapped[int] = mapped_column(BigInteger, default=0)
     retries: Mapped[int] = mapped_column(BigInteger, default=0)
     dead: Mapped[int] = mapped_column(BigInteger, default=0)
+    # No longer added to: 429s come per pool from `limiter.stats` (LimiterStat.rate_limited).
+    # Kept so that rows stored before still read.
     rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)
     routed: Mapped[int] = mapped_column(BigInteger, default=0)
     verified: Mapped[int] = mapped_column(BigInteger, default=0)

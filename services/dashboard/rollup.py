@@ -36,7 +36,6 @@ class Counts:
     cache_semantic: int = 0
     retries: int = 0
     dead: int = 0
-    rate_limited: int = 0
     routed: int = 0
     verified: int = 0
     verify_agreed: int = 0
@@ -162,8 +161,6 @@ def fold_event(delta: Delta, event: Event) -> None:
             _bump(delta, event, "retries", tier)
         case "task.dead":
             _bump(delta, event, "dead", tier)
-        case "provider.rate_limited":
-            _bump(delta, event, "rate_limited", tier)
         case "cache.verify":
             for row in delta.counts(event.ts, event.tenant, None, tier, NONE):
                 row.verified += 1
@@ -202,6 +199,7 @@ def _fold_limiter(delta: Delta, event: Event) -> None:
         figures.grants += int(_number(data, "grants"))
         figures.waits += int(_number(data, "waits"))
         figures.holds += int(_number(data, "holds"))
+        # The provider's 429s: the worker reports them per pool here, and nowhere else.
         figures.rate_limited += int(_number(data, "rate_limited_429"))
 
 
