@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from services.common import events
 from services.common.amqp import Bus, PublishFailed
 from services.common.models import Event, Result
 
@@ -26,6 +27,7 @@ async def publish_result(bus: Bus, result: Result, reply_to: str | None = None) 
 
 async def emit(bus: Bus, type_: str, service: str, *, tenant: str | None = None,
                task_id: str | None = None, **data: Any) -> None:
-    """Publish a telemetry Event (routing key = its type)."""
+    """Publish a telemetry Event (routing key = its type), its data checked by its model."""
+    events.checked(type_, data)
     event = Event(type=type_, service=service, tenant=tenant, task_id=task_id, data=data)
     await bus.publish(bus.names.events, type_, event, mandatory=False)
