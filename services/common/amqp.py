@@ -16,7 +16,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import aio_pika
 from aio_pika.abc import (
@@ -31,6 +31,26 @@ from pydantic import BaseModel
 from services.common.topology import ERROR_HEADER, Names
 
 log = logging.getLogger(__name__)
+
+
+class IncomingMessage(Protocol):
+    """What a handler reads of a delivered message (aio-pika's, or the in-memory broker's)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def exchange(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 UNEXPECTED_ERROR_PAUSE_S = 1.0
@@ -81,12 +101,62 @@ class PublishFailed(Exception):
     """The broker did not confirm a publish (nacked, unroutable or connection lost)."""
 
 
+def poison_reason(exc: BaseException) -> str:
+    return f"handler failed {POISON_AFTER_CRASHES} times: {type(exc).__name__}: {exc}"
+
+
+def rejected_headers(headers: Mapping[str, Any] | None, reason: str, exchange: str | None,
+                     routing_key: str | None) -> dict[str, Any]:
+    """Return the headers of a message parked in `rejected`: why, and where it came from."""
+    return {**(headers or {}), ERROR_HEADER: reason[:4000],
+            "x-agentq-source": f"{exchange}/{routing_key}"}
+
+
 def encode(body: BaseModel | bytes | Mapping[str, Any]) -> bytes:
     if isinstance(body, bytes):
         return body
     if isinstance(body, BaseModel):
         return body.model_dump_json().encode()
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+Settlement = Literal["ack", "reject", "requeue", "retry", "poison"]
+
+
+def settlement(error: BaseException | None, deliveries: int) -> Settlement:
+    """Decide how to settle a message whose handler ended with `error` (None: returned) on its
+    `deliveries`-th delivery: ack, park as rejected, give back after a pause ("requeue": not
+    now, "retry": an unexpected error), or park as poison."""
+    if error is None:
+        return "ack"
+    if isinstance(error, RejectMessage):
+        return "reject"
+    if isinstance(error, RequeueMessage | PublishFailed):
+        return "requeue"
+    return "poison" if deliveries >= POISON_AFTER_CRASHES else "retry"
+
+
+class Broker(Protocol):
+    """What handlers and publishers need of a broker: `Bus` (aio-pika) or `MemoryBroker`."""
+
+    @property
+    def names(self) -> Names: ...
+
+    async def publish(self, exchange: str, routing_key: str,
+                      body: BaseModel | bytes | Mapping[str, Any], *,
+                      headers: Mapping[str, Any] | None = None, priority: int | None = None,
+                      reply_to: str | None = None, correlation_id: str | None = None,
+                      expiration: float | None = None, message_id: str | None = None,
+                      mandatory: bool = True) -> None: ...
+
+    async def send_to_queue(self, queue: str, body: BaseModel | bytes | Mapping[str, Any],
+                            **kwargs: Any) -> None: ...
+
+    async def consume(self, queue: str, handler: Callable[[Any], Awaitable[None]],
+                      prefetch: int) -> None: ...
+
+    async def stop_consuming(self, grace_s: float,
+                             then: Callable[[], None] | None = None) -> None: ...
 
 
 class Bus:
@@ -214,9 +284,20 @@ class Bus:
     async def _settle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
         try:
             await handler(message)
-        except RejectMessage as exc:
+        except asyncio.CancelledError:
+            await _nack(message)
+            raise
+        except Exception as exc:
+            await self._after(message, exc)
+        else:
+            await _ack(message)
+
+    async def _after(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """Settle a message whose handler raised, as `settlement` decides."""
+        outcome = settlement(exc, deliveries_before(message.headers) + 1)
+        if outcome == "reject":
             await self._park_rejected(message, str(exc))
-        except (RequeueMessage, PublishFailed) as exc:
+        elif outcome == "requeue":
             # An outage (database, provider, the broker itself) must not burn through the
             # delivery limit in a fraction of a second: hold the message a moment before
             # giving it back. Not a crash: a message that lived through a few connection
@@ -225,30 +306,22 @@ class Bus:
                 log.warning("%s; giving the message back", exc)
             await asyncio.sleep(REQUEUE_PAUSE_S)
             await _nack(message)
-        except asyncio.CancelledError:
-            await _nack(message)
-            raise
-        except Exception as exc:
-            if deliveries_before(message.headers) + 1 >= POISON_AFTER_CRASHES:
-                # The same message keeps failing its handler: a poison message, not an outage
-                # (those raise RequeueMessage). Park it with the reason rather than let the
-                # broker dead-letter it, reasonless, at its delivery limit.
-                log.exception("handler failed on a message from %s %d times; rejecting it",
-                              message.routing_key, POISON_AFTER_CRASHES)
-                await self._park_rejected(message, f"handler failed {POISON_AFTER_CRASHES} "
-                                                   f"times: {type(exc).__name__}: {exc}")
-                return
-            log.exception("handler failed on a message from %s; giving it back",
-                          message.routing_key)
+        elif outcome == "poison":
+            # The same message keeps failing its handler: a poison message, not an outage
+            # (those raise RequeueMessage). Park it with the reason rather than let the
+            # broker dead-letter it, reasonless, at its delivery limit.
+            log.error("handler failed on a message from %s %d times; rejecting it",
+                      message.routing_key, POISON_AFTER_CRASHES, exc_info=exc)
+            await self._park_rejected(message, poison_reason(exc))
+        else:
+            log.error("handler failed on a message from %s; giving it back",
+                      message.routing_key, exc_info=exc)
             await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_S)
             await _nack(message)
-        else:
-            await _ack(message)
 
     async def _park_rejected(self, message: AbstractIncomingMessage, reason: str) -> None:
-        headers = dict(message.headers or {})
-        headers[ERROR_HEADER] = reason[:4000]
-        headers["x-agentq-source"] = f"{message.exchange}/{message.routing_key}"
+        headers = rejected_headers(message.headers, reason, message.exchange,
+                                   message.routing_key)
         try:
             await self.publish("", self.names.rejected, message.body, headers=headers,
                                reply_to=message.reply_to, correlation_id=message.correlation_id)

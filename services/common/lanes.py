@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.amqp import Bus, PublishFailed
+from services.common.amqp import Broker, PublishFailed
 from services.common.lane_idle import Lane, LaneView
 from services.common.lane_roster import LaneRoster
 from services.common.models import Task
@@ -267,7 +267,7 @@ class LaneDirectory:
         """Declare and register the lane again before its next use (its queue went away)."""
         self._registered.pop((tier, tenant), None)
 
-    async def publish(self, bus: Bus, tier: str, tenant: str, body: BaseModel,
+    async def publish(self, bus: Broker, tier: str, tenant: str, body: BaseModel,
                       **kwargs: Any) -> None:
         """Publish work for `tenant` in `tier` to its lane; to the tier's queue if the lane's
         queue turned out to be gone (deleted under a stale registration)."""
@@ -281,7 +281,7 @@ class LaneDirectory:
             log.warning("lane %s/%s unroutable: publishing to the tier's queue", tier, tenant)
             await bus.publish(bus.names.work, tier, body, **kwargs)
 
-    async def publish_later(self, bus: Bus, tier: str, task: Task, headers: dict[str, Any],
+    async def publish_later(self, bus: Broker, tier: str, task: Task, headers: dict[str, Any],
                             delay_ms: float) -> None:
         """Send a task back to the tail of its lane after about `delay_ms` (a retry, a budget
         hold), through the delay queue of that length; the lane's use is recorded for when

@@ -6,13 +6,13 @@ import logging
 from typing import Any
 
 from services.common import events
-from services.common.amqp import Bus, PublishFailed
+from services.common.amqp import Broker, PublishFailed
 from services.common.models import Event, Result
 
 log = logging.getLogger(__name__)
 
 
-async def publish_result(bus: Bus, result: Result, reply_to: str | None = None) -> None:
+async def publish_result(bus: Broker, result: Result, reply_to: str | None = None) -> None:
     """Publish a Result under `<tenant>.<status>`, and to the client's reply queue if any."""
     await bus.publish(bus.names.results, f"{result.tenant}.{result.status}", result,
                       message_id=result.task_id)
@@ -25,7 +25,7 @@ async def publish_result(bus: Bus, result: Result, reply_to: str | None = None) 
             log.warning("could not send the result of %s to %s", result.task_id, reply_to)
 
 
-async def emit(bus: Bus, type_: str, service: str, *, tenant: str | None = None,
+async def emit(bus: Broker, type_: str, service: str, *, tenant: str | None = None,
                task_id: str | None = None, **data: Any) -> None:
     """Publish a telemetry Event (routing key = its type), its data checked by its model."""
     events.checked(type_, data)

@@ -18,10 +18,10 @@ from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
 from services.common.lanes import LaneDirectory, LaneRegistry
-from services.common.models import Latency, Result, Task
-from services.common.pricing import saved
+from services.common.models import Result, Task
 from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras, extras_client
+from services.common.results import from_cache
 from services.common.semantic_cache import (
     SemanticCache,
     SemanticHit,
@@ -44,13 +44,7 @@ def cache_hit_result(task: Task, decision: RouteDecision, hit: CachedAnswer,
                      config: AgentqConfig, now: float,
                      cache: Literal["exact", "semantic"] = "exact") -> Result:
     """Build the Result of a task answered from the cache."""
-    waited_ms = max(0.0, (now - (task.submitted_at or now)) * 1000)
-    return Result(
-        task_id=task.id, tenant=task.tenant, status="succeeded", output=hit.output,
-        model=hit.model, tier=hit.tier, usage=hit.usage, cost_usd=0.0,
-        cost_saved_usd=saved(config, hit.usage, 0.0), cache=cache, attempts=0,
-        latency_ms=Latency(queue=waited_ms, llm=0.0, total=waited_ms), metadata=task.metadata,
-        kind=task.kind, route_reason=decision.reason, cached_from=hit.task_id or None)
+    return from_cache(task, hit, config, cache=cache, route_reason=decision.reason, now=now)
 
 
 class Router:

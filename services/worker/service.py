@@ -11,35 +11,40 @@ import socket
 import time
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from services.common.amqp import Bus, RejectMessage
+from services.common.amqp import Broker, Bus, IncomingMessage, RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig
 from services.common.embedder import make_embedder
 from services.common.lane_roster import RosterSweep
 from services.common.lanes import LaneDirectory, LaneRegistry
-from services.common.models import TIERS, ErrorInfo, Latency, Result, Task
-from services.common.pricing import call_cost, saved
-from services.common.publishing import emit, publish_result
+from services.common.models import TIERS, Latency, Task
+from services.common.publishing import emit
 from services.common.queue_depth import read_passive
 from services.common.redis_extras import extras_client
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
-from services.common.topology import (
-    ATTEMPT_HEADER,
-    ERROR_HEADER,
-    ROUTE_HEADER,
-    STARTED_EVENT,
-    Names,
-    declare_lane,
-    declare_topology,
-    tier_of,
-)
-from services.common.work_headers import RATE_WAIT_HEADER
+from services.common.topology import STARTED_EVENT, Names, declare_lane, declare_topology
+from services.worker.act import Executor
+from services.worker.actions import Call, Plan, Reject, WorkOrder
+from services.worker.cascade import check_answer
 from services.worker.controls import CostControls
+from services.worker.decide import (
+    Answer,
+    CallFailure,
+    RetryPolicy,
+    answer_plan,
+    answer_result,
+    budget_plan,
+    call_latency,
+    dedups,
+    failure_plan,
+    rate_wait_since,
+    read_order,
+    release,
+    twin_plan,
+)
 from services.worker.lanes import WATCH_INTERVAL_S as LANE_WATCH_S
 from services.worker.lanes import LaneSweeper, LaneWatcher, repeat
 from services.worker.limiter import (
@@ -52,7 +57,6 @@ from services.worker.limiter.learned import LearnedLimits
 from services.worker.limiter.learning import Lowered
 from services.worker.limiter_report import LimiterReport
 from services.worker.provider import Completion, ProviderError, ProviderRateLimited, Providers
-from services.worker.retry import next_attempt, retry_delay_ms
 from services.worker.throttle import CallClock, Throttle
 
 log = logging.getLogger(__name__)
@@ -62,17 +66,21 @@ LEARNED_POLL_S = 1.0  # how soon a limit one worker learned is in force in the o
 
 
 class Worker:
-    """Handle one work message from start to a confirmed Result."""
+    """Handle one work message: receive it, decide, act (the provider call in the middle)."""
 
-    def __init__(self, bus: Bus, providers: Providers, config: AgentqConfig, settings: Settings,
-                 controls: CostControls, throttle: Throttle, concurrency: int) -> None:
-        self.bus = bus
+    def __init__(self, broker: Broker, providers: Providers, config: AgentqConfig,
+                 settings: Settings, controls: CostControls, throttle: Throttle,
+                 concurrency: int, lanes: LaneDirectory) -> None:
+        self.broker = broker
         self.providers = providers
         self.config = config
         self.settings = settings
         self.controls = controls
         self.throttle = throttle
         self.concurrency = concurrency
+        self.act = Executor(broker, lanes, controls)
+        self.retry_policy = RetryPolicy(settings.max_attempts, settings.retry_base_ms,
+                                        settings.retry_max_ms)
         # Each lane may hand over up to its prefetch; this caps the provider calls under way
         # in the whole process at `concurrency`, whatever the lanes and tiers.
         self.slots = asyncio.Semaphore(concurrency)
@@ -84,46 +92,51 @@ class Worker:
     def busy(self) -> int:
         return self.concurrency - self.slots._value
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            task = Task.model_validate_json(message.body)
-        except ValidationError as exc:
-            raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
-        headers: dict[str, Any] = dict(message.headers or {})
-        tier = tier_of(str(message.routing_key or ""))  # from a lane or the tier's own queue
-        if tier not in TIERS:
-            raise RejectMessage(f"unknown tier {tier!r}")
-        attempt = int(headers.get(ATTEMPT_HEADER) or 1)
-        if not await self.controls.admit(task, tier, headers):  # held, refused, deduped
-            return
+    async def handle(self, message: IncomingMessage) -> None:
+        order = read_order(message.body, str(message.routing_key or ""), message.headers)
+        if isinstance(order, Reject):
+            raise RejectMessage(order.reason)
+        if await self.act.carry_out(await self.admit(order)):
+            await self.act.carry_out(await self.attempt(order))
+
+    async def admit(self, order: WorkOrder) -> Plan:
+        """Decide whether to call the provider: the tenant's budget, then a twin's answer."""
+        tenant = order.task.tenant
+        plan = budget_plan(order, self.config.tenant(tenant).budget,
+                           await self.controls.budget_level(tenant), time.time())
+        if not isinstance(plan[-1], Call) or not dedups(order):
+            return plan
+        return twin_plan(order, await self.controls.twin_answer(order), self.config,
+                         time.time())
+
+    async def attempt(self, order: WorkOrder) -> Plan:
+        """Call the provider once (waits for capacity included); decide what its answer or
+        its failure leads to."""
+        task, tier = order.task, order.tier
         started = time.time()
-        clock = CallClock(self.settings.rate_limit_wait_s, _since(headers))
+        clock = CallClock(self.settings.rate_limit_wait_s, rate_wait_since(order.headers))
         try:
-            completion = await self.call(task, tier, attempt, clock)
+            completion = await self.call(task, tier, order.attempt, clock)
         except asyncio.CancelledError:  # shutting down: the message goes back to its queue
-            await self.controls.abandon(task, tier, headers)
+            await self.act.carry_out(release(order))
             raise
         except ProviderError as exc:
-            if clock.since is not None:
-                headers[RATE_WAIT_HEADER] = clock.since
-            await self.on_failure(task, tier, attempt, headers, exc, started, clock)
-            return
-        result = await self.controls.conclude(
-            task, tier, headers, self.success_result(task, tier, attempt, headers, completion,
-                                                     started, clock))
-        if result is None:  # the answer failed its validator: escalated to the next tier
-            return
-        await publish_result(self.bus, result, task.reply_to)
-        await emit(self.bus, "task.completed", SERVICE, tenant=task.tenant, task_id=task.id,
-                   tier=tier, model=result.model, cost_usd=result.cost_usd,
-                   attempts=attempt, llm_ms=result.latency_ms.llm,
-                   limiter_ms=result.latency_ms.limiter, reason=result.route_reason,
-                   status=result.status)
+            return failure_plan(order, failure_of(exc, clock), self.retry_policy, self.rng,
+                                _latency(task, started, clock),
+                                self.config.primary(tier).model)
+        result = answer_result(order, Answer(completion.text, completion.model,
+                                             completion.usage, completion.entry),
+                               self.config, _latency(task, started, clock))
+        # A client's validator is CPU work of the client's choosing: off the event loop.
+        failed_check = None if task.validator is None else \
+            await asyncio.to_thread(check_answer, task.validator, result.output)
+        return answer_plan(order, result, failed_check, self.config)
 
     def announce(self, task: Task, tier: str, attempt: int) -> None:
         """Say the task is running, without holding the task up for the broker's confirm."""
-        publish = asyncio.create_task(emit(self.bus, STARTED_EVENT, SERVICE, tenant=task.tenant,
-                                           task_id=task.id, tier=tier, attempt=attempt))
+        publish = asyncio.create_task(emit(self.broker, STARTED_EVENT, SERVICE,
+                                           tenant=task.tenant, task_id=task.id, tier=tier,
+                                           attempt=attempt))
         self._announcements.add(publish)
         publish.add_done_callback(self._announced)
 
@@ -165,73 +178,21 @@ class Worker:
         for handler in list(self._waiting):
             handler.cancel()
 
-    def success_result(self, task: Task, tier: str, attempt: int, headers: dict[str, Any],
-                       completion: Completion, started: float,
-                       clock: CallClock | None = None) -> Result:
-        cost = call_cost(completion.entry or self.config.primary(tier), completion.usage)
-        return Result(
-            task_id=task.id, tenant=task.tenant, status="succeeded", output=completion.text,
-            model=completion.model, tier=tier, usage=completion.usage, cost_usd=cost,
-            cost_saved_usd=saved(self.config, completion.usage, cost), cache="miss",
-            attempts=attempt, latency_ms=_latency(task, started, clock),
-            metadata=task.metadata, kind=task.kind,
-            route_reason=str(headers.get(ROUTE_HEADER, "")))
 
-    async def on_failure(self, task: Task, tier: str, attempt: int,
-                         headers: dict[str, Any], exc: ProviderError, started: float,
-                         clock: CallClock | None = None) -> None:
-        """Schedule a retry through the delay queues, or fail and dead-letter the task.
-
-        Only the task's own errors spend attempts: waits for capacity (429s, holds) are the
-        throttle's; one that held the message long enough comes back here to wait in a
-        delay queue instead, at the same attempt, until its budget is spent.
-        """
-        s = self.settings
-        again = next_attempt(isinstance(exc, ProviderRateLimited), exc.retryable, attempt,
-                             s.max_attempts)
-        if again is not None:
-            delay_ms = retry_delay_ms(attempt, s.retry_base_ms, s.retry_max_ms, self.rng,
-                                      retry_after_from_headers(exc.headers))
-            await self.controls.lanes.publish_later(
-                self.bus, tier, task, {**headers, ATTEMPT_HEADER: again}, delay_ms)
-            await emit(self.bus, "task.retry", SERVICE, tenant=task.tenant, task_id=task.id,
-                       tier=tier, attempt=attempt, delay_ms=round(delay_ms),
-                       error_code=exc.code)
-            return
-        result = Result(
-            task_id=task.id, tenant=task.tenant, status="failed", tier=tier,
-            model=self.config.primary(tier).model, attempts=attempt,
-            error=ErrorInfo(code=exc.code, message=str(exc)[:2000]),
-            latency_ms=_latency(task, started, clock),
-            metadata=task.metadata, kind=task.kind,
-            route_reason=str(headers.get(ROUTE_HEADER, "")))
-        await self.controls.abandon(task, tier, headers)
-        await publish_result(self.bus, result, task.reply_to)
-        await self.bus.publish(self.bus.names.dlx, f"{tier}.{exc.code}", task,
-                               message_id=task.id,
-                               headers={**headers, ERROR_HEADER: f"{exc.code}: {exc}"[:4000]})
-        await emit(self.bus, "task.dead", SERVICE, tenant=task.tenant, task_id=task.id,
-                   tier=tier, attempts=attempt, error_code=exc.code)
-
-
-def _since(headers: dict[str, Any]) -> float | None:
-    """Return when the task first waited for capacity, from its message header."""
-    try:
-        return float(headers[RATE_WAIT_HEADER])
-    except (KeyError, TypeError, ValueError):
-        return None
+def failure_of(exc: ProviderError, clock: CallClock) -> CallFailure:
+    """Translate a provider error into what deciding the next step needs of it."""
+    return CallFailure(code=exc.code, message=str(exc), retryable=exc.retryable,
+                       rate_limited=isinstance(exc, ProviderRateLimited),
+                       retry_after_s=retry_after_from_headers(exc.headers),
+                       rate_wait_since=clock.since)
 
 
 def _latency(task: Task, started: float, clock: CallClock | None) -> Latency:
     """Split a delivery's time: queued before it, waiting for capacity, in provider calls."""
     now = time.time()
-    submitted = task.submitted_at or started
-    queue = max(0.0, (started - submitted) * 1000)
-    total = max(0.0, (now - submitted) * 1000)
     if clock is None:
-        return Latency(queue=queue, llm=(now - started) * 1000, total=total)
-    return Latency(queue=queue, llm=clock.llm_s * 1000, limiter=clock.limiter_s * 1000,
-                   total=total)
+        return call_latency(task, started, now, now - started, None)
+    return call_latency(task, started, now, clock.llm_s, clock.limiter_s)
 
 
 async def _heartbeat(bus: Bus, worker: Worker, worker_id: str, tiers: list[str],
@@ -289,11 +250,10 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         lanes_channel = await bus.connection.channel()
         registry = LaneRegistry(redis, names, settings.lane_idle_s, settings.lane_retire_s)
         worker = Worker(bus, providers, config, settings,
-                        CostControls(bus, config, redis, exact, semantic,
-                                     LaneDirectory(lanes_channel, registry)),
+                        CostControls(names, config, redis, exact, semantic),
                         Throttle(limiter, {name: provider.tpm_counts for name, provider
                                            in config.providers.items()}, learned),
-                        concurrency)
+                        concurrency, LaneDirectory(lanes_channel, registry))
         # Full collections skip what start-up built (SDK clients, config, the embedder):
         # their pauses land on the limiter's awaits as latency.
         gc.freeze()
