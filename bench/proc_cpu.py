@@ -40,17 +40,22 @@ def parse_stat(line: str) -> Stat:
     return Stat(int(pid), comm, int(fields[1]), int(fields[11]) + int(fields[12]))
 
 
-def descendants(root: int, parents: Mapping[int, int]) -> list[int]:
-    """Return `root` and every process below it, given each pid's parent pid."""
-    below: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        below.setdefault(ppid, []).append(pid)
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(below.get(pid, []))
-    return sorted(found)
+def owners(roots: Mapping[str, Iterable[int]], parents: Mapping[int, int]) -> dict[int, str]:
+    """Return the group of every pid below a root: that of its nearest root ancestor, so a
+    tree started inside another group's tree (the benchmark's own children) is not counted
+    twice."""
+    root_group = {pid: name for name, pids in roots.items() for pid in pids}
+    out = {}
+    for pid in parents:
+        cursor, seen = pid, 0
+        while cursor not in root_group and cursor in parents and seen < 4096:
+            cursor, seen = parents[cursor], seen + 1
+        if cursor in root_group:
+            out[pid] = root_group[cursor]
+    for pid, name in root_group.items():
+        if pid in parents:
+            out[pid] = name
+    return out
 
 
 def spent(before: Mapping[int, int], after: Mapping[int, int]) -> int:
@@ -121,8 +126,9 @@ def cmdline_of(pid: int) -> str:
 class Meter:
     """CPU of named process trees between `start()` and `stop()`.
 
-    `groups` maps a name to root pids; each root's whole tree is counted, read again at
-    `stop()` so that children started meanwhile are included. `split` moves the pids whose
+    `groups` maps a name to root pids; each root's whole tree is counted (less the trees of
+    other roots inside it), read again at `stop()` so that children started meanwhile are
+    included. `split` moves the pids whose
     command line holds a marker into a group of their own (the collector below the
     dashboard's supervisor).
     """
@@ -136,15 +142,11 @@ class Meter:
     def _read(self) -> dict[str, dict[int, int]]:
         stats = all_stats()
         parents = {pid: stat.ppid for pid, stat in stats.items()}
-        out: dict[str, dict[int, int]] = {}
-        for name, roots in self.roots.items():
-            pids = {pid for root in roots if root in stats
-                    for pid in descendants(root, parents)}
-            for pid in sorted(pids):
-                target = next((group for group, marker in self.split.items()
-                               if marker in cmdline_of(pid)), name)
-                out.setdefault(target, {})[pid] = stats[pid].ticks
-            out.setdefault(name, {})
+        out: dict[str, dict[int, int]] = {name: {} for name in self.roots}
+        for pid, name in sorted(owners(self.roots, parents).items()):
+            target = next((group for group, marker in self.split.items()
+                           if marker in cmdline_of(pid)), name)
+            out.setdefault(target, {})[pid] = stats[pid].ticks
         return out
 
     def start(self) -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from bench.proc_cpu import (
     Meter,
-    descendants,
     format_table,
     ms_per_task,
+    owners,
     parse_stat,
     read_stat,
     spent,
@@ -41,11 +41,14 @@ def test_parse_stat_refuses_what_is_not_a_stat_line(line: str) -> None:
         parse_stat(line)
 
 
-def test_descendants_walk_the_whole_tree_and_nothing_else() -> None:
-    parents = {1: 0, 10: 1, 11: 10, 12: 10, 13: 12, 20: 1, 21: 20}
-    assert descendants(10, parents) == [10, 11, 12, 13]
-    assert descendants(21, parents) == [21]
-    assert descendants(99, parents) == [99]  # gone or unknown: itself only
+def test_owners_give_each_pid_to_its_nearest_root_and_skip_the_rest() -> None:
+    #   1 ── 10 (bench) ── 11 ── 12 (router) ── 13
+    #    └── 20 (redis)       └── 14
+    #    └── 30 (someone else's)
+    parents = {1: 0, 10: 1, 11: 10, 12: 11, 13: 12, 14: 11, 20: 1, 30: 1}
+    got = owners({"bench": [10], "router": [12], "redis": [20], "gone": [99]}, parents)
+    assert got == {10: "bench", 11: "bench", 14: "bench", 12: "router", 13: "router",
+                   20: "redis"}
 
 
 def test_spent_counts_new_pids_from_zero_and_never_goes_negative() -> None:
