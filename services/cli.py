@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.common import config_check
-from services.common.settings import Settings
+from services.common.settings import METRICS_PORTS, Settings
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection
 
     from services.common.topology import Names
 
-# Each loop service's default Prometheus port; `agentq up` gives every child its own.
-METRICS_PORTS = {"intake": 9101, "router": 9102, "recorder": 9103, "worker": 9110,
-                 "autoscale": 9104}
+__all__ = ["METRICS_PORTS", "main"]  # METRICS_PORTS: the table in Settings, kept importable
 
 
 def _run_router(args: argparse.Namespace, settings: Settings) -> int:

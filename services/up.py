@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from services.common.config import AgentqConfig
-from services.common.settings import Settings
+from services.common.settings import DEFAULT_PORTS, WORKER_METRICS_BASE, Settings
 
 # Workers finish the calls they hold on SIGTERM (the LLM timeout + 10 s at most).
 STOP_GRACE_EXTRA_S = 15.0
@@ -46,11 +46,11 @@ def uses_mockllm(config: AgentqConfig, mock_port: int) -> bool:
 
 def mock_port(settings: Settings) -> int:
     """Return the port the simulated provider listens on: the one AGENTQ_MOCKLLM_URL names."""
-    return urlparse(settings.mockllm_url).port or 8100
+    return urlparse(settings.mockllm_url).port or DEFAULT_PORTS["mockllm"]
 
 
 def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: bool,
-          mock_port: int = 8100) -> list[ChildSpec]:
+          mock_port: int = DEFAULT_PORTS["mockllm"]) -> list[ChildSpec]:
     """Return the processes of the local stack; compose runs these same verb lines."""
     children = []
     metrics_off = settings.metrics_port < 0  # AGENTQ_METRICS_PORT=-1: no child serves metrics
@@ -70,7 +70,7 @@ def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: boo
     else:
         for i in range(1, workers + 1):
             # Each worker gets its own metrics port so all of them can be scraped.
-            env = {} if metrics_off else {"AGENTQ_METRICS_PORT": str(9110 + i)}
+            env = {} if metrics_off else {"AGENTQ_METRICS_PORT": str(WORKER_METRICS_BASE + i)}
             children.append(ChildSpec(f"worker-{i}", ["worker"], env))
     return children
 

@@ -32,7 +32,7 @@ from services.common.config import AgentqConfig
 from services.common.models import TIERS, Event
 from services.common.publishing import emit
 from services.common.queue_depth import WorkQueues, management_url
-from services.common.settings import Settings
+from services.common.settings import METRICS_PORTS, WORKER_METRICS_BASE, Settings
 from services.common.topology import Names, declare_topology
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
     if options.tiers != list(TIERS):
         args += ["--tiers", ",".join(options.tiers)]
     pool = WorkerPool(args, {**os.environ, "PYTHONUNBUFFERED": "1"}, options.grace_s,
-                      metrics_port_base=0 if settings.metrics_port < 0 else 9110)
+                      metrics_port_base=0 if settings.metrics_port < 0 else WORKER_METRICS_BASE)
     reports = WorkerReports(default_task_s=options.task_s)
     try:
         await declare_topology(await bus.connection.channel(), names)
@@ -210,7 +210,6 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from services.cli import METRICS_PORTS
     from services.common.runtime import run
 
     options = parse(argv)

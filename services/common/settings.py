@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator, model_validator
@@ -11,6 +13,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from services.common.api_keys import KeyTable
     from services.common.config import AgentqConfig
+
+
+# Every default port, in one table (the design's "Ports (defaults)"): the HTTP servers and the
+# simulated provider. Their variables (AGENTQ_INGEST_PORT, ...) override them.
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({
+    "ingest": 8000, "dashboard": 8080, "mockllm": 8100})
+# Each loop service's default Prometheus port (AGENTQ_METRICS_PORT overrides it).
+METRICS_PORTS: Mapping[str, int] = MappingProxyType({
+    "intake": 9101, "router": 9102, "recorder": 9103, "autoscale": 9104,
+    "dashboard-collector": 9105, "worker": 9110})
+# `agentq up` and the autoscaler give worker slot N the metrics port base + N, so that every
+# worker on one host can be scraped.
+WORKER_METRICS_BASE = METRICS_PORTS["worker"]
 
 
 class Settings(BaseSettings):
@@ -28,8 +43,8 @@ class Settings(BaseSettings):
     dashboard_password: str = ""
     secret_key: str = ""  # the dashboard's session secret; empty = random, kept in the database
 
-    ingest_port: int = 8000
-    dashboard_port: int = 8080
+    ingest_port: int = DEFAULT_PORTS["ingest"]
+    dashboard_port: int = DEFAULT_PORTS["dashboard"]
     metrics_port: int = 0  # 0 = the service's default port; -1 = no metrics endpoint
     # Where the HTTP servers listen: this host only unless asked (the image says 0.0.0.0).
     ingest_host: str = "127.0.0.1"
@@ -54,7 +69,7 @@ class Settings(BaseSettings):
     cache_ttl_s: int = 7 * 24 * 3600
     log_level: str = "INFO"
     # Where the built-in tier table finds the simulated provider (no key, no OPENAI_BASE_URL).
-    mockllm_url: str = "http://127.0.0.1:8100/v1"
+    mockllm_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['mockllm']}/v1"
 
     openai_api_key: str = Field(default="", validation_alias="OPENAI_API_KEY")
     openai_base_url: str = Field(default="", validation_alias="OPENAI_BASE_URL")

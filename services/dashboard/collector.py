@@ -27,7 +27,7 @@ from services.common.models import TIERS, Event, Result
 from services.common.queue_depth import WorkQueues, management_url
 from services.common.runtime import every as every_interval
 from services.common.runtime import run, until_stopped
-from services.common.settings import Settings
+from services.common.settings import METRICS_PORTS, Settings
 from services.common.store import make_engine
 from services.common.topology import Names, declare_topology
 from services.dashboard.evaluator import Evaluator
@@ -38,7 +38,7 @@ from services.dashboard.writer import apply_delta, prune, record_readings
 
 log = logging.getLogger(__name__)
 SERVICE = "dashboard-collector"
-METRICS_PORT = 9105
+METRICS_PORT = METRICS_PORTS[SERVICE]
 BATCH_SIZE = 500
 SAMPLE_TIMEOUT_S = 10.0
 

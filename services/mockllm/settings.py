@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.settings import DEFAULT_PORTS
+
 # The settings POST /control may change; host and port of a running server stay put.
 TUNABLE = ("rpm", "tpm", "latency_ms", "jitter_ms", "error_rate", "seed")
 
@@ -17,7 +19,7 @@ class MockSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTQ_MOCK_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8100, ge=0, le=65535)
+    port: int = Field(default=DEFAULT_PORTS["mockllm"], ge=0, le=65535)
     rpm: int = Field(default=0, ge=0, description="requests per minute; 0 = unlimited")
     tpm: int = Field(default=0, ge=0, description="tokens per minute; 0 = unlimited")
     latency_ms: float = Field(default=0.0, ge=0, description="mean simulated latency")
