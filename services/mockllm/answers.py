@@ -90,7 +90,8 @@ def parse_labels(prompt: str) -> list[str]:
 
 def truncate(text: str, max_tokens: int) -> str:
     """Return the longest prefix of `text` that fits in `max_tokens` tokens."""
-    # count_text never decreases as a prefix grows, so the cut point can be bisected.
+    # A BPE count hardly ever decreases as a prefix grows, so the cut point can be
+    # bisected; the few merges that break that rule are stepped back over at the end.
     low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
@@ -98,7 +99,10 @@ def truncate(text: str, max_tokens: int) -> str:
             low = middle
         else:
             high = middle - 1
-    return text[:low].rstrip()
+    cut = text[:low].rstrip()
+    while cut and count_text(cut) > max_tokens:
+        cut = cut[:-1].rstrip()
+    return cut
 
 
 def embed(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
