@@ -1,0 +1,306 @@
+"""A real `Worker` against the Broker interface: the same tests on the in-memory broker and on
+RabbitMQ, with the real Redis and the real simulated provider (`agentq mockllm`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from redis.asyncio import Redis
+
+from bench.stack import http
+from services.common.amqp import Broker, Bus
+from services.common.budget import SpendLedger
+from services.common.cache import CachedAnswer, ExactCache
+from services.common.config import AgentqConfig
+from services.common.lanes import LaneDirectory, LaneRegistry
+from services.common.memory_broker import MemoryBroker, headers_match, topic_matches
+from services.common.models import TIERS, Task, Usage
+from services.common.settings import Settings
+from services.common.topology import (
+    ATTEMPT_HEADER,
+    ERROR_HEADER,
+    ROUTE_HEADER,
+    Names,
+    declare_lane,
+    declare_topology,
+)
+from services.common.work_headers import HELD_HEADER, ROUTED_TIER_HEADER
+from services.worker.controls import CostControls
+from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
+from services.worker.provider import Providers
+from services.worker.service import Worker
+from services.worker.throttle import Throttle
+from tests.mock_server import running_mockllm
+
+TENANT = "acme"
+WAIT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_mockllm(tmp_path_factory.mktemp("mockllm")) as url:
+        yield url
+
+
+def fail_next(mock_url: str, count: int, status: int = 500) -> None:
+    root = mock_url.removesuffix("/v1")
+    answer = http("POST", f"{root}/control", {"fail_next": {"count": count, "status": status}})
+    assert answer[0] == 200, answer
+
+
+def tier_table(mock_url: str, **extra: Any) -> AgentqConfig:
+    def tier(model: str, price: float) -> dict[str, Any]:
+        return {"models": [{"provider": "mock", "model": model, "input_per_mtok": price,
+                            "output_per_mtok": price * 4}]}
+    return AgentqConfig.model_validate({
+        "providers": {"mock": {"base_url": mock_url}},
+        "tiers": {"cheap": tier("gpt-4o-mini", 0.15), "standard": tier("gpt-4o", 2.5),
+                  "premium": tier("o1", 15.0)},
+        **extra})
+
+
+@dataclass
+class Read:
+    """A message read back from a queue, the same from either broker."""
+
+    body: dict[str, Any]
+    headers: dict[str, Any]
+    routing_key: str
+
+
+class Harness:
+    """A Worker consuming every tier and the test tenant's lanes, on one broker."""
+
+    def __init__(self, broker: Broker, names: Names, redis: Redis, worker: Worker,
+                 read: Any) -> None:
+        self.broker, self.names, self.redis, self.worker = broker, names, redis, worker
+        self._read = read
+
+    async def submit(self, task: Task, tier: str = "cheap", **headers: Any) -> None:
+        await self.broker.publish(self.names.work, tier, task, message_id=task.id, headers={
+            ROUTE_HEADER: "test", ATTEMPT_HEADER: 1, ROUTED_TIER_HEADER: tier, **headers})
+
+    async def take(self, queue: str, count: int = 1, timeout_s: float = WAIT_S) -> list[Read]:
+        """Return the first `count` messages to reach `queue`, failing after `timeout_s`."""
+        got: list[Read] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < count:
+            read = await self._read(queue)
+            if read is not None:
+                got.append(read)
+                continue
+            assert time.monotonic() < deadline, f"{queue}: {len(got)} of {count} messages"
+            await asyncio.sleep(0.01)
+        return got
+
+    async def result(self) -> dict[str, Any]:
+        return (await self.take(self.names.results_store))[0].body
+
+    async def events(self, kind: str) -> list[dict[str, Any]]:
+        """Return the events of type `kind` published so far."""
+        found = []
+        while (read := await self._read(self.names.dashboard_events)) is not None:
+            found.append(read.body)
+        return [event for event in found if event["type"] == kind]
+
+
+@asynccontextmanager
+async def memory_side(names: Names) -> AsyncIterator[tuple[Broker, Any, Any]]:
+    broker = MemoryBroker(names)
+    channel = cast(AbstractChannel, broker.channel())
+    await declare_topology(channel, names)
+
+    async def read(queue: str) -> Read | None:
+        message = broker.get(queue)
+        return None if message is None else Read(json.loads(message.body),
+                                                 dict(message.headers), message.routing_key)
+    try:
+        yield broker, channel, read
+    finally:
+        await broker.close()
+
+
+@asynccontextmanager
+async def rabbit_side(names: Names, amqp_url: str) -> AsyncIterator[tuple[Broker, Any, Any]]:
+    bus = await Bus.connect(amqp_url, names, name="test-worker-handlers")
+    connection: AbstractRobustConnection = bus.connection
+    await declare_topology(await connection.channel(), names)
+    reader = await connection.channel()
+
+    async def read(queue: str) -> Read | None:
+        declared = await reader.declare_queue(queue, passive=True)
+        message = await declared.get(no_ack=True, fail=False)
+        if message is None:
+            return None
+        return Read(json.loads(message.body), dict(message.headers or {}),
+                    str(message.routing_key))
+    try:
+        yield bus, await connection.channel(), read
+    finally:
+        await bus.stop_consuming(grace_s=2)
+        await bus.close()
+
+
+@asynccontextmanager
+async def harness(kind: str, namespace: str, mock_url: str, config: AgentqConfig,
+                  **settings: Any) -> AsyncIterator[Harness]:
+    base = Settings(namespace=namespace, retry_base_ms=200, retry_max_ms=400, **settings)
+    names = Names(namespace)
+    side = memory_side(names) if kind == "memory" else rabbit_side(names, base.amqp_url)
+    redis = Redis.from_url(base.redis_url)
+    providers = Providers(config, 10.0)
+    async with side as (broker, channel, read):
+        limiter = SharedLimiter(redis, names, pools_from_config(config),
+                                tenants_from_config(config), worker_id="test")
+        exact = ExactCache(redis, names, 60)
+        registry = LaneRegistry(redis, names, base.lane_idle_s, base.lane_retire_s)
+        worker = Worker(broker, providers, config, base,
+                        CostControls(names, config, redis, exact, None),
+                        Throttle(limiter, {"mock": "reserved"}), 4,
+                        LaneDirectory(channel, registry))
+        for tier in TIERS:
+            await declare_lane(channel, names, tier, TENANT)
+            await broker.consume(names.work_queue(tier), worker.handle, prefetch=4)
+            await broker.consume(names.lane_queue(tier, TENANT), worker.handle, prefetch=4)
+        try:
+            yield Harness(broker, names, redis, worker, read)
+        finally:
+            await providers.close()
+            await redis.aclose()
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def task(**fields: Any) -> Task:
+    return Task.model_validate({"tenant": TENANT, "kind": "classify",
+                                "prompt": "Classify: the parcel never arrived. "
+                                          "labels: complaint, praise",
+                                "submitted_at": time.time(), **fields})
+
+
+def test_a_task_is_answered_priced_and_announced(broker_kind: str, namespace: str,
+                                                 mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            await h.submit(task(id="answered"))
+            result = await h.result()
+            assert (result["task_id"], result["status"], result["attempts"]) == (
+                "answered", "succeeded", 1)
+            assert result["output"] in ("complaint", "praise")
+            assert result["cost_usd"] > 0 and result["model"] == "gpt-4o-mini"
+            assert result["route_reason"] == "test"
+            completed = await h.events("task.completed")
+            assert [e["task_id"] for e in completed] == ["answered"]
+    asyncio.run(scenario())
+
+
+def test_a_message_that_is_not_a_task_is_rejected_with_the_reason(broker_kind: str,
+                                                                  namespace: str,
+                                                                  mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            await h.broker.publish(h.names.work, "cheap", {"kind": "chat"})
+            rejected = (await h.take(h.names.rejected))[0]
+            assert rejected.body == {"kind": "chat"}
+            assert "not a Task" in str(rejected.headers[ERROR_HEADER])
+    asyncio.run(scenario())
+
+
+def test_a_failed_call_is_retried_through_a_delay_queue_and_then_answered(
+        broker_kind: str, namespace: str, mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            fail_next(mock_url, 1, 500)
+            await h.submit(task(id="retried"))
+            result = await h.result()
+            assert (result["status"], result["attempts"]) == ("succeeded", 2)
+            retries = await h.events("task.retry")
+            assert [(e["task_id"], e["data"]["attempt"]) for e in retries] == [("retried", 1)]
+    asyncio.run(scenario())
+
+
+def test_a_task_out_of_attempts_fails_and_is_dead_lettered(broker_kind: str, namespace: str,
+                                                           mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url),
+                           max_attempts=1) as h:
+            fail_next(mock_url, 1, 500)
+            await h.submit(task(id="dead"))
+            result = await h.result()
+            assert (result["status"], result["error"]["code"]) == ("failed",
+                                                                   "provider_unavailable")
+            dead = (await h.take(h.names.dead))[0]
+            assert dead.body["id"] == "dead"
+            assert dead.routing_key == "cheap.provider_unavailable"
+            assert str(dead.headers[ERROR_HEADER]).startswith("provider_unavailable: ")
+    asyncio.run(scenario())
+
+
+def test_an_answer_failing_its_validator_climbs_the_tiers_then_fails(
+        broker_kind: str, namespace: str, mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            await h.submit(task(id="climbs", validator={"labels": ["neither"]}))
+            result = await h.result()
+            assert (result["status"], result["error"]["code"]) == ("failed",
+                                                                   "validation_failed")
+            assert [c["tier"] for c in result["calls"]] == list(TIERS)
+            assert result["cost_usd"] == pytest.approx(sum(c["cost_usd"]
+                                                           for c in result["calls"]))
+            escalated = await h.events("task.escalated")
+            assert [e["data"]["to_tier"] for e in escalated] == ["standard", "premium"]
+    asyncio.run(scenario())
+
+
+def test_a_tenant_at_its_hard_limit_is_failed_or_held(broker_kind: str, namespace: str,
+                                                      mock_url: str) -> None:
+    async def scenario(action: str) -> None:
+        config = tier_table(mock_url, tenants={TENANT: {"budget": {
+            "daily_hard_usd": 1.0, "hard_action": action, "hold_s": 30}}})
+        async with harness(broker_kind, namespace, mock_url, config) as h:
+            await SpendLedger(h.redis, h.names).add(TENANT, 5.0)
+            await h.submit(task(id=f"over-{action}"))
+            if action == "fail":
+                result = await h.result()
+                assert result["error"]["code"] == "budget_exceeded"
+                return
+            held = (await h.take(h.names.retry_queue(32_000)))[0]
+            assert (held.body["id"], held.headers[HELD_HEADER]) == ("over-hold", 1)
+    asyncio.run(scenario("fail"))
+    asyncio.run(scenario("hold"))
+
+
+def test_a_twin_answered_meanwhile_is_published_without_a_call(broker_kind: str,
+                                                               namespace: str,
+                                                               mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            twin = task(id="twin")
+            await ExactCache(h.redis, h.names, 60).put(twin, "cheap", CachedAnswer(
+                output="praise", model="gpt-4o-mini", tier="cheap",
+                usage=Usage(prompt_tokens=20, completion_tokens=1), task_id="first"))
+            await h.submit(twin)
+            result = await h.result()
+            assert (result["output"], result["cache"], result["cached_from"],
+                    result["cost_usd"]) == ("praise", "exact", "first", 0.0)
+            assert result["route_reason"] == "test;dedup"
+    asyncio.run(scenario())
+
+
+def test_the_memory_broker_routes_as_rabbitmq_exchange_types_do() -> None:
+
+    assert topic_matches("#", "acme.succeeded") and topic_matches("acme.*", "acme.failed")
+    assert not topic_matches("acme.*", "acme.a.b") and topic_matches("a.#.c", "a.c")
+    assert headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 250})
+    assert not headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 500})
