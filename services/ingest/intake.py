@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -25,23 +27,29 @@ from services.ingest.validation import InvalidTask, check_size, decode_json, par
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SUBMIT_PREFETCH = 200
 # Tasks stored but still unpublished after SWEEP_AFTER_S are published by the sweeper.
 SWEEP_INTERVAL_S = 30.0
 SWEEP_AFTER_S = 60.0
 DEFAULT_METRICS_PORT = 9101
 STOP_GRACE_S = 30.0
+# accept_task holds its thread through the store and the broker's confirm: asyncio's default
+# pool (cores + 4) would cap the door at a handful of tasks in hand out of SUBMIT_PREFETCH.
+ACCEPT_THREADS = 16
 
 
 class Intake:
     """The handler of `<ns>.submit`: one message in, at most one task out to `<ns>.tasks`."""
 
     def __init__(self, bus: Bus, engine: Engine, metrics: IngestMetrics,
-                 max_body_bytes: int = 0) -> None:
+                 max_body_bytes: int = 0, executor: Executor | None = None) -> None:
         self._bus = bus
         self._store = SqlTaskStore(engine)
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._executor = executor  # None: asyncio's default one
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -53,9 +61,8 @@ class Intake:
         task = task.stamped(reply_to=message.reply_to)
         try:
             # In a thread: the store is synchronous; the publish itself runs on this loop.
-            accepted = await asyncio.to_thread(accept_task, task, self._store,
-                                               self._publisher(), time.time(),
-                                               bool(message.redelivered))
+            accepted = await self._in_thread(accept_task, task, self._store, self._publisher(),
+                                             time.time(), bool(message.redelivered))
         except (StoreUnavailable, PublishFailed) as exc:
             # A row stored by this delivery was forgotten: the redelivery starts afresh.
             log.warning("cannot queue task %s: %s; giving the message back", task.id, exc)
@@ -66,15 +73,18 @@ class Intake:
     async def sweep(self) -> int:
         """Publish the tasks stored and never published (an ingest process died between the
         two steps and no client retried); return how many."""
-        stale = await asyncio.to_thread(self._store.unpublished, SWEEP_AFTER_S)
+        stale = await self._in_thread(self._store.unpublished, SWEEP_AFTER_S)
         publisher = self._publisher()
         for task in stale:
             log.warning("task %s was stored but never queued; queueing it now", task.id)
-            await asyncio.to_thread(queue_stored, task, self._store, publisher)
+            await self._in_thread(queue_stored, task, self._store, publisher)
         return len(stale)
 
     def _publisher(self) -> LoopTaskPublisher:
         return LoopTaskPublisher(self._bus, asyncio.get_running_loop())
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None,
@@ -84,11 +94,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
     metrics = metrics or make_metrics(CollectorRegistry())
     engine = await asyncio.to_thread(make_engine, settings.database_url)
     bus = await Bus.connect(settings.amqp_url, names, name=f"{names.ns}.intake")
+    executor = ThreadPoolExecutor(ACCEPT_THREADS, thread_name_prefix="accept")
     try:
         channel = await bus.connection.channel()
         await declare_topology(channel, names)
         await channel.close()
-        intake = Intake(bus, engine, metrics, settings.max_body_bytes)
+        intake = Intake(bus, engine, metrics, settings.max_body_bytes, executor)
         await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
         log.info("intake consuming %s", names.submit)
         stop = stop or asyncio.Event()
@@ -100,6 +111,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
     finally:
         await bus.stop_consuming(grace_s=STOP_GRACE_S)
         await bus.close()
+        executor.shutdown(wait=False)  # the drain above left it nothing to run
         engine.dispose()
 
 
