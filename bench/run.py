@@ -17,6 +17,8 @@ BENCHMARKS = {
     "cost": ("bench.cost", "cost of a mixed workload with tiering and caching vs all-premium"),
     "scale": ("bench.scale", "tasks/s for 1, 2, 4 and 8 worker processes"),
     "dashboard": ("bench.dashboard_load", "dashboard page load with 7 days of rollups"),
+    "providers": ("bench.providers", "no limits configured vs a provider's real RPM: "
+                  "convergence, utilisation, 429s"),
 }
 
 
