@@ -21,15 +21,14 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.common.clients import redis_client
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What Redis raises when it is unreachable, restarting, read-only or out of memory.
 REDIS_DOWN = (RedisError, OSError, TimeoutError)
 WARN_EVERY_S = 30.0
-# A hung Redis (accepting, not answering) must not hold a task longer than this per step.
-SOCKET_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 2.0
 
 SKIPPED = Counter("agentq_redis_skipped_total",
                   "Redis-backed steps skipped because Redis was unreachable",
@@ -37,9 +36,8 @@ SKIPPED = Counter("agentq_redis_skipped_total",
 
 
 def extras_client(url: str) -> Redis:
-    """Return a client for caches, locks and ledgers: bounded waits, so an outage is seen."""
-    return Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
-                          socket_connect_timeout=CONNECT_TIMEOUT_S)
+    """Return a client for caches, locks and ledgers (`clients.redis_client`'s policy)."""
+    return redis_client(url)
 
 
 class Extras:

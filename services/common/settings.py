@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 120.0
     cache_ttl_s: int = 7 * 24 * 3600
     log_level: str = "INFO"
+    # An event whose payload does not match its model (services.common.events) raises
+    # instead of being logged: for tests and development, never needed in production.
+    strict_events: bool = False
     # Where the built-in tier table finds the simulated provider (no key, no OPENAI_BASE_URL).
     mockllm_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['mockllm']}/v1"
 
