@@ -9,9 +9,10 @@ import logging
 import time
 from typing import Any, Literal
 
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.common.amqp import Broker, IncomingMessage, RejectMessage
+from services.common.amqp import Bus, RejectMessage
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.clients import open_clients
@@ -50,7 +51,7 @@ def cache_hit_result(task: Task, decision: RouteDecision, hit: CachedAnswer,
 class Router:
     """Consume accepted tasks and send each on its way."""
 
-    def __init__(self, bus: Broker, cache: ExactCache, config: AgentqConfig,
+    def __init__(self, bus: Bus, cache: ExactCache, config: AgentqConfig,
                  semantic: SemanticCache | None = None,
                  ledger: SpendLedger | None = None, lanes: LaneDirectory | None = None) -> None:
         self.bus = bus
@@ -61,7 +62,7 @@ class Router:
         self.ledger = ledger
         self.extras = Extras(SERVICE)  # a Redis outage skips these steps, not the task
 
-    async def handle(self, message: IncomingMessage) -> None:
+    async def handle(self, message: AbstractIncomingMessage) -> None:
         try:
             task = Task.model_validate_json(message.body)
         except ValidationError as exc:
