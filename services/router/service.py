@@ -11,15 +11,16 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.common.amqp import Broker, Bus, IncomingMessage, RejectMessage
+from services.common.amqp import Broker, IncomingMessage, RejectMessage
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cacheable
+from services.common.clients import open_clients
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
 from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Result, Task
 from services.common.publishing import emit, publish_result
-from services.common.redis_extras import Extras, extras_client
+from services.common.redis_extras import Extras
 from services.common.results import from_cache
 from services.common.semantic_cache import (
     SemanticCache,
@@ -30,7 +31,7 @@ from services.common.semantic_cache import (
 from services.common.semantic_index import SemanticIndex
 from services.common.settings import Settings
 from services.common.tokens import count_messages
-from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, Names, declare_topology
+from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, declare_topology
 from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
 from services.router.metrics import ROUTED
 from services.router.policy import RouteDecision, choose_tier
@@ -126,12 +127,13 @@ class Router:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the router until `stop` is set."""
-    names = Names(settings.namespace)
     config = settings.tier_table()
-    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
-    redis = extras_client(settings.redis_url)
-    embedder = make_embedder(config)
-    try:
+    async with open_clients(settings, SERVICE) as clients:
+        names = clients.names
+        bus = await clients.bus()
+        redis = clients.redis()
+        embedder = make_embedder(config)
+        clients.closing(embedder.close)
         await declare_topology(await bus.connection.channel(), names)
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s,
                                  SemanticIndex(embedder.dimensions))
@@ -146,7 +148,3 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("router consuming %s", names.tasks)
         await stop.wait()
         await bus.stop_consuming(grace_s=10)
-    finally:
-        await bus.close()
-        await redis.aclose()
-        await embedder.close()
