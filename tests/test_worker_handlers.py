@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from redis.asyncio import Redis
 
 from bench.stack import http
-from services.common.amqp import Broker, Bus
+from services.common.amqp import POISON_AFTER_CRASHES, Broker, Bus, RequeueMessage
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache
 from services.common.config import AgentqConfig
@@ -28,11 +28,13 @@ from services.common.topology import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
     ROUTE_HEADER,
+    SUBMIT_ROUTING_KEY,
     Names,
     declare_lane,
     declare_topology,
 )
 from services.common.work_headers import HELD_HEADER, ROUTED_TIER_HEADER
+from services.router.service import Router
 from services.worker.controls import CostControls
 from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
 from services.worker.provider import Providers
@@ -166,6 +168,10 @@ async def harness(kind: str, namespace: str, mock_url: str, config: AgentqConfig
                         CostControls(names, config, redis, exact, None),
                         Throttle(limiter, {"mock": "reserved"}), 4,
                         LaneDirectory(channel, registry))
+        # The router in front: tasks published to `agentq.tasks` reach the worker's lanes.
+        router = Router(broker, exact, config, None, SpendLedger(redis, names),
+                        LaneDirectory(channel, registry))
+        await broker.consume(names.tasks, router.handle, prefetch=4)
         for tier in TIERS:
             await declare_lane(channel, names, tier, TENANT)
             await broker.consume(names.work_queue(tier), worker.handle, prefetch=4)
@@ -298,9 +304,76 @@ def test_a_twin_answered_meanwhile_is_published_without_a_call(broker_kind: str,
     asyncio.run(scenario())
 
 
+def test_a_routed_task_reaches_its_lane_and_is_answered(broker_kind: str, namespace: str,
+                                                       mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url, routing={
+                "kinds": {"classify": "standard"}})) as h:
+            await h.broker.publish(h.names.tasks, SUBMIT_ROUTING_KEY, task(id="routed"))
+            result = await h.result()
+            assert (result["status"], result["tier"], result["model"]) == (
+                "succeeded", "standard", "gpt-4o")
+            assert "classify" in result["route_reason"]
+            routed = await h.events("task.routed")
+            assert [(e["data"]["tier"], e["data"]["cache"]) for e in routed] == [
+                ("standard", "miss")]
+    asyncio.run(scenario())
+
+
+def test_a_cached_answer_is_published_by_the_router(broker_kind: str, namespace: str,
+                                                   mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            hit = task(id="hit")
+            await ExactCache(h.redis, h.names, 60).put(hit, "cheap", CachedAnswer(
+                output="complaint", model="gpt-4o-mini", tier="cheap",
+                usage=Usage(prompt_tokens=20, completion_tokens=1), task_id="earlier"))
+            await h.broker.publish(h.names.tasks, SUBMIT_ROUTING_KEY, hit)
+            result = await h.result()
+            assert (result["cache"], result["cached_from"], result["attempts"]) == (
+                "exact", "earlier", 0)
+            assert await h.events("task.started") == []  # no worker ran it
+    asyncio.run(scenario())
+
+
 def test_the_memory_broker_routes_as_rabbitmq_exchange_types_do() -> None:
 
     assert topic_matches("#", "acme.succeeded") and topic_matches("acme.*", "acme.failed")
     assert not topic_matches("acme.*", "acme.a.b") and topic_matches("a.#.c", "a.c")
     assert headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 250})
     assert not headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 500})
+
+
+def test_the_memory_broker_settles_as_bus_does(namespace: str) -> None:
+    """A crash-looping message is parked as poison; one given back counts its deliveries up
+    to the queue's delivery limit, then is dead-lettered (quorum queues)."""
+    async def scenario() -> None:
+        names = Names(namespace)
+        broker = MemoryBroker(names)
+        await declare_topology(cast(AbstractChannel, broker.channel()), names)
+        seen: list[int] = []
+
+        async def crashes(message: Any) -> None:
+            seen.append(int(message.headers.get("x-delivery-count", 0)))
+            raise RuntimeError("boom")
+
+        async def not_now(message: Any) -> None:
+            raise RequeueMessage("later")
+
+        await broker.consume(names.work_queue("cheap"), crashes, prefetch=1)
+        await broker.consume(names.work_queue("premium"), not_now, prefetch=1)
+        await broker.publish(names.work, "cheap", task(id="poison"))
+        await broker.publish(names.work, "premium", task(id="patient"))
+        deadline = time.monotonic() + WAIT_S
+        while not (broker.messages(names.rejected) and broker.messages(names.dead)):
+            assert time.monotonic() < deadline, "nothing parked"
+            await asyncio.sleep(0.01)
+        parked = broker.messages(names.rejected)[0]
+        assert seen == list(range(POISON_AFTER_CRASHES))
+        assert str(parked.headers[ERROR_HEADER]).startswith(
+            f"handler failed {POISON_AFTER_CRASHES} times: RuntimeError: boom")
+        dead = broker.messages(names.dead)[0]
+        assert json.loads(dead.body)["id"] == "patient"
+        assert dead.headers["x-delivery-count"] == 21
+        await broker.close()
+    asyncio.run(scenario())
