@@ -21,19 +21,19 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Gauge
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from services.autoscale.depth import DepthProbe
 from services.autoscale.policy import Cooldown, apply_cooldown, suggest_workers
 from services.autoscale.pool import WorkerPool
 from services.autoscale.telemetry import WorkerReports
 from services.common.amqp import Bus
+from services.common.clients import Clients, open_clients
 from services.common.config import AgentqConfig
 from services.common.models import TIERS, Event
 from services.common.publishing import emit
 from services.common.queue_depth import WorkQueues, management_url
 from services.common.settings import METRICS_PORTS, WORKER_METRICS_BASE, Settings
-from services.common.topology import Names, declare_topology
+from services.common.topology import declare_topology
 
 log = logging.getLogger(__name__)
 SERVICE = "autoscale"
@@ -135,13 +135,19 @@ class Autoscaler:
 
 async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> None:
     """Scale workers until `stop`, then drain them all."""
-    names = Names(settings.namespace)
+    async with open_clients(settings, SERVICE) as clients:
+        await _scale(clients, stop, options)
+
+
+async def _scale(clients: Clients, stop: asyncio.Event, options: Options) -> None:
+    """Tick until `stop`; the worker pool drains before the clients close."""
+    settings, names = clients.settings, clients.names
     config = settings.tier_table()
-    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
+    bus = await clients.bus()
     prefetch = settings.worker_prefetch or options.concurrency
-    # Short timeouts: a registry outage must not hold up a tick (WorkQueues then keeps the
-    # lanes it listed last).
-    redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+    # A registry outage must not hold up a tick: the one Redis timeout policy bounds it, and
+    # WorkQueues then keeps the lanes it listed last.
+    redis = clients.redis()
     probe = DepthProbe(bus.connection, settings.amqp_url,
                        WorkQueues(redis, names, options.tiers).flat, prefetch,
                        options.management)
@@ -168,8 +174,6 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options) -> No
     finally:
         log.info("stopping: draining %d workers", pool.size)
         await pool.close()
-        await bus.close()
-        await redis.aclose()
 
 
 def parse(argv: list[str] | None) -> Options:

@@ -17,19 +17,19 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
-from redis.asyncio import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from services.common.amqp import Bus, RejectMessage
 from services.common.batching import BatchCommitter
+from services.common.clients import Clients, open_clients
 from services.common.models import TIERS, Event, Result
 from services.common.queue_depth import WorkQueues, management_url
 from services.common.runtime import every as every_interval
 from services.common.runtime import run, until_stopped
 from services.common.settings import METRICS_PORTS, Settings
 from services.common.store import make_engine
-from services.common.topology import Names, declare_topology
+from services.common.topology import declare_topology
 from services.dashboard.evaluator import Evaluator
 from services.dashboard.models import create_tables
 from services.dashboard.rollup import aggregate
@@ -106,13 +106,13 @@ def broker_address(amqp_url: str) -> str:
     return f"{parsed.hostname or 'localhost'}:{parsed.port or 5672}"
 
 
-async def connect(settings: Settings, names: Names, stop: asyncio.Event,
-                  retry_s: float) -> Bus | None:
+async def connect(clients: Clients, stop: asyncio.Event, retry_s: float) -> Bus | None:
     """Connect to RabbitMQ, trying again every `retry_s` until it answers (None: stopped)."""
+    settings = clients.settings
     failing = False
     while not stop.is_set():
         try:
-            return await Bus.connect(settings.amqp_url, names, name=SERVICE)
+            return await clients.bus()
         except (AMQPError, OSError) as exc:
             if not failing:  # once per outage; the broker_unreachable alert says the rest
                 log.warning("RabbitMQ at %s unreachable (%r); trying again every %.0f s",
@@ -131,8 +131,14 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
     The alerts are evaluated from the start, broker or not: while RabbitMQ does not answer,
     no queue is sampled and the `broker_unreachable` rule sees the last sample age.
     """
-    names = Names(settings.namespace)
-    engine = await asyncio.to_thread(open_engine, settings.database_url)
+    async with open_clients(settings, SERVICE) as clients:
+        await _collect(clients, stop, options)
+
+
+async def _collect(clients: Clients, stop: asyncio.Event, options: Options) -> None:
+    """Evaluate alerts from the start; sample and roll up once the broker answers."""
+    settings, names = clients.settings, clients.names
+    engine = await clients.engine(open_engine)
     evaluator = Evaluator(engine, names, watching_since=time.time(),
                           broker=broker_address(settings.amqp_url))
 
@@ -151,18 +157,16 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
     loops = [asyncio.create_task(every(interval, job, name, loops_stop), name=name)
              for interval, job, name in ((options.eval_interval_s, evaluate, "evaluate"),
                                          (options.prune_interval_s, clean, "prune"))]
-    bus: Bus | None = None
-    redis: Redis | None = None
     try:
-        bus = await connect(settings, names, stop, options.connect_retry_s)
+        bus = await connect(clients, stop, options.connect_retry_s)
         if bus is None:
             return
         mgmt = management_url(settings.amqp_url) if options.management_url is None \
             else options.management_url
-        # The lane registry's client: short timeouts, so an outage does not hold up sampling.
-        redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        # The lane registry's client (bounded by the one timeout policy: an outage does not
+        # hold up sampling; WorkQueues keeps the lanes it listed last).
         sampler = QueueSampler(bus.connection, settings.amqp_url, names.queues(), mgmt,
-                               WorkQueues(redis, names, TIERS))
+                               WorkQueues(clients.redis(), names, TIERS))
 
         async def sample() -> None:
             # A channel opened while the connection recovers may wait: give up, try next time.
@@ -192,12 +196,8 @@ async def serve(settings: Settings, stop: asyncio.Event, options: Options = Opti
         await bus.stop_consuming(grace_s=10)
     finally:
         loops_stop.set()
-        await asyncio.gather(*loops, return_exceptions=True)  # the flusher's last batch too
-        if bus is not None:
-            await bus.close()
-        if redis is not None:
-            await redis.aclose()
-        engine.dispose()
+        # The flusher's last batch too, before open_clients closes the bus and the engine.
+        await asyncio.gather(*loops, return_exceptions=True)
 
 
 def parse_args(argv: list[str] | None) -> Options:

@@ -10,13 +10,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from services.common.amqp import Bus, RejectMessage
+from services.common.amqp import RejectMessage
 from services.common.batching import BatchCommitter
+from services.common.clients import Clients, open_clients
 from services.common.models import Event, Result
 from services.common.runtime import until_stopped
 from services.common.settings import Settings
-from services.common.store import make_engine, mark_running, record_results
-from services.common.topology import Names, declare_topology
+from services.common.store import mark_running, record_results
+from services.common.topology import declare_topology
 
 log = logging.getLogger(__name__)
 SERVICE = "recorder"
@@ -33,8 +34,14 @@ def _count(results: list[Result], _seconds: float) -> None:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Record results until `stop` is set."""
-    names = Names(settings.namespace)
-    engine = await asyncio.to_thread(make_engine, settings.database_url)
+    async with open_clients(settings, SERVICE) as clients:
+        await _record(clients, stop)
+
+
+async def _record(clients: Clients, stop: asyncio.Event) -> None:
+    """Consume stored results and started events, writing them in batches, until `stop`."""
+    names = clients.names
+    engine = await clients.engine()
     writer = BatchCommitter[Result](functools.partial(record_results, engine), BATCH_SIZE,
                                     BATCH_WAIT_S, observe=_count)
 
@@ -56,7 +63,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if event.task_id and event.tenant:
             await running.add((event.tenant, event.task_id))
 
-    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
+    bus = await clients.bus()
     writer_stop = asyncio.Event()
     flushers = [asyncio.create_task(w.run(writer_stop), name=f"{label} flusher")
                 for label, w in (("results", writer), ("running", running))]
@@ -69,6 +76,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await bus.stop_consuming(grace_s=10)
     finally:
         writer_stop.set()
-        await asyncio.gather(*flushers)
-        await bus.close()
-        engine.dispose()
+        await asyncio.gather(*flushers)  # before the clients close: the last batches commit
