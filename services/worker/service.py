@@ -9,7 +9,6 @@ import os
 import random
 import socket
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -25,9 +24,10 @@ from services.common.queue_depth import read_passive
 from services.common.redis_extras import extras_client
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
-from services.common.topology import STARTED_EVENT, Names, declare_lane, declare_topology
+from services.common.topology import Names, declare_lane, declare_topology
 from services.worker.act import Executor
 from services.worker.actions import Call, Plan, Reject, WorkOrder
+from services.worker.calls import ProviderCalls
 from services.worker.cascade import check_answer
 from services.worker.controls import CostControls
 from services.worker.decide import (
@@ -56,7 +56,7 @@ from services.worker.limiter import (
 from services.worker.limiter.learned import LearnedLimits
 from services.worker.limiter.learning import Lowered
 from services.worker.limiter_report import LimiterReport
-from services.worker.provider import Completion, ProviderError, ProviderRateLimited, Providers
+from services.worker.provider import ProviderError, ProviderRateLimited, Providers
 from services.worker.throttle import CallClock, Throttle
 
 log = logging.getLogger(__name__)
@@ -71,26 +71,26 @@ class Worker:
     def __init__(self, broker: Broker, providers: Providers, config: AgentqConfig,
                  settings: Settings, controls: CostControls, throttle: Throttle,
                  concurrency: int, lanes: LaneDirectory) -> None:
-        self.broker = broker
-        self.providers = providers
         self.config = config
         self.settings = settings
         self.controls = controls
-        self.throttle = throttle
-        self.concurrency = concurrency
+        self.calls = ProviderCalls(broker, providers, controls, throttle, concurrency)
         self.act = Executor(broker, lanes, controls)
         self.retry_policy = RetryPolicy(settings.max_attempts, settings.retry_base_ms,
                                         settings.retry_max_ms)
-        # Each lane may hand over up to its prefetch; this caps the provider calls under way
-        # in the whole process at `concurrency`, whatever the lanes and tiers.
-        self.slots = asyncio.Semaphore(concurrency)
         self.rng = random.Random()
-        self._announcements: set[asyncio.Task[None]] = set()
-        self._waiting: set[asyncio.Task[Any]] = set()  # handlers not yet granted a call
 
     @property
     def busy(self) -> int:
-        return self.concurrency - self.slots._value
+        return self.calls.busy
+
+    @property
+    def concurrency(self) -> int:
+        return self.calls.concurrency
+
+    @property
+    def throttle(self) -> Throttle:
+        return self.calls.throttle
 
     async def handle(self, message: IncomingMessage) -> None:
         order = read_order(message.body, str(message.routing_key or ""), message.headers)
@@ -116,7 +116,7 @@ class Worker:
         started = time.time()
         clock = CallClock(self.settings.rate_limit_wait_s, rate_wait_since(order.headers))
         try:
-            completion = await self.call(task, tier, order.attempt, clock)
+            completion = await self.calls.call(task, tier, order.attempt, clock)
         except asyncio.CancelledError:  # shutting down: the message goes back to its queue
             await self.act.carry_out(release(order))
             raise
@@ -132,51 +132,9 @@ class Worker:
             await asyncio.to_thread(check_answer, task.validator, result.output)
         return answer_plan(order, result, failed_check, self.config)
 
-    def announce(self, task: Task, tier: str, attempt: int) -> None:
-        """Say the task is running, without holding the task up for the broker's confirm."""
-        publish = asyncio.create_task(emit(self.broker, STARTED_EVENT, SERVICE,
-                                           tenant=task.tenant, task_id=task.id, tier=tier,
-                                           attempt=attempt))
-        self._announcements.add(publish)
-        publish.add_done_callback(self._announced)
-
-    def _announced(self, publish: asyncio.Task[None]) -> None:
-        self._announcements.discard(publish)
-        if not publish.cancelled() and publish.exception() is not None:
-            log.debug("task.started not published: %r", publish.exception())
-
-    async def call(self, task: Task, tier: str, attempt: int = 1,
-                   clock: CallClock | None = None) -> Completion:
-        """Call the tier's model within the pools' shared limits and the process's slots;
-        `clock` bounds the waits for capacity and records them."""
-        entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
-        handler = asyncio.current_task()
-        assert handler is not None
-
-        async def send() -> Completion:
-            self._waiting.discard(handler)
-            # A slot is taken once the limiter granted the call: a task waiting for its
-            # tenant's fair share must not keep another tenant's granted call from running.
-            async with self.slots:
-                self.announce(task, tier, attempt)
-                return await self.providers.complete(entry, task)
-
-        self._waiting.add(handler)
-        try:
-            completion = await self.throttle.call(entry, task, send, clock)
-        except ProviderError as exc:
-            self.controls.settle(entry, exc)
-            raise
-        finally:
-            self._waiting.discard(handler)
-        self.controls.settle(entry, None)
-        return completion
-
     def give_back_waiting(self) -> None:
-        """Send every task still waiting for the limiter back to its queue (at shutdown):
-        none of it has started, and another worker can run it sooner than this one's grace."""
-        for handler in list(self._waiting):
-            handler.cancel()
+        """Send every task still waiting for the limiter back to its queue (at shutdown)."""
+        self.calls.give_back_waiting()
 
 
 def failure_of(exc: ProviderError, clock: CallClock) -> CallFailure:
