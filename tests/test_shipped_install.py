@@ -23,7 +23,7 @@ import pytest
 from bench.stack import AMQP_URL, REDIS_URL, ROOT, delete_namespace, free_port, http, wait_until
 
 # Modules that need an optional extra, and the extra whose absence they may report.
-NEEDS_EXTRA = {"bench.limiter.celery_peer": "celery"}
+NEEDS_EXTRA = {"bench.limiter.celery_peer": "celery", "bench.celery_peer": "celery"}
 
 # What a copy of the source tree leaves out: the dev venv and everything built or written.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "build", "dist",
