@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
+import redis
 from redis.asyncio import Redis
 from sqlalchemy.engine import Engine
 
@@ -37,6 +38,12 @@ def redis_client(url: str) -> Redis:
     """Return a Redis client with the timeout policy every agentq service uses."""
     return Redis.from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
                           socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+
+
+def sync_redis_client(url: str) -> redis.Redis:
+    """Return a blocking Redis client (Flask pages) with the same timeout policy."""
+    return redis.Redis.from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
 
 
 class Clients:

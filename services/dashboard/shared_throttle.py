@@ -15,11 +15,13 @@ from typing import Any
 
 import redis
 
+from services.common.clients import sync_redis_client
 from services.dashboard.throttle import DEFAULT_POLICY, LoginThrottle, ThrottlePolicy, wait_s
 
 log = logging.getLogger(__name__)
+# After a failure Redis is asked again only this much later: one login per pause may wait
+# out the timeout policy on a stalled Redis, never each one.
 RETRY_REDIS_S = 30.0
-REDIS_TIMEOUT_S = 0.5  # a login must never hang on a stalled Redis
 
 
 class SharedThrottle:
@@ -38,10 +40,8 @@ class SharedThrottle:
     @classmethod
     def from_url(cls, url: str, namespace: str,
                  policy: ThrottlePolicy = DEFAULT_POLICY) -> SharedThrottle:
-        """Build one on a Redis client with short timeouts (it connects on first use)."""
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                                      socket_connect_timeout=REDIS_TIMEOUT_S)
-        return cls(client, f"{namespace}:dashboard:login_failures:", policy)
+        """Build one on a Redis client of the one timeout policy (it connects on first use)."""
+        return cls(sync_redis_client(url), f"{namespace}:dashboard:login_failures:", policy)
 
     def _key(self, key: str) -> str:
         return self._prefix + key
