@@ -90,6 +90,12 @@ class Harness:
         await self.broker.publish(self.names.work, tier, task, message_id=task.id, headers={
             ROUTE_HEADER: "test", ATTEMPT_HEADER: 1, ROUTED_TIER_HEADER: tier, **headers})
 
+    async def cache_answer(self, task: Task, output: str, answered_by: str) -> None:
+        """Put an answer in the exact cache under the cheap tier, as a worker would."""
+        await ExactCache(self.redis, self.names, 60).put(task, "cheap", CachedAnswer(
+            output=output, model="gpt-4o-mini", tier="cheap",
+            usage=Usage(prompt_tokens=20, completion_tokens=1), task_id=answered_by))
+
     async def take(self, queue: str, count: int = 1, timeout_s: float = WAIT_S) -> list[Read]:
         """Return the first `count` messages to reach `queue`, failing after `timeout_s`."""
         got: list[Read] = []
@@ -293,9 +299,7 @@ def test_a_twin_answered_meanwhile_is_published_without_a_call(broker_kind: str,
     async def scenario() -> None:
         async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
             twin = task(id="twin")
-            await ExactCache(h.redis, h.names, 60).put(twin, "cheap", CachedAnswer(
-                output="praise", model="gpt-4o-mini", tier="cheap",
-                usage=Usage(prompt_tokens=20, completion_tokens=1), task_id="first"))
+            await h.cache_answer(twin, "praise", "first")
             await h.submit(twin)
             result = await h.result()
             assert (result["output"], result["cache"], result["cached_from"],
@@ -325,9 +329,7 @@ def test_a_cached_answer_is_published_by_the_router(broker_kind: str, namespace:
     async def scenario() -> None:
         async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
             hit = task(id="hit")
-            await ExactCache(h.redis, h.names, 60).put(hit, "cheap", CachedAnswer(
-                output="complaint", model="gpt-4o-mini", tier="cheap",
-                usage=Usage(prompt_tokens=20, completion_tokens=1), task_id="earlier"))
+            await h.cache_answer(hit, "complaint", "earlier")
             await h.broker.publish(h.names.tasks, SUBMIT_ROUTING_KEY, hit)
             result = await h.result()
             assert (result["cache"], result["cached_from"], result["attempts"]) == (

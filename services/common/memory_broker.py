@@ -244,7 +244,7 @@ class MemoryBroker:
         if queue in self._consumers:
             return
         if queue not in self.queues:
-            raise PublishFailed(f"consume {queue}: no such queue")
+            raise KeyError(f"consume {queue}: no such queue (declare it first)")
         self._consumers[queue] = asyncio.create_task(
             self._pump(self.queues[queue], handler, asyncio.Semaphore(prefetch)),
             name=f"consume-{queue}")

@@ -9,7 +9,7 @@ import time
 
 from redis.asyncio import Redis
 
-from services.common.budget import SpendLedger
+from services.common.budget import BudgetLevel, SpendLedger
 from services.common.cache import CachedAnswer, ExactCache, cache_key
 from services.common.config import AgentqConfig, ModelEntry
 from services.common.embedder import EmbedderError
@@ -55,7 +55,7 @@ class CostControls:
 
     # -- facts for the decisions ----------------------------------------------------------
 
-    async def budget_level(self, tenant: str) -> str:
+    async def budget_level(self, tenant: str) -> BudgetLevel:
         """Read the tenant's spend level; unreadable spend reads "ok" (see `budget_plan`)."""
         budget = self.config.tenant(tenant).budget
         if budget is None:

@@ -93,6 +93,7 @@ class Worker:
         return self.calls.throttle
 
     async def handle(self, message: IncomingMessage) -> None:
+        """Receive a work message, decide, act; returning means the effects are confirmed."""
         order = read_order(message.body, str(message.routing_key or ""), message.headers)
         if isinstance(order, Reject):
             raise RejectMessage(order.reason)
