@@ -42,6 +42,7 @@ from celery import Celery
 
 from bench.limiter.system import kill_groups
 from bench.proc_cpu import Meter
+from bench.redis_calls import RedisCalls
 from bench.stack import AMQP_URL, REDIS_URL, ROOT, http, wait_until
 
 # kombu reads the vhost from the path: "//" is the default vhost "/".
@@ -126,6 +127,7 @@ class PeerRun:
     latencies_ms: list[float]
     provider_calls: int
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process group
+    redis_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -203,6 +205,8 @@ def run_peer(pool: Pool, tasks: int, mock: str, tmp: Path,
         http("POST", f"{mock}/stats/reset")
         meter = Meter({**groups, "Celery workers": [p.pid for p in peer.nodes],
                        "client (this bench)": [os.getpid()]})
+        redis_calls = RedisCalls(REDIS_URL)
+        redis_calls.start()
         meter.start()
         ids = [str(uuid.uuid4()) for _ in range(tasks)]
         started = time.perf_counter()
@@ -219,9 +223,10 @@ def run_peer(pool: Pool, tasks: int, mock: str, tmp: Path,
         wait_until(finished, 600, f"{tasks} Celery results", interval=0.25)
         seconds = time.perf_counter() - started
         cpu = meter.stop()
+        commands = redis_calls.stop()
         calls = int(http("GET", f"{mock}/stats")[1]["completed"])
         ok = [r["result"] for r in done if r.get("status") == "SUCCESS"]
         latencies = sorted(1000.0 * (r["finished"] - r["submitted"]) for r in ok)
-        return PeerRun(pool, tasks, seconds, len(ok), latencies, calls, cpu)
+        return PeerRun(pool, tasks, seconds, len(ok), latencies, calls, cpu, commands)
     finally:
         peer.close()

@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 
 from bench.broker_ceiling import CeilingRun, deliveries_per_task, publishes_per_task, run_ceiling
 from bench.proc_cpu import Meter, format_table, pids_matching
+from bench.redis_calls import RedisCalls, summary
 from bench.stack import (
     AMQP_URL,
     REDIS_URL,
@@ -44,6 +45,9 @@ from bench.stack import (
 from services.common.quantile import nearest_rank
 from services.common.store import engine_url
 
+# Celery's pools tried by default: on 2 cores (Celery 5.7, 2,000 tasks) threads:8 and
+# threads:16 did ~330 tasks/s, prefork:4 ~270, prefork:2 ~110.
+DEFAULT_POOLS = ("prefork:4", "threads:8", "threads:16")
 COLLECTOR_MARKER = "services.dashboard.collector"  # the collector's command line
 CELERY_MISSING = ("Celery is not installed, so the Celery peer is skipped: "
                   "pip install -e '.[bench]' (or .venv/bin/pip install 'celery>=5.4,<6')")
@@ -98,6 +102,7 @@ class AgentqRun:
     burst_ms: list[float] = field(default_factory=list)
     steady_ms: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+    redis_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -121,6 +126,8 @@ def run_agentq(pipeline: Pipeline, args: argparse.Namespace, db_url: str) -> Age
                       if name != "mockllm"}},
                   split={"collector": COLLECTOR_MARKER})
     http("POST", f"{pipeline.mock}/stats/reset")
+    redis_calls = RedisCalls(REDIS_URL)
+    redis_calls.start()
     meter.start()
     started = time.perf_counter()
     http_seconds = submit_http(pipeline.ingest, args.tasks, threads=8)
@@ -129,7 +136,8 @@ def run_agentq(pipeline: Pipeline, args: argparse.Namespace, db_url: str) -> Age
     amqp_seconds = time.perf_counter() - amqp_started
     wait_until(lambda: finished() >= total, 600, f"{total} results", interval=0.25)
     run = AgentqRun(total, time.perf_counter() - started, http_seconds, amqp_seconds,
-                    int(pipeline.stats()["completed"]), cpu=meter.stop())
+                    int(pipeline.stats()["completed"]), cpu=meter.stop(),
+                    redis_calls=redis_calls.stop())
     steady = int(args.steady_rate * args.steady_seconds)
     publish_amqp(pipeline.ns, steady, rate=args.steady_rate, tag="steady")
     wait_until(lambda: finished() >= total + steady, 300, f"{total + steady} results",
@@ -194,6 +202,10 @@ def report(args: argparse.Namespace, agentq: AgentqRun, peers: list[Any],
             + ("   <- best" if run is best and len(peers) > 1 else ""))
     if best is not None:
         say(f"  ratio agentq / Celery {best.pool}: {agentq.rate / best.rate:.2f} x")
+    # The whole server's counts: other users of this Redis add to them.
+    say(f"  Redis commands, agentq: {summary(agentq.redis_calls, agentq.tasks)}")
+    if best is not None:
+        say(f"  Redis commands, Celery {best.pool}: {summary(best.redis_calls, best.tasks)}")
     if ceiling is not None:
         pubs, dels = publishes_per_task(), deliveries_per_task()
         say(f"  broker-only ceiling  {ceiling.rate:8.0f} tasks/s ({ceiling.publishes} "
@@ -224,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     parser.add_argument("--celery-pool", action="append", default=None,
                         help="Celery pool to compare, KIND:N[xNODES] (repeatable; the best "
-                             "is reported): default prefork:4 and threads:16")
+                             "is reported): default " + ", ".join(DEFAULT_POOLS))
     parser.add_argument("--no-celery", action="store_true", help="skip the Celery peer")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the broker-only ceiling")
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="results store (default: a scratch SQLite file)")
     args = parser.parse_args(argv)
     try:
-        pools = args.celery_pool or ["prefork:4", "threads:16"]
+        pools = args.celery_pool or list(DEFAULT_POOLS)
         if not args.no_celery and importlib.util.find_spec("celery") is not None:
             from bench.celery_peer import Pool
 
