@@ -1,19 +1,17 @@
-"""`agentq up`: start the whole stack as child processes, prefix their logs, stop cleanly."""
+"""`agentq up`: start the whole stack as child processes (common/supervisor.py runs them)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from services.common.config import AgentqConfig
 from services.common.settings import DEFAULT_PORTS, WORKER_METRICS_BASE, Settings
+from services.common.supervisor import Child, Program, shutdown, stop_on_signals, supervise
 
 # Workers finish the calls they hold on SIGTERM (the LLM timeout + 10 s at most).
 STOP_GRACE_EXTRA_S = 15.0
@@ -75,65 +73,10 @@ def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: boo
     return children
 
 
-class Child:
-    """A running child process whose output is printed with its name in front."""
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *self.spec.args], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
-
-    def _pump(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        width = 11
-        for line in process.stdout:
-            sys.stdout.write(f"{self.spec.name:<{width}}| {line.decode(errors='replace')}")
-            sys.stdout.flush()
-
-    def signal(self, sig: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-def supervise(children: list[Child], stop: threading.Event) -> None:
-    """Keep the children running until `stop`; a child that dies is restarted."""
-    for child in children:
-        child.start()
-    while not stop.wait(0.5):
-        for child in children:
-            if child.process is not None and child.process.poll() is not None:
-                code = child.process.returncode
-                child.restarts += 1
-                delay = min(30.0, RESTART_BACKOFF_S * child.restarts)
-                print(f"{child.spec.name} exited with {code}; restarting in {delay:.0f}s",
-                      flush=True)
-                if stop.wait(delay):
-                    break
-                child.start()
-
-
-def shutdown(children: list[Child], grace_s: float) -> None:
-    """SIGTERM every child, wait for them to drain, then kill what is left."""
-    for child in children:
-        child.signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for child in children:
-        if child.process is None:
-            continue
-        try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.signal(signal.SIGKILL)
+def program(spec: ChildSpec) -> Program:
+    """Return how the supervisor runs one service: `python -m services.cli <verb ...>`."""
+    return Program(spec.name, [sys.executable, "-m", "services.cli", *spec.args], spec.env,
+                   restart_s=RESTART_BACKOFF_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,16 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     if cli(["topology"]) != 0:
         return 1
     workers = args.workers or (AUTOSCALE_MAX if args.autoscale else 2)
-    children = [Child(spec) for spec in stack(settings, config, workers, args.autoscale,
-                                              mock_port(settings))]
+    children = [Child(program(spec)) for spec in stack(settings, config, workers,
+                                                       args.autoscale, mock_port(settings))]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     print(f"agentq up: ingest http://127.0.0.1:{settings.ingest_port}  dashboard "
           f"http://127.0.0.1:{settings.dashboard_port}  (Ctrl-C stops)", flush=True)
     try:
-        supervise(children, stop)
+        return supervise(children, stop)
     finally:
         print("agentq up: stopping", flush=True)
         shutdown(children, settings.llm_timeout_s + STOP_GRACE_EXTRA_S)
-    return 0

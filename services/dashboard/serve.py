@@ -1,23 +1,22 @@
 """`agentq dashboard`: run the collector and the web app (gunicorn) side by side.
 
-Both are child processes of this small supervisor: SIGTERM or SIGINT stops both; a collector
-that dies (its database gone, say) is restarted while the web app keeps serving what is
-already in the database; if gunicorn exits, everything stops. The collector waits out a
-RabbitMQ outage by itself, evaluating the alerts (`broker_unreachable` among them) meanwhile.
+Both are child processes of the common supervisor (services/common/supervisor.py): SIGTERM or
+SIGINT stops both; a collector that dies (its database gone, say) is restarted after a
+growing pause while the web app keeps serving what is already in the database; if gunicorn
+exits, everything stops. The collector waits out a RabbitMQ outage by itself, evaluating the
+alerts (`broker_unreachable` among them) meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import subprocess
 import sys
-import time
-from types import FrameType
 
+from services.common import supervisor
 from services.common.runtime import configure_logging
 from services.common.settings import Settings
+from services.common.supervisor import Program
 from services.common.webserver import bind_address, gunicorn_command
 
 log = logging.getLogger(__name__)
@@ -47,49 +46,18 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     return parser.parse_args(argv)
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        log.warning("pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_S)
-        process.kill()
-        process.wait()
+def programs(web_cmd: list[str], collector_cmd: list[str] | None) -> list[Program]:
+    """Return the dashboard's children: gunicorn (essential) and the collector, if any."""
+    web = Program("web", web_cmd, essential=True, prefix=False)
+    if collector_cmd is None:
+        return [web]
+    return [Program("collector", collector_cmd, restart_s=COLLECTOR_RESTART_S, prefix=False),
+            web]
 
 
 def supervise(web_cmd: list[str], collector_cmd: list[str] | None) -> int:
     """Run both children until a signal or gunicorn's exit; return an exit code."""
-    stopping = False
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    collector = subprocess.Popen(collector_cmd) if collector_cmd else None
-    web = subprocess.Popen(web_cmd)
-    restart_at = 0.0
-    code = 0
-    try:
-        while not stopping:
-            if web.poll() is not None:
-                code = web.returncode or 0
-                log.error("gunicorn exited with %s; stopping the dashboard", web.returncode)
-                break
-            if collector_cmd and collector is not None and collector.poll() is not None:
-                log.warning("collector exited with %s; restarting in %.0f s",
-                            collector.returncode, COLLECTOR_RESTART_S)
-                collector, restart_at = None, time.monotonic() + COLLECTOR_RESTART_S
-            if collector_cmd and collector is None and time.monotonic() >= restart_at:
-                collector = subprocess.Popen(collector_cmd)
-            time.sleep(0.5)
-    finally:
-        _stop(web)
-        _stop(collector)
-    return code
+    return supervisor.run(programs(web_cmd, collector_cmd), STOP_GRACE_S, log.warning)
 
 
 def main(argv: list[str] | None = None) -> int:
