@@ -16,7 +16,15 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from redis.asyncio import Redis
 
 from bench.stack import http
-from services.common.amqp import POISON_AFTER_CRASHES, Broker, Bus, RequeueMessage
+from services.common.amqp import (
+    POISON_AFTER_CRASHES,
+    Broker,
+    Bus,
+    PublishFailed,
+    RejectMessage,
+    RequeueMessage,
+    settlement,
+)
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache
 from services.common.config import AgentqConfig
@@ -33,7 +41,7 @@ from services.common.topology import (
     declare_lane,
     declare_topology,
 )
-from services.common.work_headers import HELD_HEADER, ROUTED_TIER_HEADER
+from services.common.work_headers import HELD_HEADER, ROUTED_TIER_HEADER, VERIFY_HEADER
 from services.router.service import Router
 from services.worker.controls import CostControls
 from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config
@@ -242,6 +250,32 @@ def test_a_failed_call_is_retried_through_a_delay_queue_and_then_answered(
     asyncio.run(scenario())
 
 
+def test_a_429_is_waited_out_without_spending_an_attempt(broker_kind: str, namespace: str,
+                                                         mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            fail_next(mock_url, 1, 429)
+            await h.submit(task(id="waited"))
+            result = await h.result()
+            assert (result["status"], result["attempts"]) == ("succeeded", 1)
+            assert result["latency_ms"]["limiter"] > 0  # the wait is the limiter's, not llm
+            assert await h.events("task.retry") == []
+    asyncio.run(scenario())
+
+
+def test_a_sampled_semantic_hit_is_checked_against_the_real_answer(
+        broker_kind: str, namespace: str, mock_url: str) -> None:
+    async def scenario() -> None:
+        async with harness(broker_kind, namespace, mock_url, tier_table(mock_url)) as h:
+            sample = {"key": "k", "output": "a different answer", "similarity": 0.97}
+            await h.submit(task(id="verified"), **{VERIFY_HEADER: json.dumps(sample)})
+            assert (await h.result())["status"] == "succeeded"
+            verified = await h.events("cache.verify")
+            assert [(e["task_id"], e["data"]["agreed"]) for e in verified] == [
+                ("verified", False)]
+    asyncio.run(scenario())
+
+
 def test_a_task_out_of_attempts_fails_and_is_dead_lettered(broker_kind: str, namespace: str,
                                                            mock_url: str) -> None:
     async def scenario() -> None:
@@ -344,6 +378,19 @@ def test_the_memory_broker_routes_as_rabbitmq_exchange_types_do() -> None:
     assert not topic_matches("acme.*", "acme.a.b") and topic_matches("a.#.c", "a.c")
     assert headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 250})
     assert not headers_match({"x-match": "all", "agentq-delay": 250}, {"agentq-delay": 500})
+
+
+@pytest.mark.parametrize(("error", "deliveries", "outcome"), [
+    (None, 1, "ack"),
+    (RejectMessage("bad"), 1, "reject"),
+    (RequeueMessage("later"), 9, "requeue"),
+    (PublishFailed("no confirm"), 9, "requeue"),
+    (RuntimeError("bug"), POISON_AFTER_CRASHES - 1, "retry"),
+    (RuntimeError("bug"), POISON_AFTER_CRASHES, "poison"),
+])
+def test_both_brokers_settle_by_one_rule(error: Exception | None, deliveries: int,
+                                         outcome: str) -> None:
+    assert settlement(error, deliveries) == outcome
 
 
 def test_the_memory_broker_settles_as_bus_does(namespace: str) -> None:
