@@ -11,7 +11,9 @@ Per task, as the services do it today (see docs/architecture.md section 2):
     recorder    -                                          results.store, results.started
     collector   -                                          dashboard.results, dashboard.events x3
 
-That is 6 publishes and 8 deliveries for an HTTP task, 7 and 9 for an AMQP one. Every stage
+That is 6 publishes and 8 deliveries for an HTTP task, 7 and 9 for an AMQP one. The `slim`
+pattern is what one event per task would leave (no task.routed, no task.started, so no
+results.started either; task.completed only): 4 and 5 for HTTP, 5 and 6 for AMQP. Every stage
 is a process of its own on `Bus` (publish = persistent + wait for the confirm; ack once the
 handler returned), on the namespace's real topology (quorum pipeline queues, classic
 telemetry queues; the tier's queue stands for the tenant's lane, a quorum queue
@@ -44,14 +46,16 @@ TASK_BYTES, RESULT_BYTES, EVENT_BYTES = 400, 1200, 350
 PREFETCH = {"intake": 200, "router": 200, "worker": 64, "recorder": 1000, "collector": 500}
 
 
-def publishes_per_task() -> dict[str, int]:
+def publishes_per_task(slim: bool = False) -> dict[str, int]:
     """Return the confirmed publishes of one task through each door."""
-    return {"http": 1 + 2 + 3, "amqp": 2 + 2 + 3}
+    router, worker = (1, 2) if slim else (2, 3)
+    return {"http": 1 + router + worker, "amqp": 2 + router + worker}
 
 
-def deliveries_per_task() -> dict[str, int]:
+def deliveries_per_task(slim: bool = False) -> dict[str, int]:
     """Return the deliveries of one task through each door."""
-    return {"http": 1 + 1 + 2 + 4, "amqp": 1 + 1 + 1 + 2 + 4}
+    recorder, collector = (1, 2) if slim else (2, 4)
+    return {"http": 1 + 1 + recorder + collector, "amqp": 1 + 1 + 1 + recorder + collector}
 
 
 @dataclass
@@ -63,6 +67,7 @@ class CeilingRun:
     publishes: int
     deliveries: int
     cpu: dict[str, float] = field(default_factory=dict)
+    slim: bool = False
 
     @property
     def rate(self) -> float:
@@ -72,8 +77,8 @@ class CeilingRun:
 Handler = Callable[[Any], Awaitable[None]]
 
 
-def _stage_handlers(stage: str, bus: Bus, names: Names, count: Callable[[], None]
-                    ) -> dict[str, Handler]:
+def _stage_handlers(stage: str, bus: Bus, names: Names, count: Callable[[], None],
+                    slim: bool = False) -> dict[str, Handler]:
     """Return the queue -> empty handler map of one stage; each handler publishes what the
     service would, in the same order, then counts the delivery."""
     result, event = b"r" * RESULT_BYTES, b"e" * EVENT_BYTES
@@ -84,7 +89,13 @@ def _stage_handlers(stage: str, bus: Bus, names: Names, count: Callable[[], None
 
     async def router(message: Any) -> None:
         await bus.publish(names.work, TIER, message.body)
-        await bus.publish(names.events, "task.routed", event, mandatory=False)
+        if not slim:
+            await bus.publish(names.events, "task.routed", event, mandatory=False)
+        count()
+
+    async def slim_worker(message: Any) -> None:
+        await bus.publish(names.results, f"{TENANT}.succeeded", result)
+        await bus.publish(names.events, "task.completed", event, mandatory=False)
         count()
 
     async def worker(message: Any) -> None:
@@ -102,14 +113,15 @@ def _stage_handlers(stage: str, bus: Bus, names: Names, count: Callable[[], None
     stages: dict[str, dict[str, Handler]] = {
         "intake": {names.submit: intake},
         "router": {names.tasks: router},
-        "worker": {names.work_queue(TIER): worker},
-        "recorder": {names.results_store: sink, names.started_store: sink},
+        "worker": {names.work_queue(TIER): slim_worker if slim else worker},
+        "recorder": {names.results_store: sink,
+                     **({} if slim else {names.started_store: sink})},
         "collector": {names.dashboard_results: sink, names.dashboard_events: sink},
     }
     return stages[stage]
 
 
-def _stage_main(stage: str, namespace: str, counters: Any, index: int) -> None:
+def _stage_main(stage: str, namespace: str, counters: Any, index: int, slim: bool) -> None:
     """Run one stage until killed; counters[index] = deliveries it has acked so far."""
 
     def count() -> None:
@@ -118,7 +130,7 @@ def _stage_main(stage: str, namespace: str, counters: Any, index: int) -> None:
     async def serve() -> None:
         names = Names(namespace)
         bus = await Bus.connect(AMQP_URL, names, name=f"ceiling-{stage}")
-        for queue, handler in _stage_handlers(stage, bus, names, count).items():
+        for queue, handler in _stage_handlers(stage, bus, names, count, slim).items():
             await bus.consume(queue, handler, prefetch=PREFETCH[stage])
         await asyncio.Event().wait()
 
@@ -158,22 +170,24 @@ STAGES = ("intake", "router", "worker", "recorder", "collector")
 
 
 def run_ceiling(namespace: str, tasks_per_door: int, workers: int,
-                groups: dict[str, list[int]]) -> CeilingRun:
+                groups: dict[str, list[int]], slim: bool = False) -> CeilingRun:
     """Run the pattern for `tasks_per_door` tasks through each door in `namespace` (the
-    caller deletes it afterwards); `workers` worker stages, as the pipeline has workers."""
+    caller deletes it afterwards); `workers` worker stages, as the pipeline has workers;
+    `slim` = the one-event pattern."""
     asyncio.run(_declare(namespace))
     names = Names(namespace)
     stages = [*[s for s in STAGES if s != "worker"], *["worker"] * workers]
     context = multiprocessing.get_context("spawn")
     counters = context.Array("q", len(stages), lock=False)
-    processes = [context.Process(target=_stage_main, args=(stage, namespace, counters, i),
+    processes = [context.Process(target=_stage_main, args=(stage, namespace, counters, i, slim),
                                  name=f"ceiling-{stage}", daemon=True)
                  for i, stage in enumerate(stages)]
     for process in processes:
         process.start()
     try:
-        wait_until(lambda: _all_consuming(names, workers), 60, "the ceiling's consumers")
-        per_door = deliveries_per_task()
+        wait_until(lambda: _all_consuming(names, workers, slim), 60,
+                   "the ceiling's consumers")
+        per_door = deliveries_per_task(slim)
         expected = tasks_per_door * (per_door["http"] + per_door["amqp"])
         meter = Meter({**groups, "client (this bench)": [os.getpid()],
                        **{f"ceiling {s}-{i}": [int(p.pid or 0)] for i, (s, p)
@@ -189,18 +203,18 @@ def run_ceiling(namespace: str, tasks_per_door: int, workers: int,
         for process in processes:
             process.kill()
             process.join()
-    per_pub = publishes_per_task()
+    per_pub = publishes_per_task(slim)
     return CeilingRun(2 * tasks_per_door, seconds,
-                      tasks_per_door * (per_pub["http"] + per_pub["amqp"]), expected, cpu)
+                      tasks_per_door * (per_pub["http"] + per_pub["amqp"]), expected, cpu, slim)
 
 
-def _all_consuming(names: Names, workers: int) -> bool:
+def _all_consuming(names: Names, workers: int, slim: bool) -> bool:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
         wanted = {names.submit: 1, names.tasks: 1, names.work_queue(TIER): workers,
-                  names.results_store: 1, names.started_store: 1, names.dashboard_results: 1,
-                  names.dashboard_events: 1}
+                  names.results_store: 1, names.started_store: 0 if slim else 1,
+                  names.dashboard_results: 1, names.dashboard_events: 1}
         return all(channel.queue_declare(queue, passive=True).method.consumer_count >= n
                    for queue, n in wanted.items())
     finally:

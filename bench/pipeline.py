@@ -180,7 +180,7 @@ def _latency(values: list[float]) -> str:
 
 
 def report(args: argparse.Namespace, agentq: AgentqRun, peers: list[Any],
-           ceiling: CeilingRun | None, say: Callable[[str], None] = print) -> None:
+           ceilings: list[CeilingRun], say: Callable[[str], None] = print) -> None:
     """Print the figures: agentq, Celery, the ceiling, the ratios and the CPU tables."""
     say(f"agentq bench pipeline: {agentq.total} tasks ({args.tasks} HTTP in lists of 50, "
         f"{args.tasks} AMQP, then {len(agentq.steady_ms)} steady), {args.workers} workers x "
@@ -206,22 +206,23 @@ def report(args: argparse.Namespace, agentq: AgentqRun, peers: list[Any],
     say(f"  Redis commands, agentq: {summary(agentq.redis_calls, agentq.tasks)}")
     if best is not None:
         say(f"  Redis commands, Celery {best.pool}: {summary(best.redis_calls, best.tasks)}")
-    if ceiling is not None:
-        pubs, dels = publishes_per_task(), deliveries_per_task()
-        say(f"  broker-only ceiling  {ceiling.rate:8.0f} tasks/s ({ceiling.publishes} "
-            f"confirmed publishes, {ceiling.deliveries} deliveries in {ceiling.seconds:.1f} s:"
-            f" {ceiling.publishes / ceiling.seconds:.0f} publishes/s, "
-            f"{ceiling.deliveries / ceiling.seconds:.0f} deliveries/s; per task HTTP "
+    for run in ceilings:
+        pubs, dels = publishes_per_task(run.slim), deliveries_per_task(run.slim)
+        say(f"  broker-only ceiling{' (one event)' if run.slim else ''} {run.rate:8.0f} tasks/s"
+            f" ({run.publishes} confirmed publishes, {run.deliveries} deliveries in "
+            f"{run.seconds:.1f} s: {run.publishes / run.seconds:.0f} publishes/s, "
+            f"{run.deliveries / run.seconds:.0f} deliveries/s; per task HTTP "
             f"{pubs['http']}+{dels['http']}, AMQP {pubs['amqp']}+{dels['amqp']})")
-        say(f"  agentq's share of the ceiling: {100 * agentq.rate / ceiling.rate:.0f} %")
+        if not run.slim:
+            say(f"  agentq's share of the ceiling: {100 * agentq.rate / run.rate:.0f} %")
     for line in format_table(agentq.cpu, agentq.tasks, agentq.seconds, "agentq"):
         say(line)
     if best is not None:
         for line in format_table(best.cpu, best.tasks, best.seconds, f"Celery {best.pool}"):
             say(line)
-    if ceiling is not None:
-        for line in format_table(ceiling.cpu, ceiling.tasks, ceiling.seconds,
-                                 "broker-only ceiling"):
+    for run in ceilings:
+        for line in format_table(run.cpu, run.tasks, run.seconds, "broker-only ceiling"
+                                 + (" (one event)" if run.slim else "")):
             say(line)
 
 
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-celery", action="store_true", help="skip the Celery peer")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip the broker-only ceiling")
+    parser.add_argument("--slim-ceiling", action="store_true",
+                        help="also measure the ceiling of a one-event-per-task pattern")
     parser.add_argument("--no-dashboard", action="store_true",
                         help="run without the dashboard and its collector")
     parser.add_argument("--database-url", default="",
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="agentq_bench_"))
     db_url = args.database_url or f"sqlite:///{tmp / 'results.db'}"
     peers: list[Any] = []
-    ceiling = None
+    ceilings: list[CeilingRun] = []
     with running_pipeline(tmp, workers=args.workers, concurrency=args.concurrency,
                           env={"AGENTQ_LOG_LEVEL": "WARNING"},
                           mock_args=("--latency-ms", str(args.latency_ms)),
@@ -268,12 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         stop_services(pipeline)
         if not args.no_celery:
             peers = run_celery(pipeline, pools, agentq.tasks, tmp)
-        if not args.no_ceiling:
+        broker = {k: v for k, v in shared_groups(pipeline).items() if k != "mockllm"}
+        patterns = ([] if args.no_ceiling else [False]) + ([True] if args.slim_ceiling else [])
+        for slim in patterns:
             with scratch_namespace(tmp / "ceiling", "agentq_bench", "unused://") as (ns, _):
-                ceiling = run_ceiling(ns, args.tasks, args.workers,
-                                      {k: v for k, v in shared_groups(pipeline).items()
-                                       if k != "mockllm"})
-    report(args, agentq, peers, ceiling)
+                ceilings.append(run_ceiling(ns, args.tasks, args.workers, broker, slim))
+    report(args, agentq, peers, ceilings)
     return 0 if agentq.succeeded == agentq.total else 1
 
 
