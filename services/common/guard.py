@@ -18,8 +18,11 @@ from services.common.wording import (
     FILLER,
     STOPWORDS,
     content_words,
+    is_number,
     negations,
+    number_value,
     numbers,
+    stem,
     tokens,
 )
 
@@ -31,6 +34,52 @@ _ENTITY = re.compile(
     r"\b[A-Z]{2,}\b|\b\w*\d\w*\b|\S+@\S+|https?://\S+")
 MIN_TYPO_LENGTH = 5
 _DIRECTIONS = frozenset({"from", "than", "versus", "vs"})
+# Words that set a request's scope, grouped by what they mean: "all invoices" is not "one
+# invoice", "every container" not "the container".
+_SCOPE = {
+    "all": "all", "every": "all", "each": "all", "entire": "all", "whole": "all",
+    "everyone": "all", "everything": "all", "everybody": "all", "except": "except",
+    "besides": "except", "excluding": "except", "only": "only", "both": "both",
+    "half": "half", "most": "most",
+}
+_IDIOMS = frozenset({"time", "times", "other"})  # "every time", "each other": not a scope
+# A rate's period: "5% a year" is not "5% a month".
+_PERIODS = {
+    "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year", "annual": "year",
+    "annually": "year", "hourly": "hour", "nightly": "night", "tonight": "night",
+    "today": "today", "tomorrow": "tomorrow", "yesterday": "yesterday",
+}
+_PERIOD_NOUNS = {"day": "day", "week": "week", "month": "month", "year": "year",
+                 "hour": "hour", "night": "night", "annum": "year"}
+_RATE_WORDS = frozenset({"a", "per", "each", "every", "an"})
+# Unit spellings by the unit they name: "2 seconds" is "2 s", "5 days" is "5-day".
+_UNIT_NAMES = {
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "ms": "ms", "min": "min",
+    "minute": "min", "h": "h", "hr": "h", "hour": "h", "day": "d", "week": "wk",
+    "month": "mo", "year": "yr", "mg": "mg", "g": "g", "gram": "g", "kg": "kg",
+    "kilogram": "kg", "lb": "lb", "lbs": "lb", "pound": "lb", "oz": "oz", "ml": "ml",
+    "l": "l", "litre": "l", "liter": "l", "km": "km", "kilometre": "km", "kilometer": "km",
+    "m": "m", "metre": "m", "meter": "m", "mi": "mi", "mile": "mi", "ft": "ft", "feet": "ft",
+    "foot": "ft", "gb": "gb", "mb": "mb", "kb": "kb", "tb": "tb", "tablet": "tablet",
+    "pill": "pill", "mcg": "mcg", "iu": "iu",
+}
+_MONTHS_AND_DAYS = frozenset("""
+january february march april may june july august september october november december
+monday tuesday wednesday thursday friday saturday sunday
+""".split())
+# Function words of the languages a prompt is most often written in besides English: a
+# question asked in French wants its answer in French.
+_FOREIGN = frozenset("""
+le la les des du une est et je vous pour avec dans sur mon ma mes que qui il elle ne pas
+el los las del un una es y mi mis para con por que como cuanto cuando donde puedo hay se al
+der die das und ich ist ein eine mit nach wie bei auf zu den dem sollte mein meine
+il lo di che per con una come quanto posso mio
+""".split())
+_ENGLISH = frozenset("""
+the a an is are was do does did to of in on for my i you your me with what how can why
+which should will would this that it at be have has from and or not any
+""".split())
+ROLE_SHARED_BIGRAMS = 0.5  # below this share, the same words in another order swap roles
 
 
 @dataclass(frozen=True)
@@ -67,11 +116,14 @@ def _typo(a: str, b: str) -> bool:
 def directions(words: list[str]) -> list[tuple[str, str]]:
     """Return (preposition, next content word) pairs that give a request its direction:
     "from savings to checking" is not "from checking to savings"."""
-    marks = _DIRECTIONS | ({"to", "into"} if "from" in words else set())
+    has_to = "to" in words or "into" in words
+    marks = (_DIRECTIONS - ({"from"} if not has_to else set())) | (
+        {"to", "into"} if "from" in words else set())
     found = []
     for i, word in enumerate(words):
         if word not in marks:
             continue
+        word = "to" if word == "into" else word
         for j in range(i + 1, min(i + 4, len(words))):
             if content_words([words[j]]):
                 # "than plan b": a one-letter or numbered name belongs to the word before it
@@ -94,20 +146,94 @@ def word_difference(a: list[str], b: list[str]) -> list[str]:
     return sorted(set(only_a) | set(only_b))
 
 
-def same_question(a: str, b: str) -> Verdict:
-    """Say whether prompt `b` asks what prompt `a` asks, so `a`'s answer may serve it."""
+def same_names(a: str, b: str) -> bool:
+    """Say whether two texts name the same things in the same order, wherever a name sits:
+    a name that one text capitalises must occur in the other (any case), and names other
+    than dates must come in the same order ("Mars bigger than Venus" vs "Venus ... Mars")."""
+    found_a, found_b = entities(a), entities(b)
+    lower_a, lower_b = " ".join(tokens(a)), " ".join(tokens(b))
+    for names, other in ((found_a, lower_b), (found_b, lower_a)):
+        if any(f" {' '.join(tokens(n))} " not in f" {other} " for n in names):
+            return False
+    both = set(found_a) & set(found_b)
+
+    def order(found: list[str]) -> list[str]:
+        return [n for n in dict.fromkeys(found) if n in both and n not in _MONTHS_AND_DAYS]
+    return order(found_a) == order(found_b)
+
+
+def quantities(words: list[str]) -> list[str]:
+    """Return the numbers of a text with the unit that follows each: '5 mg' is not '5 g'."""
+    found = []
+    for i, word in enumerate(words):
+        if is_number(word) or numbers([word]):
+            after = words[i + 1] if i + 1 < len(words) else ""
+            unit = _UNIT_NAMES.get(after, _UNIT_NAMES.get(after[:-1], "")) if after else ""
+            found.append(f"{number_value(word)} {unit}".strip())
+    return sorted(found)
+
+
+def scope(words: list[str]) -> list[str]:
+    """Return the scope and period words of a text, by meaning, sorted and deduplicated."""
+    found = {_SCOPE[w] for w, after in zip(words, words[1:] + [""], strict=True)
+             if w in _SCOPE and after not in _IDIOMS}
+    found |= {_PERIODS[w] for w in words if w in _PERIODS}
+    found |= {_PERIOD_NOUNS[stem(w)] for prev, w in zip(words, words[1:], strict=False)
+              if prev in _RATE_WORDS and stem(w) in _PERIOD_NOUNS}
+    return sorted(found)
+
+
+def language(text: str, words: list[str]) -> str:
+    """Guess whether a text is English ("en") or another language ("xx")."""
+    if any(c in "¿¡ñßäöüàâçèéêëîïôûùœ" for c in text.lower()) and not any(
+            w in _ENGLISH for w in words[:3]):
+        return "xx"
+    foreign = sum(w in _FOREIGN for w in words)
+    english = sum(w in _ENGLISH for w in words)
+    return "xx" if foreign > english else "en"
+
+
+def roles_swapped(a: list[str], b: list[str]) -> bool:
+    """Say whether two texts use the same content words with who-does-what reversed:
+    "do foxes eat rabbits" / "do rabbits eat foxes" share words but no word pair in order."""
+    if len(a) < 3 or Counter(a) != Counter(b) or a == b:
+        return False
+    pairs_a = set(zip(a, a[1:], strict=False))
+    shared = sum(pair in pairs_a for pair in zip(b, b[1:], strict=False))
+    return shared / (len(b) - 1) < ROLE_SHARED_BIGRAMS
+
+
+def same_question(a: str, b: str, strict: bool = True) -> Verdict:
+    """Say whether prompt `b` asks what prompt `a` asks, so `a`'s answer may serve it.
+
+    `strict` (for embedders that only see words) also wants the same content words; a
+    sentence model places synonyms close by itself, so without `strict` the rules check only
+    what such models are known to blur: negation, quantities, names, direction, scope,
+    period, language and swapped roles.
+    """
     words_a, words_b = tokens(a), tokens(b)
     if negations(words_a) != negations(words_b):
         return Verdict(False, "negation")
-    if numbers(words_a) != numbers(words_b):
+    if numbers(words_a) != numbers(words_b) or quantities(words_a) != quantities(words_b):
         return Verdict(False, "numbers")
-    if entities(a) != entities(b):
+    if strict and entities(a) != entities(b):
         return Verdict(False, "entities")
-    if directions(words_a) != directions(words_b):
+    if not strict and not same_names(a, b):
+        return Verdict(False, "entities")
+    dir_a, dir_b = directions(words_a), directions(words_b)
+    if dir_a != dir_b and (strict or (dir_a and dir_b)):
         return Verdict(False, "direction")
-    differing = word_difference(content_words(words_a), content_words(words_b))
-    if differing:
-        return Verdict(False, "words:" + ",".join(differing[:4]))
+    if scope(words_a) != scope(words_b):
+        return Verdict(False, "scope")
+    if language(a, words_a) != language(b, words_b):
+        return Verdict(False, "language")
+    content_a, content_b = content_words(words_a), content_words(words_b)
+    if roles_swapped(content_a, content_b):
+        return Verdict(False, "roles")
+    if strict:
+        differing = word_difference(content_a, content_b)
+        if differing:
+            return Verdict(False, "words:" + ",".join(differing[:4]))
     return Verdict(True, "same")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from services.common.cache import CachedAnswer, cacheable
-from services.common.embedder import Embedder
+from services.common.embedder import BAD_VECTORS, Embedder, EmbedderError, LocalEmbedder
 from services.common.guard import same_question
 from services.common.models import Task
 from services.common.semantic_index import SemanticIndex
 from services.common.topology import Names
 from services.common.wording import normalise
 
+log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 0.01  # lookups in a burst share one read of the stream
 SYNC_BATCH = 10_000
 EXPIRE_EVERY_S = 60.0
@@ -99,6 +101,26 @@ class SemanticCache:
         self._last_sync = 0.0
         self._last_expire = 0.0
         self._sync_lock = asyncio.Lock()
+        # A word-hashing embedder cannot tell synonyms apart, so its hits must also keep the
+        # content words; a sentence model's hits are checked for what such models blur.
+        self._strict_guard = isinstance(embedder, LocalEmbedder)
+        self._embedder_name = f"{type(embedder).__name__}/{embedder.dimensions}"
+        self._warned_foreign = False
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        """Embed (off the event loop for model embedders) and insist on the expected shape:
+        a wrong-length vector is a loud, counted error, never a silent miss."""
+        vectors = await self._embedder.embed(texts)
+        expected = self.index.dimensions if self.index is not None else \
+            self._embedder.dimensions
+        if vectors.ndim != 2 or vectors.shape != (len(texts), expected):
+            BAD_VECTORS.labels(type(self._embedder).__name__).inc()
+            log.warning("semantic cache: the embedder returned shape %s for %d texts, "
+                        "expected (%d, %d); semantic lookups and writes are skipped",
+                        vectors.shape, len(texts), len(texts), expected)
+            raise EmbedderError(f"embedding of shape {vectors.shape}, expected "
+                                f"({len(texts)}, {expected})")
+        return vectors
 
     def entry_key(self, task: Task, tier: str) -> str:
         scope = scope_of(task, tier)
@@ -115,7 +137,7 @@ class SemanticCache:
         """Store answers in one round trip (vectors embedded in one batch)."""
         now = time.time() if now is None else now
         texts = [query_text(task) for task, _, _ in items]
-        vectors = await self._embedder.embed(texts)
+        vectors = await self._embed(texts)
         oldest_ms = str(max(0, int((now - self._ttl_s) * 1000)))
         async with self._redis.pipeline(transaction=False) as pipe:
             for (task, tier, answer), text, vector in zip(items, texts, vectors, strict=True):
@@ -125,6 +147,7 @@ class SemanticCache:
                 pipe.set(key, entry.model_dump_json(), ex=self._ttl_s)
                 pipe.xadd(self._stream, {"k": key, "s": entry.scope,
                                          "x": str(now + self._ttl_s),
+                                         "e": self._embedder_name,
                                          "v": vector.astype(np.float32).tobytes()},
                           minid=oldest_ms, approximate=True)
             await pipe.execute()
@@ -140,7 +163,7 @@ class SemanticCache:
         await self.sync(now)
         text = query_text(task)
         scope = scope_of(task, tier)
-        vector = (await self._embedder.embed([text]))[0]
+        vector = (await self._embed([text]))[0]
         candidates = self.index.search(scope, vector, now, threshold, CANDIDATES)
         if not candidates:
             return None
@@ -152,7 +175,8 @@ class SemanticCache:
             entry = SemanticEntry.model_validate_json(raw)
             if entry.tenant != task.tenant or entry.scope != scope:
                 continue  # never serve another tenant's answer, whatever the index says
-            if normalise(entry.text) == normalise(text) or same_question(entry.text, text).same:
+            if normalise(entry.text) == normalise(text) or same_question(
+                    entry.text, text, strict=self._strict_guard).same:
                 return SemanticHit(key, similarity, entry.answer)
         return None
 
@@ -181,8 +205,19 @@ class SemanticCache:
     def _decode(self, fields: dict[bytes, bytes]) -> tuple[str, str, np.ndarray, float] | None:
         """Return a stream record as (scope, key, vector, expires_at)."""
         vector = np.frombuffer(fields[b"v"], dtype=np.float32)
-        if self.index is None or vector.shape[0] != self.index.dimensions:
-            return None  # written by an embedder of another size: not comparable
+        maker = fields.get(b"e", b"").decode()
+        if (self.index is None or vector.shape[0] != self.index.dimensions
+                or (maker and maker != self._embedder_name)):
+            # Written by another embedder (a service not yet upgraded, or another config):
+            # its vectors are not comparable with ours. Counted, and said once.
+            BAD_VECTORS.labels("stream").inc()
+            if not self._warned_foreign:
+                self._warned_foreign = True
+                log.warning("semantic cache: skipping entries embedded by %s (%d-long); this "
+                            "reader uses %s: give every router and worker the same [cache] "
+                            "embedder", maker or "an older version", vector.shape[0],
+                            self._embedder_name)
+            return None
         return (fields[b"s"].decode(), fields[b"k"].decode(), vector, float(fields[b"x"]))
 
 
