@@ -11,6 +11,7 @@ import pytest
 from services.common.cache import CachedAnswer
 from services.common.config import AgentqConfig
 from services.common.cost_config import BudgetConfig
+from services.common.events import check
 from services.common.models import Latency, Result, Task, Usage
 from services.common.topology import ATTEMPT_HEADER, ERROR_HEADER, ROUTE_HEADER
 from services.common.work_headers import (
@@ -81,7 +82,17 @@ def order(tier: str = "cheap", attempt: int = 1, headers: dict[str, Any] | None 
                       **(headers or {})})
 
 
+def events(plan: Plan) -> list[str]:
+    """Return the types of the events a plan emits, each checked against its model."""
+    emits = [action for action in plan if isinstance(action, Emit)]
+    for emit in emits:
+        check(emit.type, emit.data)
+    return [emit.type for emit in emits]
+
+
 def kinds(plan: Plan) -> list[type]:
+    """Return the kinds of a plan's actions (its events checked against their models)."""
+    events(plan)
     return [type(action) for action in plan]
 
 
@@ -89,10 +100,6 @@ def first(plan: Plan, kind: type[T]) -> T:
     found = [action for action in plan if isinstance(action, kind)]
     assert found, f"no {kind.__name__} in {plan}"
     return found[0]
-
-
-def events(plan: Plan) -> list[str]:
-    return [action.type for action in plan if isinstance(action, Emit)]
 
 
 # -- receive ---------------------------------------------------------------------------------

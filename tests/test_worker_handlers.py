@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from redis.asyncio import Redis
 
 from bench.stack import http
+from services.common import events
 from services.common.amqp import (
     POISON_AFTER_CRASHES,
     Broker,
@@ -52,6 +53,14 @@ from tests.mock_server import running_mockllm
 
 TENANT = "acme"
 WAIT_S = 15.0
+
+
+@pytest.fixture(autouse=True)
+def strict_events() -> Iterator[None]:
+    """Fail a test whose worker emits an event its model does not allow."""
+    events.set_strict(True)
+    yield
+    events.set_strict(False)
 
 
 @pytest.fixture(scope="module")
