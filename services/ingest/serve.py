@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from services.common.settings import Settings
+from services.common.settings import DEFAULT_PORTS, Settings
 from services.common.webserver import gunicorn_command
 
 APP = "services.ingest.app:create_app()"
@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Replace this process with gunicorn serving the ingest app."""
     parser = argparse.ArgumentParser(prog="agentq ingest", description=__doc__)
     parser.add_argument("--port", type=int, default=None,
-                        help="HTTP port (default AGENTQ_INGEST_PORT, 8000)")
+                        help=f"HTTP port (default AGENTQ_INGEST_PORT, {DEFAULT_PORTS['ingest']})")
     parser.add_argument("--host", default=None,
                         help="address to listen on (default AGENTQ_INGEST_HOST, 127.0.0.1)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
