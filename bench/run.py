@@ -15,6 +15,7 @@ BENCHMARKS = {
     "pipeline": ("bench.pipeline", "end-to-end tasks/s and latency through the whole pipeline"),
     "limiter": ("bench.limiter", "shared limiter vs Celery rate_limit: RPM use, 429s, fairness"),
     "cost": ("bench.cost", "cost of a mixed workload with tiering and caching vs all-premium"),
+    "cache": ("bench.cache", "semantic cache on held-out pairs: precision, recall, latency"),
     "scale": ("bench.scale", "tasks/s for 1, 2, 4 and 8 worker processes"),
     "dashboard": ("bench.dashboard_load", "dashboard page load with 7 days of rollups"),
     "providers": ("bench.providers", "no limits configured vs a provider's real RPM: "
