@@ -42,6 +42,7 @@ class Figures:
     failed: int
     calls: int
     refused: int
+    timeline: str  # completions/429s per 10 s
     seconds: float  # until the backlog was done
     converged_s: float | None  # None: never held >= 90 % up to the end
     utilisation: float | None  # completions per minute after converging and BURST_S / rpm
@@ -86,7 +87,21 @@ def figures(name: str, rpm: int, calls: Sequence[Call], tasks: int, failed: int,
     if start is not None and end > start:
         utilisation = completed_between(start, end) / ((end - start) / 60) / rpm
     return Figures(name, rpm, tasks, failed, len(ordered), sum(r for _, r in ordered),
-                   end, converged, utilisation, sum(r for _, r in steady), len(steady))
+                   timeline(ordered), end, converged, utilisation,
+                   sum(r for _, r in steady), len(steady))
+
+
+def timeline(calls: Sequence[Call], step_s: float = 10.0) -> str:
+    """Return completions/429s per `step_s` seconds, e.g. `0s 60/0 | 10s 5/12 | ...`."""
+    if not calls:
+        return "no calls"
+    buckets: dict[int, list[int]] = {}
+    for t, refused in calls:
+        counts = buckets.setdefault(int(t // step_s), [0, 0])
+        counts[refused] += 1
+    last = max(buckets)
+    return " | ".join(f"{i * step_s:.0f}s {buckets.get(i, [0, 0])[0]}/{buckets.get(i, [0, 0])[1]}"
+                      for i in range(last + 1))
 
 
 def submit_backlog(pipeline: Pipeline, tasks: int) -> list[str]:
@@ -123,6 +138,7 @@ def failed_count(pipeline: Pipeline, ids: list[str], timeout_s: float) -> int:
 
 
 def run_mockllm(tmp: Path, rpm: int, tasks: int, workers: int) -> Figures:
+    (tmp / "mockllm").mkdir(parents=True, exist_ok=True)
     with running_pipeline(tmp / "mockllm", workers=workers, mock_args=("--rpm", str(rpm)),
                           env={"AGENTQ_LOG_LEVEL": "WARNING"}) as pipeline:
         pipeline.stats()  # up
@@ -182,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"no limits in the tier table; provider quota {args.rpm} RPM; {args.tasks} tasks "
           f"at once; {args.workers} workers; rate over a {WINDOW_S:.0f} s window", flush=True)
     print(HEADER, flush=True)
+    timelines = []
     for name in chosen:
-        print(runners[name](tmp, args.rpm, args.tasks, args.workers).row(), flush=True)
+        result = runners[name](tmp, args.rpm, args.tasks, args.workers)
+        print(result.row(), flush=True)
+        timelines.append(f"{name}: completed/429s per 10 s: {result.timeline}")
+    print("\n".join(timelines))
     print("converged: seconds from the first call until the rate holds >= 90 % of the quota "
           "to the end; utilisation: completions/min / quota in the steady state (converged "
           "and past the first minute, whose full bucket is a free burst); 429s/1k late: in "

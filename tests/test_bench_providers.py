@@ -30,3 +30,8 @@ def test_a_run_that_never_holds_the_quota() -> None:
     result = figures("p", 60, calls, tasks=100, failed=3)
     assert result.converged_s is None and result.utilisation is None
     assert result.row().split()[-1] == "3" and "never" in result.row()
+
+
+def test_the_timeline_counts_each_bucket() -> None:
+    calls = [(0.5, False), (1.0, True), (12.0, False), (31.0, True)]
+    assert figures("p", 60, calls, 2, 0).timeline == "0s 1/1 | 10s 1/0 | 20s 0/0 | 30s 0/1"
