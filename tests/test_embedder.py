@@ -69,10 +69,17 @@ def test_the_model_loads_from_the_installed_package_with_no_network(
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.3
 
 
+def opted_in() -> AgentqConfig:
+    return AgentqConfig.model_validate({**load_config(None).model_dump(),
+                                        "cache": {"semantic_kinds": ["classify"]}})
+
+
 def test_auto_is_the_bundled_model_with_its_own_thresholds() -> None:
-    config = load_config(None)
-    assert config.cache.embedder == "auto"
-    assert isinstance(make_embedder(config), MiniLMEmbedder)
+    default = load_config(None)
+    assert default.cache.embedder == "auto"
+    # No kind opted in: nothing is looked up, so the model is not even loaded.
+    assert isinstance(make_embedder(default), LocalEmbedder)
+    assert isinstance(make_embedder(opted_in()), MiniLMEmbedder)
     opted = CacheConfig(semantic_kinds=["classify"])
     assert opted.embedder_in_use() == "minilm"
     assert opted.semantic_threshold("classify") == TUNED_THRESHOLDS["minilm"]["classify"]
@@ -95,7 +102,7 @@ def test_without_the_model_package_the_hashed_embedder_takes_over_with_one_warni
     monkeypatch.setattr(builtins, "__import__", no_model)
     monkeypatch.setattr(embedder, "_warned", False)
     monkeypatch.setattr(cost_config, "minilm_installed", lambda: False)
-    config = load_config(None)
+    config = opted_in()
     with caplog.at_level(logging.WARNING, logger="services.common.embedder"):
         first, second = make_embedder(config), make_embedder(config)
     assert isinstance(first, LocalEmbedder) and isinstance(second, LocalEmbedder)

@@ -58,6 +58,8 @@ def test_local_embedder_is_deterministic_unit_and_puts_rewordings_close() -> Non
 
 def test_embedders_are_chosen_by_the_tier_table() -> None:
     raw = load_config(None).model_dump()
+    assert isinstance(make_embedder(AgentqConfig.model_validate(raw)), LocalEmbedder)  # unused
+    raw["cache"] = {"semantic_kinds": ["chat"]}
     assert isinstance(make_embedder(AgentqConfig.model_validate(raw)), MiniLMEmbedder)
     raw["cache"] = {"embedder": "local"}
     assert isinstance(make_embedder(AgentqConfig.model_validate(raw)), LocalEmbedder)

@@ -85,6 +85,11 @@ class CacheConfig(BaseModel):
             return "minilm" if minilm_installed() else "local"
         return self.embedder
 
+    def semantic_in_use(self) -> bool:
+        """Say whether any kind can get a semantic hit (else no embedder need be loaded)."""
+        return self.semantic and bool(self.semantic_kinds or self.semantic_thresholds
+                                      or self.semantic_default_threshold is not None)
+
     def semantic_opted_in(self, kind: str) -> bool:
         return (kind in self.semantic_thresholds or kind in self.semantic_kinds
                 or ALL_KINDS in self.semantic_kinds

@@ -260,6 +260,10 @@ def _fallback(reason: EmbedderError, dimensions: int) -> LocalEmbedder:
 def make_embedder(config: AgentqConfig) -> Embedder:
     """Build the embedder the tier table's `[cache]` section names."""
     cache = config.cache
+    if cache.embedder == "auto" and not cache.semantic_in_use():
+        # No kind is opted in, so nothing is ever looked up: spare every router and worker
+        # the model's load time and ~190 MB.
+        return LocalEmbedder(cache.dimensions or LOCAL_DIMENSIONS)
     if cache.embedder in ("auto", "minilm"):
         try:
             return MiniLMEmbedder()
