@@ -479,6 +479,8 @@ def test_stats_count_exactly(client: openai.OpenAI, mock: str) -> None:
         "completion_tokens": completion,
         "in_flight": 0,
         "embeddings": 0,
+        "batches": 0,  # live calls are never counted as batch lines
+        "batch_lines": {},
     }
     assert counts["by_model"]["gpt-4o-mini"]["requests"] == 4
     assert counts["by_model"]["gpt-4o-mini"]["completed"] == 3

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.common.tokens import count_text
+from services.mockllm import batch_routes
 from services.mockllm.answers import answer
 from services.mockllm.protocol import (
     MODELS,
@@ -40,11 +41,9 @@ from services.mockllm.protocol import (
 )
 from services.mockllm.ratelimit import format_duration
 from services.mockllm.settings import TUNABLE, ControlUpdate, FailNext, MockSettings
-from services.mockllm.state import Counters, MockState, Stats
+from services.mockllm.state import STATE, Counters, MockState, Stats
 
 log = logging.getLogger("agentq.mockllm")
-
-STATE = web.AppKey("mockllm_state", MockState)
 
 
 def forced_failure(state: MockState, chat: ChatRequest, failure: FailNext) -> web.Response:
@@ -193,6 +192,7 @@ def create_app(settings: MockSettings) -> web.Application:
             web.post("/control", control),
             web.get("/healthz", healthz),
             web.get("/_agentq/last-request", last_request),
+            *batch_routes.ROUTES,
         ]
     )
     return app
@@ -211,6 +211,11 @@ def parse_settings(argv: list[str] | None = None) -> MockSettings:
     parser.add_argument("--jitter-ms", type=float, help="standard deviation of the latency")
     parser.add_argument("--error-rate", type=float, help="share of requests answered with 500")
     parser.add_argument("--seed", type=int, help="seed of the simulated randomness")
+    parser.add_argument("--batch-completion-s", type=float, help="seconds a batch takes to end")
+    parser.add_argument("--batch-error-rate", type=float, help="share of batch lines that fail")
+    parser.add_argument(
+        "--batch-expire", action="store_true", default=None, help="batches end expired"
+    )
     args = parser.parse_args(argv)
     flags = {name: value for name, value in vars(args).items() if value is not None}
     try:

@@ -10,7 +10,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.settings import DEFAULT_PORTS
 
 # The settings POST /control may change; host and port of a running server stay put.
-TUNABLE = ("rpm", "tpm", "latency_ms", "jitter_ms", "error_rate", "seed")
+TUNABLE = (
+    "rpm",
+    "tpm",
+    "latency_ms",
+    "jitter_ms",
+    "error_rate",
+    "seed",
+    "batch_completion_s",
+    "batch_error_rate",
+    "batch_expire",
+)
+MAX_BATCH_COMPLETION_S = 24 * 3600.0  # OpenAI's only completion window
 
 
 class MockSettings(BaseSettings):
@@ -26,6 +37,13 @@ class MockSettings(BaseSettings):
     jitter_ms: float = Field(default=0.0, ge=0, description="standard deviation of latency")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="share of injected 500s")
     seed: int = 0
+    # A batch is judged by these as they stand when it is created, so changing them later
+    # never rewrites a batch already in flight.
+    batch_completion_s: float = Field(
+        default=2.0, ge=0, le=MAX_BATCH_COMPLETION_S, description="time a batch takes to end"
+    )
+    batch_error_rate: float = Field(default=0.0, ge=0, le=1, description="share of failed lines")
+    batch_expire: bool = Field(default=False, description="batches end expired, half answered")
 
 
 class FailNext(BaseModel):
@@ -50,6 +68,9 @@ class ControlUpdate(BaseModel):
     jitter_ms: float | None = Field(default=None, ge=0)
     error_rate: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
+    batch_completion_s: float | None = Field(default=None, ge=0, le=MAX_BATCH_COMPLETION_S)
+    batch_error_rate: float | None = Field(default=None, ge=0, le=1)
+    batch_expire: bool | None = None
     fail_next: FailNext | None = None
     retry_after: float | None = Field(default=None, gt=0, le=3600)
 
@@ -64,6 +85,6 @@ class ControlUpdate(BaseModel):
             self.fail_next = self.fail_next.model_copy(update={"retry_after": self.retry_after})
         return self
 
-    def setting_changes(self) -> dict[str, int | float]:
+    def setting_changes(self) -> dict[str, int | float | bool]:
         """Return the settings this update changes."""
         return self.model_dump(include=set(TUNABLE), exclude_none=True)

@@ -8,6 +8,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from aiohttp import web
+
+from services.mockllm.batch_store import BatchStore
+from services.mockllm.files import FileStore
 from services.mockllm.ratelimit import RateLimiter
 from services.mockllm.settings import ControlUpdate, FailNext, MockSettings
 
@@ -41,6 +45,10 @@ class Stats:
     by_model: dict[str, Counters] = field(default_factory=dict)
     in_flight: int = 0
     embeddings: int = 0
+    batches: int = 0
+    # Lines submitted in batches per custom_id, across all batches: a count above one
+    # proves a client submitted the same task twice.
+    batch_lines: dict[str, int] = field(default_factory=dict)
 
     def model(self, name: str) -> Counters:
         """Return the counters of one model, creating them on first use."""
@@ -55,6 +63,12 @@ class Stats:
         if model is not None:
             self.model(model).add(outcome)
 
+    def record_batch(self, custom_ids: list[str]) -> None:
+        """Count a created batch and each of its lines by custom_id."""
+        self.batches += 1
+        for custom_id in custom_ids:
+            self.batch_lines[custom_id] = self.batch_lines.get(custom_id, 0) + 1
+
     def to_json(self) -> dict[str, Any]:
         """Return the GET /stats document."""
         by_model = {name: asdict(counters) for name, counters in self.by_model.items()}
@@ -62,6 +76,8 @@ class Stats:
             **asdict(self.total),
             "in_flight": self.in_flight,
             "embeddings": self.embeddings,
+            "batches": self.batches,
+            "batch_lines": dict(self.batch_lines),
             "by_model": by_model,
         }
 
@@ -79,6 +95,12 @@ class MockState:
     # The last /v1 request as it arrived, for GET /_agentq/last-request: lets a test see
     # which headers, query parameters and body fields a client really sent.
     last_request: dict[str, Any] | None = None
+    files: FileStore = field(default_factory=FileStore)
+    # Batches run on the wall clock: their created_at and *_at times are Unix times.
+    batches: BatchStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batches = BatchStore(self.files, time.time)
 
     @classmethod
     def create(cls, settings: MockSettings) -> MockState:
@@ -108,3 +130,6 @@ class MockState:
     def control_json(self) -> dict[str, Any]:
         """Return the /control document: current settings and pending failures."""
         return {**self.settings.model_dump(), "fail_next": self.fail_next.model_dump()}
+
+
+STATE = web.AppKey("mockllm_state", MockState)
