@@ -35,11 +35,9 @@ NOT_RUN = {
 
 def run_line(line: BatchLine, fail: bool) -> dict[str, Any]:
     """Return the output record of one line: its answer, or the error a live call would get."""
-    if fail:
-        error = {"message": SERVER_ERROR, "type": "server_error", "param": None, "code": None}
-        return _record(line.custom_id, 500, {"error": error})
+    # As live: a body is checked first, so a bad one gets its 400 even on an unlucky draw.
     try:
-        return _record(line.custom_id, 200, _answer_body(line))
+        body = _answer_body(line)
     except InvalidRequest as exc:
         error = {
             "message": exc.message,
@@ -48,6 +46,10 @@ def run_line(line: BatchLine, fail: bool) -> dict[str, Any]:
             "code": exc.code,
         }
         return _record(line.custom_id, 400, {"error": error})
+    if fail:
+        error = {"message": SERVER_ERROR, "type": "server_error", "param": None, "code": None}
+        return _record(line.custom_id, 500, {"error": error})
+    return _record(line.custom_id, 200, body)
 
 
 def not_run(line: BatchLine, status: str) -> dict[str, Any]:
