@@ -8,6 +8,7 @@ install size, and the p50/p99 of a full lookup (embed, index search, Redis fetch
 of the index search alone with --entries entries (default 100,000) in one scope.
 
     agentq bench cache [--entries 100000] [--lookups 400] [--embedders minilm,local]
+                       [--pipeline PAIRS [--pipeline-threshold T]]
 """
 
 from __future__ import annotations
@@ -170,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="semantic entries for the lookup timing (0 = skip)")
     parser.add_argument("--lookups", type=int, default=400)
     parser.add_argument("--embedders", default="minilm,local")
+    parser.add_argument("--pipeline", type=int, default=0, metavar="PAIRS",
+                        help="also send PAIRS test pairs through a running stack")
+    parser.add_argument("--pipeline-threshold", type=float, default=None,
+                        help="flat threshold for the pipeline run (default: the tuned ones)")
     args = parser.parse_args(argv)
     for name in args.embedders.split(","):
         try:
@@ -181,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         lookup = (asyncio.run(lookup_latency(embedder, embed_now, args.entries, args.lookups))
                   if args.entries else None)
         report(name, q, memory_mb, lookup)
+    if args.pipeline:
+        from bench.cache_pipeline import measure
+        from bench.cache_pipeline import report as report_pipeline
+
+        report_pipeline(measure(args.pipeline, args.pipeline_threshold),
+                        args.pipeline_threshold)
     return 0
 
 
