@@ -13,7 +13,7 @@ import pytest
 from openai.types import Batch
 
 from services.mockllm.answers import answer, embed
-from services.mockllm.batches import Plan, lines_run, request_counts, status_at
+from services.mockllm.batches import Plan, lines_run, reached_at, request_counts, status_at
 from services.mockllm.files import parse_batch_input
 from services.mockllm.protocol import InvalidRequest
 from services.mockllm.server import parse_settings
@@ -89,6 +89,18 @@ def test_an_invalid_batch_fails_after_validation_and_runs_nothing() -> None:
     assert lines_run(plan, 100.0) == 0
 
 
+def test_stage_times_are_shown_once_reached() -> None:
+    plan = Plan(created=100.0, completion_s=10.0, total=4, expire=True)
+    early = reached_at(plan, 105.0)
+    assert early["in_progress_at"] == 101 and early["finalizing_at"] is None
+    assert early["expired_at"] is None
+    ended = reached_at(plan, 120.0)
+    assert (ended["finalizing_at"], ended["expired_at"], ended["completed_at"]) == (109, 110, None)
+    cancelled = reached_at(Plan(created=100.0, completion_s=10.0, total=4), 120.0, 105.0)
+    assert (cancelled["cancelling_at"], cancelled["cancelled_at"]) == (105, 106)
+    assert cancelled["finalizing_at"] is None and cancelled["completed_at"] is None
+
+
 def test_zero_completion_time_ends_at_once() -> None:
     plan = Plan(created=5.0, completion_s=0.0, total=3)
     assert status_at(plan, 5.0) == "completed"
@@ -157,6 +169,15 @@ def test_batch_flags_reach_the_settings() -> None:
     assert (settings.batch_completion_s, settings.batch_error_rate) == (5.0, 0.25)
     assert not settings.batch_expire
     assert parse_settings(["--batch-expire"]).batch_expire
+
+
+def test_batch_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTQ_MOCK_BATCH_COMPLETION_S", "7.5")
+    monkeypatch.setenv("AGENTQ_MOCK_BATCH_EXPIRE", "true")
+    settings = parse_settings([])
+    assert (settings.batch_completion_s, settings.batch_expire) == (7.5, True)
+    with pytest.raises(SystemExit):
+        parse_settings(["--batch-completion-s", "90000"])  # beyond the 24 h window
 
 
 # --- the real server, through the openai SDK ----------------------------------------------

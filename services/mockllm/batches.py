@@ -120,7 +120,7 @@ def reached_at(plan: Plan, now: float, cancelled_at: float | None = None) -> dic
     until = min(now, cancelled_at) if stopped and cancelled_at is not None else now
     if plan.invalid is None and until >= plan.in_progress_at:
         times["in_progress_at"] = int(plan.in_progress_at)
-    if plan.invalid is None and until >= plan.finalizing_at and not plan.expire:
+    if plan.invalid is None and until >= plan.finalizing_at:
         times["finalizing_at"] = int(plan.finalizing_at)
     if stopped and cancelled_at is not None:
         times["cancelling_at"] = int(cancelled_at)
