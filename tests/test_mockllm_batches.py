@@ -364,6 +364,17 @@ def test_a_bad_file_is_refused_naming_line_and_field(client: openai.OpenAI) -> N
         client.files.create(file=("f.jsonl", jsonl([line("a")])), purpose="fine-tune")
 
 
+def test_malformed_uploads_are_refused(mock: str) -> None:
+    as_json = httpx.post(f"{mock}/v1/files", json={"purpose": "batch"})
+    assert as_json.status_code == 400 and "multipart" in as_json.json()["error"]["message"]
+    no_file = httpx.post(f"{mock}/v1/files", files={"purpose": (None, "batch")})
+    assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
+    no_purpose = httpx.post(f"{mock}/v1/files", files={"file": ("a.jsonl", jsonl([line("a")]))})
+    assert no_purpose.status_code == 400 and no_purpose.json()["error"]["param"] == "purpose"
+    as_text = httpx.post(f"{mock}/v1/batches", content=b"not json")
+    assert as_text.status_code == 400
+
+
 def test_bad_batch_requests_are_refused(client: openai.OpenAI, mock: str) -> None:
     uploaded = client.files.create(file=("t.jsonl", jsonl([line("a")])), purpose="batch")
     with pytest.raises(openai.BadRequestError, match="completion_window"):
