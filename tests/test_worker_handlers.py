@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from redis.asyncio import Redis
 
-from bench.stack import http
+from bench.stack import delete_namespace, delete_redis_keys, http
 from services.common import events
 from services.common.amqp import (
     POISON_AFTER_CRASHES,
@@ -61,6 +62,22 @@ def strict_events() -> Iterator[None]:
     events.set_strict(True)
     yield
     events.set_strict(False)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Yield a fresh namespace; delete its Redis keys afterwards, and its RabbitMQ topology
+    when the test ran on RabbitMQ: the in-memory runs need no broker at all."""
+    ns = f"agentq_test_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AGENTQ_NAMESPACE", ns)
+    yield ns
+    base = Settings(namespace=ns)
+    if getattr(request.node, "callspec", None) and \
+            request.node.callspec.params.get("broker_kind") == "rabbitmq":
+        delete_namespace(base.amqp_url, base.redis_url, ns)
+    else:
+        delete_redis_keys(base.redis_url, ns)
 
 
 @pytest.fixture(scope="module")
