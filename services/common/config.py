@@ -28,10 +28,11 @@ from services.common.cost_config import (
 )
 from services.common.models import TIERS, Tier
 from services.common.provider_models import NotAnswering, choose_tier_models, fetch_models
+from services.common.settings import DEFAULT_PORTS
 
 log = logging.getLogger("agentq.config")
 
-MOCK_BASE_URL = "http://127.0.0.1:8100/v1"
+MOCK_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORTS['mockllm']}/v1"
 
 # The parameter that caps an answer's length: OpenAI's reasoning models (o1, o3) refuse
 # `max_tokens` and want `max_completion_tokens`; most other servers know only `max_tokens`.

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from services.common.amqp import Broker, Bus, IncomingMessage, RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig
+from services.common.config_check import check_providers
 from services.common.embedder import make_embedder
 from services.common.lane_roster import RosterSweep
 from services.common.lanes import LaneDirectory, LaneRegistry
@@ -182,6 +183,10 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     concurrency = concurrency or settings.worker_concurrency
     prefetch = settings.worker_prefetch or concurrency
     config = settings.tier_table()
+    # A missing key, a dead base URL or an unknown model is said once, naming the provider,
+    # instead of as the first task's failure; the worker still starts (the provider may come).
+    for problem in await asyncio.to_thread(check_providers, config):
+        log.warning("%s", problem)
     bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
     redis = extras_client(settings.redis_url)
     providers = Providers(config, settings.llm_timeout_s)

@@ -46,9 +46,13 @@ def reserved_completion(task: Task) -> int:
     return task.max_tokens or DEFAULT_COMPLETION_ESTIMATE
 
 
-def estimate_tokens(task: Task) -> int:
-    """Estimate what a call will count against TPM: prompt plus the answer it may write."""
-    return count_messages(m.model_dump() for m in task.messages) + reserved_completion(task)
+def estimate_tokens(task: Task, entry: ModelEntry | None = None) -> int:
+    """Estimate what a call will count against TPM: prompt plus the answer it may write,
+    counted with the tokenizer of the model that will answer (when known)."""
+    model = entry.model if entry else None
+    tokenizer = entry.tokenizer if entry else None
+    return (count_messages((m.model_dump() for m in task.messages), model=model,
+                           tokenizer=tokenizer) + reserved_completion(task))
 
 
 def charged_tokens(task: Task, usage: Usage, counts: str) -> int:
@@ -116,7 +120,7 @@ class Throttle:
         and go again, until `clock`'s wait budget is spent (then CapacityExhausted)."""
         clock = clock or CallClock()
         delivered = time.monotonic()
-        tokens = estimate_tokens(task)
+        tokens = estimate_tokens(task, entry)
         last = "no capacity granted"
         while True:
             # The limits in force, learned ones included, at each try.
