@@ -461,3 +461,29 @@ def test_rollups_are_additive_across_batches(app: Flask) -> None:
         rows = db.session.scalars(select(Rollup).where(Rollup.res == 60)).all()
     assert [(r.tenant, r.count) for r in rows] == [("tenant-1", 2)]
     assert rows[0].cost_usd == pytest.approx(0.002)
+
+
+def test_sampled_semantic_wrong_hits_fire_an_alert_and_show_beside_the_savings(
+        app: Flask, client: FlaskClient) -> None:
+    names = Names(app.extensions["agentq.settings"].namespace)
+    client.put("/api/thresholds", headers=AUTH, json={
+        "semantic_wrong_hits": 5, "semantic_wrong_hits_for_s": 0})
+    now = time.time()
+
+    def verify(n: int, agreed: bool) -> Event:
+        return Event(type="cache.verify", ts=now - 5, service="worker", tenant="acme",
+                     task_id=f"v-{n}", data={"tier": "cheap", "kind": "classify",
+                                             "agreed": agreed, "similarity": 0.93})
+
+    # 2 of 20 sampled hits disagreed: 10 %, above the 5 % set in the UI.
+    _write(app, results=[_result(n, now) for n in range(20)],
+           events=[verify(n, agreed=n >= 2) for n in range(20)])
+    with app.app_context():
+        Evaluator(db.engine, names).run_once(now)
+        status = alert_store.load_statuses(db.session)["semantic_wrong_hits"]
+    assert status.state == "firing" and status.value == pytest.approx(10.0)
+    totals = client.get("/api/metrics").get_json()["totals"]
+    assert totals["semantic_verified"] == 20
+    assert totals["semantic_wrong_hit_pct"] == pytest.approx(10.0)
+    page = client.get("/").get_data(as_text=True)
+    assert "semantic wrong hits 10" in page and "of 20 sampled" in page

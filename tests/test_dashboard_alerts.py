@@ -15,6 +15,7 @@ from services.dashboard.alerts import (
     growth_per_min,
     message,
     step,
+    wrong_hit_pct,
 )
 from services.dashboard.thresholds import DEFAULTS, RuleConfig
 
@@ -128,3 +129,15 @@ def test_broker_unreachable_fires_while_samples_stop_and_resolves_on_the_next_on
         statuses, changes = evaluate(statuses, {"broker_unreachable": reading}, values, now)
         seen += [(now, c.to_state) for c in changes if c.rule == "broker_unreachable"]
     assert seen == [(50, "firing"), (80, "ok")]
+
+
+@pytest.mark.parametrize(("verified", "agreed", "expected"), [
+    (0, 0, None),  # nothing sampled: unknown, so the rule holds its state
+    (50, 50, 0.0),
+    (50, 49, 2.0),
+    (4, 1, 75.0),
+    (3, 5, 0.0),  # counts from two bins out of step never give a negative share
+])
+def test_wrong_hit_share_of_sampled_semantic_hits(verified: int, agreed: int,
+                                                  expected: float | None) -> None:
+    assert wrong_hit_pct(verified, agreed) == expected

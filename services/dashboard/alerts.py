@@ -165,3 +165,10 @@ def growth_per_min(points: list[tuple[float, int]], min_span_s: float = 20.0) ->
     var = sum((t - mean_t) ** 2 for t, _ in points)
     cov = sum((t - mean_t) * (d - mean_d) for t, d in points)
     return cov / var * 60 if var > 0 else None
+
+
+def wrong_hit_pct(verified: float, agreed: float) -> float | None:
+    """Share of sampled semantic hits whose fresh answer disagreed, in %; None: no sample."""
+    if verified <= 0:
+        return None
+    return max(verified - agreed, 0.0) / verified * 100

@@ -60,6 +60,14 @@ def _tone(firing: set[str], *rules: str) -> Tone:
     return "bad" if firing.intersection(rules) else ""
 
 
+def _wrong_hits(totals: Mapping[str, Any]) -> str:
+    """The sampled wrong-hit rate beside the savings it puts in doubt (nothing unsampled)."""
+    if not totals.get("semantic_verified"):
+        return ""
+    return (f" · semantic wrong hits {pct(totals['semantic_wrong_hit_pct'])} of "
+            f"{num(totals['semantic_verified'])} sampled")
+
+
 def build_cards(doc: Mapping[str, Any]) -> list[Card]:
     """Return the overview's headline cards for a metrics document."""
     t = doc["totals"]
@@ -89,8 +97,9 @@ def build_cards(doc: Mapping[str, Any]) -> list[Card]:
         Card("cost-task", "Cost per task", money(t["cost_per_task_usd"]),
              f"{money(t['cost_usd'])} in this window"),
         Card("savings", "Saved", money(t["saved_usd"]),
-             f"cache {money(t['saved_cache_usd'])} · tiering {money(t['saved_tiering_usd'])}",
-             "good" if t["saved_usd"] > 0 else ""),
+             f"cache {money(t['saved_cache_usd'])} · tiering {money(t['saved_tiering_usd'])}"
+             + _wrong_hits(t),
+             "bad" if "semantic_wrong_hits" in firing else "good" if t["saved_usd"] > 0 else ""),
         Card("cache", "Cache hit rate", pct(t["cache_hit_rate_pct"]),
              f"exact {num(t['cache_exact'])} · semantic {num(t['cache_semantic'])}"),
         Card("limiter", "Limiter use", pct(max(pools)) if pools else DASH,

@@ -71,6 +71,10 @@ def read_readings(session: Session, names: Names, values: dict[str, Value],
                                 t("rate_limited")),
         "dead_letters": Reading(float(dead) if dead is not None else float(recent["dead"]),
                                 t("dead_letters"), names.dead),
+        # No sample in the window says nothing either way: the rule holds its state.
+        "semantic_wrong_hits": Reading(
+            alerts.wrong_hit_pct(recent["verified"], recent["verify_agreed"]),
+            t("semantic_wrong_hits"), f"{int(recent['verified'])} sampled hits"),
         "broker_unreachable": Reading(alerts.broker_silence_s(
             queries.last_sample_at(session), watching_since, now), t("broker_unreachable"),
             f"RabbitMQ at {broker}" if broker else ""),

@@ -61,6 +61,9 @@ RULES: tuple[RuleInfo, ...] = (
              "Rate-limit answers from providers, per minute over the last 5 minutes."),
     RuleInfo("dead_letters", "Dead letters", "messages", 0, 0,
              "Messages waiting in the dead-letter queue."),
+    RuleInfo("semantic_wrong_hits", "Semantic wrong hits", "%", 2, 300,
+             "Sampled semantic-cache hits whose fresh answer disagreed (cache.verify), over "
+             "the last 5 minutes: the live share of wrong answers the cache served."),
     RuleInfo("broker_unreachable", "Broker unreachable", "s", 30, 0,
              "Seconds since the collector last read a queue depth from RabbitMQ; ingest "
              "answers 503 meanwhile. Keep it above the sample interval (5 s)."),
