@@ -99,16 +99,16 @@ async def _delete_topology(connection: AbstractConnection, names: Names,
     """Delete a namespace's queues and exchanges, and its tenant lanes: those the broker's
     roster names and those registered in Redis (read before the registry itself is
     deleted); return what was done."""
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from services.common.clients import redis_client
     from services.common.lane_roster import roster_lanes
     from services.common.lanes import registered_lanes, registry_keys
     from services.common.models import TIERS
     from services.common.topology import delete_topology
 
     lanes = await roster_lanes(connection, names)
-    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    redis = redis_client(redis_url)
     try:
         try:
             lanes |= set(await registered_lanes(redis, names, TIERS))

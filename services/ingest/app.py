@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import time
 
-import redis
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import HTTPException
 
+from services.common.clients import sync_redis_client
 from services.common.settings import Settings
 from services.common.store import make_engine
 from services.common.topology import Names
@@ -18,7 +18,6 @@ from services.ingest.metrics import make_metrics
 from services.ingest.publisher import Publisher
 from services.ingest.routes import EXTENSION, Ingest, error_response, ops, tasks
 
-REDIS_TIMEOUT_S = 2.0
 DISCARD_LIMIT = 16 * 1024 * 1024
 _ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 500: "internal"}
@@ -93,8 +92,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = make_metrics(CollectorRegistry())
     app.extensions[EXTENSION] = Ingest(
         settings=settings, engine=make_engine(settings.database_url), publisher=publisher,
-        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                   socket_connect_timeout=REDIS_TIMEOUT_S),
+        redis=sync_redis_client(settings.redis_url),
         metrics=metrics, exposition=_exposition_registry(metrics.registry), keys=keys)
     app.register_blueprint(tasks)
     app.register_blueprint(ops)

@@ -16,8 +16,8 @@ from sqlalchemy import Engine
 
 from services.common import runtime
 from services.common.amqp import Bus, PublishFailed, RejectMessage, RequeueMessage
+from services.common.clients import open_clients
 from services.common.settings import Settings
-from services.common.store import make_engine
 from services.common.topology import Names, declare_topology
 from services.ingest.accept import StoreUnavailable, accept_task, queue_stored
 from services.ingest.loop_publisher import LoopTaskPublisher
@@ -92,27 +92,27 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
     """Consume `<ns>.submit` until `stop` is set (forever without one), then drain and close."""
     names = Names(settings.namespace)
     metrics = metrics or make_metrics(CollectorRegistry())
-    engine = await asyncio.to_thread(make_engine, settings.database_url)
-    bus = await Bus.connect(settings.amqp_url, names, name=f"{names.ns}.intake")
-    executor = ThreadPoolExecutor(ACCEPT_THREADS, thread_name_prefix="accept")
-    try:
-        channel = await bus.connection.channel()
-        await declare_topology(channel, names)
-        await channel.close()
-        intake = Intake(bus, engine, metrics, settings.max_body_bytes, executor)
-        await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
-        log.info("intake consuming %s", names.submit)
-        stop = stop or asyncio.Event()
-        sweeper = asyncio.create_task(
-            runtime.every(SWEEP_INTERVAL_S, intake.sweep, "sweep", stop), name="sweeper")
-        await runtime.until_stopped(stop, sweeper)
-        await sweeper
-        log.info("intake stopping")
-    finally:
-        await bus.stop_consuming(grace_s=STOP_GRACE_S)
-        await bus.close()
-        executor.shutdown(wait=False)  # the drain above left it nothing to run
-        engine.dispose()
+    async with open_clients(settings, f"{names.ns}.intake") as clients:
+        engine = await clients.engine()
+        bus = await clients.bus()
+        executor = ThreadPoolExecutor(ACCEPT_THREADS, thread_name_prefix="accept")
+        try:
+            channel = await bus.connection.channel()
+            await declare_topology(channel, names)
+            await channel.close()
+            intake = Intake(bus, engine, metrics, settings.max_body_bytes, executor)
+            await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
+            log.info("intake consuming %s", names.submit)
+            stop = stop or asyncio.Event()
+            sweeper = asyncio.create_task(
+                runtime.every(SWEEP_INTERVAL_S, intake.sweep, "sweep", stop), name="sweeper")
+            await runtime.until_stopped(stop, sweeper)
+            await sweeper
+            log.info("intake stopping")
+        finally:
+            # Drain before the clients close (the bus, then the engine, as open_clients does).
+            await bus.stop_consuming(grace_s=STOP_GRACE_S)
+            executor.shutdown(wait=False)  # the drain above left it nothing to run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from services.common.amqp import Broker, Bus, IncomingMessage, RejectMessage
 from services.common.cache import ExactCache
+from services.common.clients import open_clients
 from services.common.config import AgentqConfig
 from services.common.config_check import check_providers
 from services.common.embedder import make_embedder
@@ -22,7 +23,6 @@ from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import TIERS, Latency, Task
 from services.common.publishing import emit
 from services.common.queue_depth import read_passive
-from services.common.redis_extras import extras_client
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
 from services.common.topology import Names, declare_lane, declare_topology
@@ -187,26 +187,31 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
     # instead of as the first task's failure; the worker still starts (the provider may come).
     for problem in await asyncio.to_thread(check_providers, config):
         log.warning("%s", problem)
-    bus = await Bus.connect(settings.amqp_url, names, name=SERVICE)
-    redis = extras_client(settings.redis_url)
-    providers = Providers(config, settings.llm_timeout_s)
-    embedder = make_embedder(config)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    # The limiter's own client: short timeouts, so an outage switches it to local buckets.
-    limiter_redis = Redis.from_url(settings.redis_url, socket_timeout=1,
-                                   socket_connect_timeout=1)
-    pools = pools_from_config(config)
-    limiter = SharedLimiter(limiter_redis, names, pools, tenants_from_config(config),
-                            worker_id=worker_id)
+    async with open_clients(settings, SERVICE) as clients:
+        bus = await clients.bus()
+        redis = clients.redis()
+        providers = Providers(config, settings.llm_timeout_s)
+        clients.closing(providers.close)
+        embedder = make_embedder(config)
+        clients.closing(embedder.close)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        # The limiter's own client, apart from the caches' so its calls never queue behind
+        # theirs, and with shorter timeouts: an outage switches it to local buckets at once.
+        limiter_redis = Redis.from_url(settings.redis_url, socket_timeout=1,
+                                       socket_connect_timeout=1)
+        clients.closing(limiter_redis.aclose)
+        pools = pools_from_config(config)
+        limiter = SharedLimiter(limiter_redis, names, pools, tenants_from_config(config),
+                                worker_id=worker_id)
+        clients.closing(limiter.close)
 
-    async def lowered(pool: str, change: Lowered) -> None:
-        await emit(bus, "limiter.lowered", SERVICE, worker_id=worker_id, pool=pool,
-                   limit=change.limit, configured=change.configured,
-                   advertised=change.advertised)
+        async def lowered(pool: str, change: Lowered) -> None:
+            await emit(bus, "limiter.lowered", SERVICE, worker_id=worker_id, pool=pool,
+                       limit=change.limit, configured=change.configured,
+                       advertised=change.advertised)
 
-    learned = LearnedLimits(limiter_redis, names, limiter, pools, config.providers,
-                            on_lowered=lowered)
-    try:
+        learned = LearnedLimits(limiter_redis, names, limiter, pools, config.providers,
+                                on_lowered=lowered)
         await limiter.start()
         await declare_topology(await bus.connection.channel(), names)
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
@@ -263,10 +268,3 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         await bus.stop_consuming(grace_s=grace_s, then=worker.give_back_waiting)
         log.info("worker %s drained", worker_id)
         await heartbeat
-    finally:
-        await limiter.close()
-        await bus.close()
-        await redis.aclose()
-        await limiter_redis.aclose()
-        await providers.close()
-        await embedder.close()
