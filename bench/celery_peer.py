@@ -40,6 +40,7 @@ import pika.exceptions
 import redis
 from celery import Celery
 
+from bench.celery_conf import peer_conf
 from bench.limiter.system import kill_groups
 from bench.proc_cpu import Meter
 from bench.redis_calls import RedisCalls
@@ -55,14 +56,8 @@ def make_app(queue: str, redis_url: str, key_prefix: str) -> Celery:
     """Return a Celery app whose tasks go to `queue` and whose results go to Redis under
     `key_prefix` (so a run's keys can be found and deleted)."""
     app = Celery("agentq_bench_pipeline_peer", broker=BROKER_URL, backend=redis_url)
-    app.conf.update(
-        task_default_queue=queue, task_default_exchange=queue,
-        task_default_routing_key=queue, task_ignore_result=False,
-        result_backend_transport_options={"global_keyprefix": key_prefix},
-        # Nothing but the task queue on the shared broker: no pidbox, no event exchange.
-        worker_enable_remote_control=False, worker_send_task_events=False,
-        task_send_sent_event=False, broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False)
+    app.conf.update(peer_conf(queue), task_ignore_result=False,
+                    result_backend_transport_options={"global_keyprefix": key_prefix})
     return app
 
 

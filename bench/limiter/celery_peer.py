@@ -32,6 +32,8 @@ import openai
 import redis
 from celery import Celery, Task
 
+from bench.celery_conf import peer_conf
+
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 TASK_NAME = "bench.call_llm"
 MODEL = "gpt-4o-mini"
@@ -44,13 +46,7 @@ RATE_LIMIT = os.environ.get("BENCH_RATE_LIMIT") or None
 def make_app(queue: str) -> Celery:
     """Return a Celery app whose tasks go to `queue` only (exchange and key of that name)."""
     app = Celery("agentq_bench_peer", broker=AMQP_URL)
-    app.conf.update(
-        task_default_queue=queue, task_default_exchange=queue,
-        task_default_routing_key=queue, task_ignore_result=True,
-        # Nothing but the task queue on the shared broker: no pidbox, no event exchange.
-        worker_enable_remote_control=False, worker_send_task_events=False,
-        task_send_sent_event=False, broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False)
+    app.conf.update(peer_conf(queue), task_ignore_result=True)
     return app
 
 
