@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib.util
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from redis.asyncio import Redis
 
-from bench.cost import quantile
+from bench.lookup_timing import timed_lookups
 from bench.semantic_eval import embed_pairs, load_pairs, outcome
 from services.common.cache import CachedAnswer
 from services.common.cost_config import TUNED_THRESHOLDS
 from services.common.embedder import Embedder, EmbedderError, LocalEmbedder, MiniLMEmbedder
 from services.common.models import Task, Usage
-from services.common.semantic_cache import SemanticCache, scope_of
-from services.common.semantic_index import SemanticIndex
-from services.common.topology import Names
+from services.common.semantic_cache import SemanticCache
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FLAT = (0.75, 0.80, 0.85, 0.90)
@@ -96,14 +91,12 @@ async def lookup_latency(embedder: Embedder, embed_now: Any, entries: int,
     """Fill one scope with `entries` answers (vectors: real prompt embeddings plus small
     noise, so the index sees clustered data), load them into a fresh index from Redis, and
     time full lookups and bare index searches."""
-    names = Names(f"agentq_bench_{uuid.uuid4().hex[:8]}")
-    redis = Redis.from_url(REDIS_URL)
     rng = np.random.default_rng(15)
     texts = sorted({row["a"] for row in load_pairs("train")})
     base = np.concatenate([embed_now(texts[i:i + 32]) for i in range(0, len(texts), 32)])
     answer = CachedAnswer(output="a", model="gpt-4o-mini", tier="cheap", usage=Usage())
-    try:
-        writer = SemanticCache(redis, names, embedder, ttl_s=3600)
+
+    async def fill(writer: SemanticCache) -> None:
         for start in range(0, entries, 2_000):
             count = min(2_000, entries - start)
             picks = rng.integers(len(texts), size=count)
@@ -112,35 +105,10 @@ async def lookup_latency(embedder: Embedder, embed_now: Any, entries: int,
             tasks = [(Task(tenant="bench", kind="classify", prompt=f"{texts[p]} #{start + i}"),
                       "cheap", answer) for i, p in enumerate(picks)]
             await writer.put_many(tasks, vectors=noisy)
-        reader = SemanticCache(redis, names, embedder, ttl_s=3600,
-                               index=SemanticIndex(embedder.dimensions))
-        started = time.perf_counter()
-        await reader.sync(force=True)
-        load_s = time.perf_counter() - started
-        gc.freeze()  # as the router does after loading
-        index = reader.index
-        assert index is not None
-        scope = scope_of(Task(tenant="bench", kind="classify", prompt="x"), "cheap")
-        full, search = [], []
-        queries = load_pairs("test")
-        for j in range(lookups):
-            text = queries[j % len(queries)]["b"]
-            task = Task(tenant="bench", kind="classify", prompt=text)
-            started = time.perf_counter()
-            await reader.lookup(task, "cheap", 0.80)
-            full.append(time.perf_counter() - started)
-            vector = embed_now([text])[0]
-            started = time.perf_counter()
-            index.search(scope, vector, time.time(), 0.80)
-            search.append(time.perf_counter() - started)
-        return {"entries": float(len(index)), "load_s": load_s,
-                **{f"{name}_{q}": quantile(values, q) for name, values in
-                   (("full", full), ("index", search)) for q in (50, 99)}}
-    finally:
-        keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*", count=10_000)]
-        for start in range(0, len(keys), 10_000):
-            await redis.delete(*keys[start:start + 10_000])
-        await redis.aclose()
+
+    queries = load_pairs("test")
+    return await timed_lookups(embedder, embed_now, fill,
+                               [queries[j % len(queries)]["b"] for j in range(lookups)], 0.80)
 
 
 def report(name: str, q: dict[str, Any], memory_mb: float, lookup: dict[str, float] | None

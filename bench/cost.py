@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import sys
 import tempfile
@@ -23,17 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from redis.asyncio import Redis
 
+from bench.lookup_timing import timed_lookups
 from bench.workload import Item, generate
 from services.common.cache import CachedAnswer
 from services.common.cost_config import CacheConfig
 from services.common.embedder import EmbedderError, LocalEmbedder, SentenceEmbedder
 from services.common.guard import same_question
 from services.common.models import Task, Usage
-from services.common.semantic_cache import SemanticCache, scope_of
-from services.common.semantic_index import SemanticIndex
-from services.common.topology import Names
+from services.common.semantic_cache import SemanticCache
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = ROOT / "bench" / "data" / "paraphrase_pairs.jsonl"
@@ -78,12 +75,6 @@ def pair_metrics(config: CacheConfig, embedder: LocalEmbedder | SentenceEmbedder
             "false_hits": false_hits}
 
 
-def quantile(seconds: list[float], q: int) -> float:
-    """Return the q-th percentile of timings, in milliseconds."""
-    ordered = sorted(seconds)
-    return ordered[min(len(ordered) - 1, len(ordered) * q // 100)] * 1000
-
-
 # -- the lookup index at scale ---------------------------------------------------------------
 
 def _bench_prompt(i: int, rng: np.random.Generator) -> str:
@@ -97,47 +88,20 @@ def _bench_prompt(i: int, rng: np.random.Generator) -> str:
 async def lookup_latency(entries: int, lookups: int) -> dict[str, float]:
     """Fill one cache scope with `entries` answers in Redis, load them into a fresh index,
     and time full lookups (embed, index search, entry fetch, guard)."""
-    names = Names(f"agentq_bench_{uuid.uuid4().hex[:8]}")
-    redis = Redis.from_url(REDIS_URL)
     embedder = LocalEmbedder()
     rng = np.random.default_rng(5)
     prompts = [_bench_prompt(i, rng) for i in range(entries)]
     answer = CachedAnswer(output="a", model="gpt-4o-mini", tier="cheap", usage=Usage())
-    try:
-        writer = SemanticCache(redis, names, embedder, ttl_s=3600)
+
+    async def fill(writer: SemanticCache) -> None:
         for start in range(0, entries, 2_000):
             await writer.put_many([(Task(tenant="bench", kind="classify", prompt=p), "cheap",
                                     answer) for p in prompts[start:start + 2_000]])
-        reader = SemanticCache(redis, names, embedder, ttl_s=3600,
-                               index=SemanticIndex(embedder.dimensions))
-        started = time.perf_counter()
-        await reader.sync(force=True)
-        load_s = time.perf_counter() - started
-        gc.freeze()  # as the router does after loading: full collections skip start-up objects
-        index = reader.index
-        assert index is not None
-        scope = scope_of(Task(tenant="bench", kind="classify", prompt="x"), "cheap")
-        full, search, hits = [], [], 0
-        for j in range(lookups):
-            text = (f"Hi, {prompts[int(rng.integers(entries))]}" if j % 2 == 0
-                    else _bench_prompt(entries + j, rng))
-            task = Task(tenant="bench", kind="classify", prompt=text)
-            started = time.perf_counter()
-            hit = await reader.lookup(task, "cheap", 0.7, now=time.time())
-            full.append(time.perf_counter() - started)
-            hits += hit is not None
-            vector = embedder.embed_now([text])[0]
-            started = time.perf_counter()
-            index.search(scope, vector, time.time(), 0.7)
-            search.append(time.perf_counter() - started)
-        return {"entries": float(len(index)), "load_s": load_s, "hit_share": hits / lookups,
-                **{f"{name}_{q}": quantile(values, q) for name, values in
-                   (("full", full), ("index", search)) for q in (50, 99)}}
-    finally:
-        keys = [k async for k in redis.scan_iter(match=f"{names.ns}:*", count=10_000)]
-        for start in range(0, len(keys), 10_000):
-            await redis.delete(*keys[start:start + 10_000])
-        await redis.aclose()
+
+    # Half near repeats of stored prompts, half new ones.
+    queries = [f"Hi, {prompts[int(rng.integers(entries))]}" if j % 2 == 0
+               else _bench_prompt(entries + j, rng) for j in range(lookups)]
+    return await timed_lookups(embedder, embedder.embed_now, fill, queries, 0.7)
 
 
 # -- the replay ------------------------------------------------------------------------------
