@@ -44,7 +44,7 @@ from bench.celery_conf import peer_conf
 from bench.limiter.system import kill_groups
 from bench.proc_cpu import Meter
 from bench.redis_calls import RedisCalls
-from bench.stack import AMQP_URL, REDIS_URL, ROOT, http, wait_until
+from bench.stack import AMQP_URL, REDIS_URL, ROOT, delete_redis_keys, http, wait_until
 
 # kombu reads the vhost from the path: "//" is the default vhost "/".
 BROKER_URL = os.environ.get("BENCH_CELERY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -183,9 +183,7 @@ class _Peer:
             channel.exchange_delete(self.queue)
             connection.close()
         with contextlib.suppress(Exception):
-            keys = list(self.redis.scan_iter(match=f"{self.ns}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                self.redis.delete(*keys[start:start + 1000])
+            delete_redis_keys(REDIS_URL, self.ns)
         self.redis.close()
 
 
