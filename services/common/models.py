@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.answer_checks import compile_pattern, schema_ref_problem
+from services.common.deadlines import parse_deadline
 
 Tier = Literal["cheap", "standard", "premium"]
 TIERS: tuple[Tier, ...] = ("cheap", "standard", "premium")
@@ -80,9 +82,16 @@ class Task(BaseModel):
     priority: int = Field(default=0, ge=0, le=9)
     metadata: dict[str, Any] = Field(default_factory=dict)
     validator: Validator | None = None
+    # An ISO-8601 time with a zone or a duration from acceptance ("24h"); kept as given.
+    deadline: str | None = Field(default=None, max_length=64)
+    # May wait for a provider's Batch API (half price) while the deadline leaves room.
+    deferrable: bool = False
     # Set by ingest, not by clients: where to send the Result too, and when it was accepted.
     reply_to: str | None = Field(default=None, max_length=255)
     submitted_at: float | None = None
+    # `deadline` resolved once at acceptance (epoch seconds), so a redelivered message or a
+    # replay does not count a duration from a later moment and push its own deadline back.
+    deadline_at: float | None = None
 
     @field_validator("id")
     @classmethod
@@ -92,6 +101,13 @@ class Task(BaseModel):
         if not value.strip("."):
             # `.` and `..` are path segments: GET /v1/tasks/<id> could never read them back.
             raise ValueError("id must hold a letter or digit, not only dots")
+        return value
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_deadline(value, datetime.now(UTC))  # ValueError -> 400 naming `deadline`
         return value
 
     @field_validator("tenant", "kind")
@@ -120,7 +136,28 @@ class Task(BaseModel):
         What a client put in these two fields is overwritten: it could fake queue times or
         send results to any queue.
         """
-        return self.model_copy(update={"submitted_at": time.time(), "reply_to": reply_to})
+        now = time.time()
+        deadline_at = None
+        if self.deadline is not None:
+            deadline_at = parse_deadline(self.deadline, _aware(now)).timestamp()
+        return self.model_copy(update={"submitted_at": now, "reply_to": reply_to,
+                                       "deadline_at": deadline_at})
+
+    def deadline_moment(self) -> datetime | None:
+        """Return the task's deadline as a zone-aware time, or None when it has none.
+
+        A task that did not come through ingest (a test, an old message) has no
+        `deadline_at`: its duration counts from `submitted_at`, else from now.
+        """
+        if self.deadline_at is not None:
+            return _aware(self.deadline_at)
+        if self.deadline is None:
+            return None
+        return parse_deadline(self.deadline, _aware(self.submitted_at or time.time()))
+
+
+def _aware(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 class Usage(BaseModel):
@@ -173,6 +210,7 @@ class Result(BaseModel):
     # Every provider call behind this answer, when there was more than one (a cascade).
     calls: list[CallCost] = Field(default_factory=list)
     cached_from: str | None = None  # a cache hit: the task whose answer this is
+    batch_id: str | None = None  # answered through this provider batch (at the batch price)
 
 
 class Event(BaseModel):
