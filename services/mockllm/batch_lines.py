@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from services.common.batch_format import not_run_record, output_record
 from services.common.tokens import count_text
 from services.mockllm.answers import answer
 from services.mockllm.files import BatchLine
@@ -20,17 +21,6 @@ from services.mockllm.protocol import (
     parse_chat,
     parse_embeddings,
 )
-
-NOT_RUN = {
-    "expired": (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
-    "cancelled": (
-        "batch_cancelled",
-        "This request was not executed because the batch was cancelled.",
-    ),
-}
 
 
 def run_line(line: BatchLine, fail: bool) -> dict[str, Any]:
@@ -54,13 +44,7 @@ def run_line(line: BatchLine, fail: bool) -> dict[str, Any]:
 
 def not_run(line: BatchLine, status: str) -> dict[str, Any]:
     """Return the error record of a line the batch never ran (expired or cancelled)."""
-    code, message = NOT_RUN[status]
-    return {
-        "id": _request_id("batch_req_"),
-        "custom_id": line.custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
+    return not_run_record(_request_id("batch_req_"), line.custom_id, status)
 
 
 def is_success(record: dict[str, Any]) -> bool:
@@ -78,12 +62,8 @@ def _answer_body(line: BatchLine) -> dict[str, Any]:
 
 
 def _record(custom_id: str, status_code: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": _request_id("batch_req_"),
-        "custom_id": custom_id,
-        "response": {"status_code": status_code, "request_id": _request_id("req_"), "body": body},
-        "error": None,
-    }
+    return output_record(_request_id("batch_req_"), custom_id, status_code,
+                         _request_id("req_"), body)
 
 
 def _request_id(prefix: str) -> str:

@@ -6,30 +6,25 @@ a bad file is refused at once with the line and the field named, not discovered 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from services.common.batch_format import (
+    BATCH_URLS,
+    MAX_BATCH_LINES,
+    BatchFileError,
+    BatchLine,
+    jsonl,
+)
+from services.common.batch_format import parse_batch_input as parse_lines
+from services.mockllm.protocol import InvalidRequest
 
-from services.mockllm.protocol import InvalidRequest, from_validation
+__all__ = ["BATCH_URLS", "MAX_BATCH_LINES", "BatchLine", "FileStore", "StoredFile", "jsonl",
+           "parse_batch_input"]  # the line checks live in services.common.batch_format
 
-BATCH_URLS = ("/v1/chat/completions", "/v1/embeddings")
-MAX_BATCH_LINES = 50_000  # OpenAI's bound on requests per batch
 Purpose = Literal["batch", "batch_output"]
-
-
-class BatchLine(BaseModel):
-    """Validate one request line of a batch input file."""
-
-    model_config = ConfigDict(strict=True, frozen=True)
-
-    custom_id: str = Field(min_length=1, max_length=512)
-    method: Literal["POST"]
-    url: Literal["/v1/chat/completions", "/v1/embeddings"]
-    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,43 +55,9 @@ class StoredFile:
 def parse_batch_input(content: bytes) -> list[BatchLine]:
     """Return the request lines of a batch input file, or raise InvalidRequest naming the line."""
     try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("The batch input file must be UTF-8 encoded JSONL.", "file") from None
-    lines: list[BatchLine] = []
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue  # a trailing newline or blank separator line carries no request
-        line = _parse_line(number, raw)
-        if line.custom_id in seen:
-            message = (
-                f"Line {number}: duplicate custom_id {line.custom_id!r} (first on line "
-                f"{seen[line.custom_id]}); each request in a batch needs a unique custom_id."
-            )
-            raise InvalidRequest(message, "custom_id", "duplicate_custom_id")
-        seen[line.custom_id] = number
-        lines.append(line)
-    if not lines:
-        raise InvalidRequest("The batch input file holds no requests.", "file", "empty_file")
-    if len(lines) > MAX_BATCH_LINES:
-        message = f"A batch holds at most {MAX_BATCH_LINES} requests, this file has {len(lines)}."
-        raise InvalidRequest(message, "file", "too_many_requests")
-    return lines
-
-
-def _parse_line(number: int, raw: str) -> BatchLine:
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest(f"Line {number}: not valid JSON.", "file", "invalid_json") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest(f"Line {number}: expected a JSON object.", "file", "invalid_json")
-    try:
-        return BatchLine.model_validate(document)
-    except ValidationError as exc:
-        inner = from_validation(exc)
-        raise InvalidRequest(f"Line {number}: {inner.message}", inner.param, inner.code) from None
+        return parse_lines(content)
+    except BatchFileError as exc:
+        raise InvalidRequest(exc.message, exc.param, exc.code) from None
 
 
 class FileStore:
@@ -125,7 +86,3 @@ class FileStore:
         """Delete a file; say whether it existed."""
         return self._files.pop(file_id, None) is not None
 
-
-def jsonl(records: list[dict[str, Any]]) -> bytes:
-    """Encode records as JSONL, one per line."""
-    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
