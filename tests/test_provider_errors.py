@@ -11,6 +11,7 @@ import openai._exceptions as sdk_exceptions
 import pytest
 
 from services.common.config import AgentqConfig, ProviderConfig
+from services.common.config_check import check_providers
 from services.worker.provider import (
     ProviderRateLimited,
     ProviderRejected,
@@ -21,6 +22,7 @@ from services.worker.provider import (
     effective_timeout_s,
     translate,
 )
+from tests.test_config_check import closed_port_url
 
 # openai 1.x is built on httpx, 3.x on httpx2: use whichever the installed SDK is.
 http = getattr(sdk_exceptions, "httpx2", None) or sdk_exceptions.httpx
@@ -80,17 +82,19 @@ def test_the_providers_own_timeout_wins_when_set() -> None:
     assert effective_timeout_s(ProviderConfig(base_url="x"), 45.0) == 45.0  # not set
 
 
-def test_an_unset_api_key_env_is_said_at_start_up(caplog: pytest.LogCaptureFixture,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unset_api_key_env_is_said_once_at_start_up(caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AGENTQ_TEST_UNSET_KEY", raising=False)
     config = AgentqConfig.model_validate({
-        "providers": {"groq": {"base_url": "https://api.groq.example/v1",
+        "providers": {"groq": {"base_url": closed_port_url(),
                                "api_key_env": "AGENTQ_TEST_UNSET_KEY"}},
         "tiers": {tier: {"models": [{"provider": "groq", "model": "m", "input_per_mtok": 0,
                                      "output_per_mtok": 0}]}
                   for tier in ("cheap", "standard", "premium")}})
-    with caplog.at_level(logging.WARNING, "services.worker.provider"):
+    with caplog.at_level(logging.WARNING):
+        lines = check_providers(config)  # what the worker logs first, line by line
         Providers(config, 120.0)
-    assert [r.getMessage() for r in caplog.records] == [
-        "provider 'groq' (https://api.groq.example/v1): AGENTQ_TEST_UNSET_KEY is not set "
-        "(api_key_env); its calls go without a key"]
+    assert [line for line in lines if "AGENTQ_TEST_UNSET_KEY" in line] == [
+        "warning: provider 'groq': AGENTQ_TEST_UNSET_KEY is not set (api_key_env): its calls "
+        "go without a key"]
+    assert [r.getMessage() for r in caplog.records] == []  # the clients do not say it again

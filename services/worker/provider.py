@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -13,8 +12,6 @@ import openai
 
 from services.common.config import AgentqConfig, ModelEntry, ProviderConfig
 from services.common.models import Task, Usage
-
-log = logging.getLogger(__name__)
 
 
 class ProviderError(Exception):
@@ -130,9 +127,7 @@ class Providers:
         for name, provider in config.providers.items():
             api_key = provider.api_key or (
                 os.environ.get(provider.api_key_env, "") if provider.api_key_env else "")
-            if provider.api_key_env and not api_key:
-                log.warning("provider %r (%s): %s is not set (api_key_env); its calls go "
-                            "without a key", name, provider.base_url, provider.api_key_env)
+            # An unset api_key_env is said once, by the start-up check (check_providers).
             timeout_s = effective_timeout_s(provider, default_timeout_s)
             self._where[name] = (provider.base_url, timeout_s)
             self._clients[name] = openai.AsyncOpenAI(
