@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from services.common.amqp import Broker, IncomingMessage, RejectMessage
-from services.common.budget import SpendLedger
-from services.common.cache import CachedAnswer, ExactCache, cacheable
+from services.common.budget import BudgetLevel, SpendLedger
+from services.common.cache import CachedAnswer, ExactCache
 from services.common.clients import open_clients
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
@@ -22,19 +20,25 @@ from services.common.models import Result, Task
 from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras
 from services.common.results import from_cache
-from services.common.semantic_cache import (
-    SemanticCache,
-    SemanticHit,
-    sampled_for_verification,
-    semantic_cacheable,
-)
+from services.common.semantic_cache import SemanticCache, SemanticHit
 from services.common.semantic_index import SemanticIndex
 from services.common.settings import Settings
-from services.common.tokens import count_messages
-from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, declare_topology
-from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
+from services.common.topology import declare_topology
+from services.router.decide import (
+    Answer,
+    Emit,
+    Found,
+    Plan,
+    Reject,
+    Route,
+    asks_exact,
+    read_task,
+    route_plan,
+    semantic_threshold,
+    tier_for,
+)
 from services.router.metrics import ROUTED
-from services.router.policy import RouteDecision, choose_tier
+from services.router.policy import RouteDecision
 
 log = logging.getLogger(__name__)
 SERVICE = "router"
@@ -48,7 +52,7 @@ def cache_hit_result(task: Task, decision: RouteDecision, hit: CachedAnswer,
 
 
 class Router:
-    """Consume accepted tasks and send each on its way."""
+    """Consume accepted tasks and send each on its way: read, decide (`decide.py`), act."""
 
     def __init__(self, bus: Broker, cache: ExactCache, config: AgentqConfig,
                  semantic: SemanticCache | None = None,
@@ -62,52 +66,34 @@ class Router:
         self.extras = Extras(SERVICE)  # a Redis outage skips these steps, not the task
 
     async def handle(self, message: IncomingMessage) -> None:
-        try:
-            task = Task.model_validate_json(message.body)
-        except ValidationError as exc:
-            raise RejectMessage(f"not a Task: {exc.errors()[0]['msg']}") from None
+        task = read_task(message.body)
+        if isinstance(task, Reject):
+            await self.act((task,))
+            return
+        level = await self.budget_level(task)
+        route = tier_for(task, self.config, level)
+        found = await self.look_up(task, route.tier)
+        await self.act(route_plan(task, route, level, found, self.config, time.time()))
+
+    async def budget_level(self, task: Task) -> BudgetLevel:
+        """Read the tenant's spend level; `ok` without a ledger or while Redis is down."""
+        if self.ledger is None:
+            return "ok"
         budget = self.config.tenant(task.tenant).budget
-        level = await self.extras.attempt("budget", self.ledger.level(task.tenant, budget),
-                                          "ok") if self.ledger else "ok"
-        decision = choose_tier(task, self.config, count_messages(
-            m.model_dump() for m in task.messages), budget=level)
-        if level == "soft":
-            await emit(self.bus, "budget.soft", SERVICE, tenant=task.tenant, task_id=task.id,
-                       tier=decision.tier, reason=decision.reason)
-        if cacheable(task):
-            hit = await self.extras.attempt("cache", self.cache.get(task, decision.tier), None)
+        return await self.extras.attempt("budget", self.ledger.level(task.tenant, budget), "ok")
+
+    async def look_up(self, task: Task, tier: str) -> Found:
+        """Ask the exact cache, then (on a miss) the semantic one, each when the task allows."""
+        if asks_exact(task):
+            hit = await self.extras.attempt("cache", self.cache.get(task, tier), None)
             if hit is not None:
-                await self.answer(task, decision, hit, "exact")
-                return
-        headers: dict[str, Any] = {ROUTE_HEADER: decision.reason, ATTEMPT_HEADER: 1,
-                                   ROUTED_TIER_HEADER: decision.tier}
-        semantic = await self.semantic_hit(task, decision.tier)
-        if semantic is not None:
-            if not sampled_for_verification(task.id, self.config.cache.verify_share):
-                decision = RouteDecision(decision.tier,
-                                         f"{decision.reason};semantic:{semantic.similarity:.3f}")
-                await self.answer(task, decision, semantic.answer, "semantic")
-                return
-            # Sampled: ask the model for real and let the worker compare the two answers.
-            decision = RouteDecision(decision.tier, f"{decision.reason};verify")
-            headers[ROUTE_HEADER] = decision.reason
-            headers[VERIFY_HEADER] = json.dumps({"key": semantic.key,
-                                                 "output": semantic.answer.output,
-                                                 "similarity": semantic.similarity})
-        if self.lanes is not None:
-            await self.lanes.publish(self.bus, decision.tier, task.tenant, task,
-                                     priority=task.priority, message_id=task.id, headers=headers)
-        else:
-            await self.bus.publish(self.bus.names.work, decision.tier, task,
-                                   priority=task.priority, message_id=task.id, headers=headers)
-        ROUTED.labels(tier=decision.tier, cache="miss").inc()
-        await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
-                   tier=decision.tier, reason=decision.reason, kind=task.kind, cache="miss")
+                return Found(exact=hit)
+        return Found(semantic=await self.semantic_hit(task, tier))
 
     async def semantic_hit(self, task: Task, tier: str) -> SemanticHit | None:
         """Look the task up in the semantic cache, when its kind and settings allow it."""
-        threshold = self.config.cache.semantic_threshold(task.kind)
-        if self.semantic is None or threshold is None or not semantic_cacheable(task):
+        threshold = semantic_threshold(task, self.config)
+        if self.semantic is None or threshold is None:
             return None
         try:
             return await self.extras.attempt(
@@ -116,13 +102,29 @@ class Router:
             log.warning("semantic lookup of %s skipped: %s", task.id, exc)
             return None
 
-    async def answer(self, task: Task, decision: RouteDecision, hit: CachedAnswer,
-                     cache: Literal["exact", "semantic"]) -> None:
-        result = cache_hit_result(task, decision, hit, self.config, time.time(), cache)
-        await publish_result(self.bus, result, task.reply_to)
-        ROUTED.labels(tier=decision.tier, cache=cache).inc()
-        await emit(self.bus, "task.routed", SERVICE, tenant=task.tenant, task_id=task.id,
-                   tier=decision.tier, reason=decision.reason, kind=task.kind, cache=cache)
+    async def act(self, plan: Plan) -> None:
+        """Carry out a Plan, step by step; a failed publish stops it (the task is redelivered)."""
+        for action in plan:
+            match action:
+                case Reject(reason):
+                    raise RejectMessage(reason)
+                case Answer(result, tier, cache, reply_to):
+                    await publish_result(self.bus, result, reply_to)
+                    ROUTED.labels(tier=tier, cache=cache).inc()
+                case Route(tier, task, headers):
+                    await self.send_to_workers(tier, task, headers)
+                    ROUTED.labels(tier=tier, cache="miss").inc()
+                case Emit(type_, tenant, task_id, data):
+                    await emit(self.bus, type_, SERVICE, tenant=tenant, task_id=task_id, **data)
+
+    async def send_to_workers(self, tier: str, task: Task, headers: Mapping[str, Any]) -> None:
+        headers = dict(headers)
+        if self.lanes is not None:
+            await self.lanes.publish(self.bus, tier, task.tenant, task,
+                                     priority=task.priority, message_id=task.id, headers=headers)
+        else:
+            await self.bus.publish(self.bus.names.work, tier, task,
+                                   priority=task.priority, message_id=task.id, headers=headers)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
