@@ -1,4 +1,5 @@
-"""The alert settings a person edits: their keys, defaults and validation (pure)."""
+"""The settings a person edits (alert thresholds, the GPU figures of the self-hosting
+comparison): their keys, defaults and validation (pure)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Spec:
     unit: str = ""
     maximum: float | None = None
     group: str = ""
+    positive: bool = False  # 0 is refused too (a throughput, a GPU count)
+    whole: bool = False  # a count: no fractions
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ SPECS: tuple[Spec, ...] = (
     Spec("hysteresis", "number", 0.1, "Hysteresis", "fraction below the threshold to resolve",
          0.9),
     Spec("webhook_url", "url", "", "Webhook URL", "Slack-compatible; empty = none"),
+    # Not alert settings: the self-hosting comparison on the overview (services.dashboard
+    # .self_hosting), stored alongside so they are edited, checked and served the same way.
+    Spec("self_host_gpu_hour_usd", "number", 0.0, "GPU price", "USD per GPU-hour; 0 = not set",
+         group="self_hosting"),
+    Spec("self_host_gpus", "number", 1.0, "GPUs per replica",
+         "GPUs one copy of the model needs", group="self_hosting", positive=True, whole=True),
+    Spec("self_host_tokens_per_s", "number", 1000.0, "Throughput per GPU",
+         "tokens/s, prompt + completion", group="self_hosting", positive=True),
 )
 SPEC_BY_KEY: dict[str, Spec] = {s.key: s for s in SPECS}
 DEFAULTS: dict[str, Value] = {s.key: s.default for s in SPECS}
@@ -116,6 +127,10 @@ def _parse_number(spec: Spec, raw: Any) -> float:
         raise ThresholdError(spec.key, "must be a finite number")
     if value < 0:
         raise ThresholdError(spec.key, f"must be 0 or more (got {value:g})")
+    if spec.positive and value == 0:
+        raise ThresholdError(spec.key, "must be more than 0")
+    if spec.whole and not value.is_integer():
+        raise ThresholdError(spec.key, f"must be a whole number (got {value:g})")
     if spec.maximum is not None and value > spec.maximum:
         raise ThresholdError(spec.key, f"must be at most {spec.maximum:g} (got {value:g})")
     return value

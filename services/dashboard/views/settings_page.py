@@ -1,4 +1,4 @@
-"""The settings page and API (alert thresholds), and the admin login that unlocks them."""
+"""The settings page and API (alert thresholds, GPU figures), and the admin login."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ from services.dashboard.views.guard import unauthorized, wants_json
 
 bp = Blueprint("settings", __name__)
 GENERAL_KEYS = ("cost_spike_factor", "hysteresis", "webhook_url")
+SELF_HOSTING_KEYS = ("self_host_gpu_hour_usd", "self_host_gpus", "self_host_tokens_per_s")
 
 
 def _page(form: object, status: int = 200) -> tuple[str, int]:
     return render_template("settings.html", form=form, rules=RULES, general=GENERAL_KEYS,
-                           access=edit_access()), status
+                           self_hosting=SELF_HOSTING_KEYS, access=edit_access()), status
 
 
 @bp.get("/settings")
@@ -56,7 +57,8 @@ def save() -> BaseResponse | tuple[str, int]:
         return _page(form, 400)
     alert_store.save_values(db.session, form.parsed(), time.time())
     db.session.commit()
-    flash("Thresholds saved: the alert evaluator applies them within one interval.", "ok")
+    flash("Thresholds saved: the alert evaluator applies them within one interval; the "
+          "overview prices self-hosting with the GPU figures at its next refresh.", "ok")
     return redirect(url_for("settings.show"), 303)
 
 
