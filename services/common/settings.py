@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     dashboard_host: str = "127.0.0.1"
     metrics_host: str = "127.0.0.1"
     max_body_bytes: int = 1024 * 1024
+    # The largest JSONL input file ingest's Batch API (POST /v1/files) takes; kept in SQL.
+    batch_file_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     max_backlog: int = 100_000  # ingest answers 429 past this many ready tasks in agentq.tasks
     worker_concurrency: int = 32
     worker_prefetch: int = 0  # 0 = same as concurrency: waiting tasks stay visible in RabbitMQ
