@@ -73,6 +73,11 @@ class Names:
         return f"{self.ns}.retry.{delay_ms}"
 
     @property
+    def batch(self) -> str:
+        """The exchange and queue of deferrable tasks waiting for a provider batch."""
+        return f"{self.ns}.batch"
+
+    @property
     def results(self) -> str:
         return f"{self.ns}.results"
 
@@ -119,7 +124,7 @@ class Names:
 
     def exchanges(self) -> list[str]:
         return [self.submit, self.tasks, self.work, self.retry, self.results, self.events,
-                self.dlx]
+                self.dlx, self.batch]
 
     def queues(self) -> list[str]:
         """Return every queue name, main ones first."""
@@ -127,7 +132,7 @@ class Names:
                 self.results_store, self.started_store, self.dashboard_events,
                 self.dashboard_results,
                 self.dead, self.rejected, self.lane_roster,
-                *(self.retry_queue(d) for d in RETRY_LEVELS_MS)]
+                *(self.retry_queue(d) for d in RETRY_LEVELS_MS), self.batch]
 
     def monitored_queues(self) -> list[str]:
         """Return the queues whose depth tells how the pipeline keeps up."""
@@ -175,6 +180,7 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
         names.results: await channel.declare_exchange(names.results, topic, durable=True),
         names.events: await channel.declare_exchange(names.events, topic, durable=True),
         names.dlx: await channel.declare_exchange(names.dlx, topic, durable=True),
+        names.batch: await channel.declare_exchange(names.batch, direct, durable=True),
     }
 
     async def queue(name: str, arguments: dict[str, Any], exchange: str | None = None,
@@ -197,6 +203,9 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     await queue(names.dead, {"x-queue-type": "quorum"}, names.dlx)
     await queue(names.rejected, {"x-queue-type": "quorum"})
     await queue(names.lane_roster, ROSTER_ARGUMENTS)
+    # Deferrable tasks, routed and tiered, for the batcher (routing key = the tier).
+    for tier in TIERS:
+        await queue(names.batch, _quorum(names), names.batch, tier)
     for level in RETRY_LEVELS_MS:
         # Expired retries go back to the work exchange under their original routing key (the
         # tier or the lane they came from).
