@@ -60,17 +60,17 @@ def test_breakers_pick_the_next_entry_while_the_first_is_open() -> None:
     second = ModelEntry(provider="b", model="m2", input_per_mtok=1, output_per_mtok=1)
     breakers = Breakers(CONFIG)
     for t in (0, 1, 2):
-        breakers.settle(first, t, healthy=False)
+        breakers.outcome(first, t, healthy=False)
     assert breakers.pick([first, second], 3) is second
     assert breakers.pick([first, second], 8) is first  # half-open: the probe
     assert breakers.pick([first, second], 8.1) is second  # while the probe runs
-    breakers.settle(first, 8.2, healthy=None)  # a 429 says nothing: probe again
+    breakers.outcome(first, 8.2, healthy=None)  # a 429 says nothing: probe again
     assert breakers.pick([first, second], 8.3) is first
-    breakers.settle(first, 8.4, healthy=True)
+    breakers.outcome(first, 8.4, healthy=True)
     assert breakers.state(first, 8.5) == "closed"
     for t in (10, 11, 12):
-        breakers.settle(first, t, healthy=False)
-        breakers.settle(second, t, healthy=False)
+        breakers.outcome(first, t, healthy=False)
+        breakers.outcome(second, t, healthy=False)
     assert breakers.pick([first, second], 13) is first  # all open: try the first anyway
 
 

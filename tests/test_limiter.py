@@ -117,9 +117,21 @@ def test_unlimited_buckets_always_grant() -> None:
     (5500.0, -4000, 6000.0),  # a credit never overfills the bucket
     (1000.0, 0, 1000.0),
 ])
-def test_settle(level: float, delta: int, expected: float) -> None:
-    state = bucket.settle(BucketState(level, 0.0), delta, 6000, 0.0, burst_s=60.0)
+def test_true_up(level: float, delta: int, expected: float) -> None:
+    state = bucket.true_up(BucketState(level, 0.0), delta, 6000, 0.0, burst_s=60.0)
     assert state is not None and state.level == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("level", "limit", "expected"), [
+    (None, 600, 0.0),  # no bucket yet: full
+    (540.0, 600, 0.0),  # full (54 s of 600 RPM)
+    (270.0, 600, 0.5),
+    (0.0, 600, 1.0),
+    (-50.0, 600, 1.0),  # in debt: still 1
+    (10.0, 0, 0.0),  # unlimited
+])
+def test_depletion(level: float | None, limit: float, expected: float) -> None:
+    assert bucket.depletion(level, limit) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("level", "remaining", "expected"), [
@@ -346,12 +358,12 @@ def test_lua_agrees_with_the_pure_reference(names: Names, seed: int) -> None:
             tenant = rng.choice(sorted(shares))
             share = shares[tenant]
             roll = rng.random()
-            if roll < 0.15:  # settle a real usage that differed from the estimate
+            if roll < 0.15:  # true up a real usage that differed from the estimate
                 delta, w_eff = rng.randint(-int(cap_t), int(cap_t)), rng.choice([1.0, 2.5])
                 tl, now = await script(keys=keys.all(), args=[
-                    "settle", repr(float(params.tpm)), repr(params.burst_s), str(delta),
+                    "true_up", repr(float(params.tpm)), repr(params.burst_s), str(delta),
                     tenant, repr(w_eff)])
-                expected = bucket.settle(before.tokens, delta, params.tpm, float(now),
+                expected = bucket.true_up(before.tokens, delta, params.tpm, float(now),
                                          params.burst_s)
                 after = await read_state(client, keys)
                 assert (tl == b"") == (params.tpm <= 0)
@@ -409,14 +421,14 @@ def test_lua_agrees_with_the_pure_reference(names: Names, seed: int) -> None:
     run(main)
 
 
-def test_lua_hold_is_honoured_and_never_shortened(names: Names) -> None:
+def test_lua_pause_is_honoured_and_never_shortened(names: Names) -> None:
     keys = PoolKeys.of(names, "pool")
     params = PoolParams(rpm=600, tpm=0, fair=FairParams(window=100.0))
 
     async def main(client: Redis) -> None:
         script = client.register_script(LIMITER_LUA)
-        assert int(await script(keys=keys.all(), args=["hold", "5000"])) == 5000
-        assert int(await script(keys=keys.all(), args=["hold", "100"])) > 4000
+        assert int(await script(keys=keys.all(), args=["pause", "5000"])) == 5000
+        assert int(await script(keys=keys.all(), args=["pause", "100"])) > 4000
         reply = await script(keys=keys.all(), args=acquire_args(params, Request("a", 1)))
         assert reply[0] == 0 and reply[4] == b"hold" and 4000 < float(reply[1]) <= 5000
         assert not await client.exists(keys.requests)  # nothing was taken
@@ -473,7 +485,7 @@ def test_two_processes_share_one_pool(names: Names) -> None:
     assert len(stamps) >= 0.5 * 20 * 3.0  # and together they used it
 
 
-def test_hold_on_429_makes_every_limiter_wait(names: Names) -> None:
+def test_a_pause_on_429_makes_every_limiter_wait(names: Names) -> None:
     pools = {"p": PoolLimits(rpm=60_000, tpm=0)}
 
     async def main(client: Redis) -> None:
@@ -489,17 +501,17 @@ def test_hold_on_429_makes_every_limiter_wait(names: Names) -> None:
     run(main)
 
 
-def test_settle_credits_back_and_debits(names: Names) -> None:
+def test_true_up_credits_back_and_debits(names: Names) -> None:
     pools = {"p": PoolLimits(rpm=0, tpm=6_000, burst_s=60.0)}  # 6,000 tokens, 100 a second
     tokens_key = PoolKeys.of(names, "p").tokens
 
     async def main(client: Redis) -> None:
         limiter = SharedLimiter(client, names, pools)
         grant = await limiter.acquire("p", "t", 5_000)
-        await limiter.settle(grant, 1_000)  # 4,000 back
+        await limiter.true_up(grant, 1_000)  # 4,000 back
         grant = await limiter.acquire("p", "t", 4_500)
         assert grant.attempts == 1  # without the credit this would wait about 35 s
-        await limiter.settle(grant, 9_000)  # 4,500 more
+        await limiter.true_up(grant, 9_000)  # 4,500 more
         assert float(cast(bytes, await client.hget(tokens_key, "level"))) < -3_000
 
     run(main)

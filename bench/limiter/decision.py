@@ -1,4 +1,4 @@
-"""The limiter's decision path without a worker around it: acquire and settle against the same
+"""The limiter's decision path without a worker around it: acquire and true up against the same
 Redis, from a process that does nothing else.
 
 Two baselines for the figure the workers measure under load:
@@ -63,7 +63,7 @@ async def _measure(decisions: int, pace_s: float = 0.0, seconds: float | None = 
                 started = time.perf_counter()
                 grant = await limiter.acquire("p", f"tenant-{i % TENANTS}", 500)
                 took.append(time.perf_counter() - started)
-                await limiter.settle(grant, 500)
+                await limiter.true_up(grant, 500)
                 i += 1
                 if pace_s:
                     await asyncio.sleep(pace_s)

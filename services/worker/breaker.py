@@ -96,7 +96,7 @@ class Breakers:
                 return entry
         return entries[0]
 
-    def settle(self, entry: ModelEntry, now: float, healthy: bool | None) -> None:
+    def outcome(self, entry: ModelEntry, now: float, healthy: bool | None) -> None:
         """Record a call's outcome: healthy, failed (False), or neither (None)."""
         key = entry_key(entry)
         breaker = self._breakers.get(key, Breaker())

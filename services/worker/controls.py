@@ -47,11 +47,14 @@ class CostControls:
         """Return the tier's first model whose breaker is not open."""
         return self.breakers.pick(self.config.tiers[tier].models, time.monotonic())  # type: ignore[index]
 
-    def settle(self, entry: ModelEntry, error: ProviderError | None) -> None:
+    def outcome(self, entry: ModelEntry, error: ProviderError | None) -> None:
         """Tell the entry's breaker how the call went (429s and 4xx say nothing of health)."""
         healthy = None if isinstance(error, ProviderRateLimited | ProviderRejected) else (
             error is None)
-        self.breakers.settle(entry, time.monotonic(), healthy)
+        self.breakers.outcome(entry, time.monotonic(), healthy)
+
+    # The old name, kept while callers move to `outcome` ("settle" is the broker's word).
+    settle = outcome
 
     # -- facts for the decisions ----------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""One acquire step on a pool (hold, fair share, then both buckets): the pure twin of the Lua."""
+"""One acquire step on a pool (pause, fair share, then both buckets): the pure twin of the Lua."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.worker.limiter.fairness import (
 )
 
 # "timeout" is SharedLimiter's own: a Redis call that timed out once, retried (never a script's).
+# "hold" is a pause: the value is kept, it is the `reason` label of agentq_limiter_denials_total.
 Reason = Literal["ok", "hold", "fair", "rate", "timeout"]
 
 
@@ -35,7 +36,7 @@ class PoolState:
 
     requests: BucketState | None = None
     tokens: BucketState | None = None
-    hold_until: float = 0.0
+    paused_until: float = 0.0
     tenants: dict[str, TenantState] = field(default_factory=dict)
 
 
@@ -61,7 +62,7 @@ class Outcome:
     granted: bool
     wait_s: float
     reason: Reason
-    requests_level: float | None = None  # None = unlimited or not looked at (hold)
+    requests_level: float | None = None  # None = unlimited or not looked at (pause)
     tokens_level: float | None = None
     w_eff: float = 1.0  # the weight the tenant's virtual time advanced by
     vt: float = 0.0
@@ -88,8 +89,8 @@ def spread(wait: float, interval: float, req: Request, params: PoolParams) -> fl
 def admit(state: PoolState, req: Request, params: PoolParams,
           now: float) -> tuple[Outcome, PoolState]:
     """Decide one acquire step at `now` and return the pool's next state."""
-    if state.hold_until > now:
-        return Outcome(False, state.hold_until - now, "hold"), state
+    if state.paused_until > now:
+        return Outcome(False, state.paused_until - now, "hold"), state
 
     is_active, slowest, others_weight = _others(state, req.tenant, now)
     mine = state.tenants.get(req.tenant)

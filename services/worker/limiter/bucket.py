@@ -108,7 +108,7 @@ def decide(requests_state: BucketState | None, tokens_state: BucketState | None,
     return Decision(True, 0.0, req_level, tok_level, req_state, tok_state)
 
 
-def settle(tokens_state: BucketState | None, delta: float, tpm: float, now: float,
+def true_up(tokens_state: BucketState | None, delta: float, tpm: float, now: float,
            burst_s: float = DEFAULT_BURST_S) -> BucketState | None:
     """Debit `delta` more tokens (credit back when negative) once the real usage is known."""
     if tpm <= 0:
@@ -139,8 +139,8 @@ def seed(state: BucketState | None, level: float | None, limit: float, now: floa
     return BucketState(min(level, capacity(limit, burst_s)), now)
 
 
-def utilisation(level: float | None, limit: float, burst_s: float = DEFAULT_BURST_S) -> float:
-    """Return how much of the bucket is used, 0 (full bucket) to 1 (empty or in debt)."""
+def depletion(level: float | None, limit: float, burst_s: float = DEFAULT_BURST_S) -> float:
+    """Return the bucket's depletion: 0 (full bucket) to 1 (empty or in debt)."""
     if level is None or limit <= 0:
         return 0.0
     return min(1.0, max(0.0, 1 - level / capacity(limit, burst_s)))

@@ -1,12 +1,12 @@
--- agentq shared limiter: one pool's token buckets (requests and tokens), its pool-wide hold
+-- agentq shared limiter: one pool's token buckets (requests and tokens), its pool-wide pause
 -- after a 429, and weighted fair shares of its tokens across tenants, decided atomically.
 -- bucket.py, fairness.py and admission.py are the pure reference: keep the arithmetic in the
 -- same order so both give the same doubles. Time comes from Redis, never from the workers.
 --
 -- KEYS[1] requests bucket (hash level, ts)    KEYS[4] tenants' virtual times (hash)
 -- KEYS[2] tokens bucket (hash level, ts)      KEYS[5] tenants' weights (hash)
--- KEYS[3] hold (string with a PX expiry)      KEYS[6] active tenants (zset: tenant -> until)
--- ARGV[1] mode: acquire | settle | sync | seed | hold; the other arguments depend on the mode.
+-- KEYS[3] pause (string with a PX expiry)     KEYS[6] active tenants (zset: tenant -> until)
+-- ARGV[1] mode: acquire | true_up | sync | seed | pause; the other arguments depend on the mode.
 -- Numbers go back as strings: Redis would truncate a Lua number to an integer.
 
 local function fmt(x)
@@ -87,9 +87,10 @@ local function acquire()
   local jitter, contenders, u = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
   local now = clock()
 
-  local held = redis.call('PTTL', KEYS[3])
-  if held > 0 then
-    return {0, tostring(held), '', '', 'hold', fmt(now), '', ''}
+  local paused = redis.call('PTTL', KEYS[3])
+  if paused > 0 then
+    -- reason 'hold': the public label of agentq_limiter_denials_total for a pause
+    return {0, tostring(paused), '', '', 'hold', fmt(now), '', ''}
   end
 
   -- Fair share: the active tenants other than this one, their slowest vt and total weight.
@@ -187,7 +188,7 @@ end
 
 -- ARGV: mode, tpm, burst_s, delta, tenant, w_eff. Debits delta tokens (credits if negative)
 -- and moves the tenant's virtual time by the same amount. Returns {tokens_level, now}.
-local function settle()
+local function true_up()
   local tpm, burst, delta = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
   local tenant, w_eff = ARGV[5], tonumber(ARGV[6])
   local now = clock()
@@ -255,8 +256,8 @@ local function seed()
   return {out[1], out[2], fmt(now)}
 end
 
--- ARGV: mode, hold_ms. Extends the pool's hold, never shortens it. Returns the hold in ms.
-local function hold()
+-- ARGV: mode, pause_ms. Extends the pool's pause, never shortens it. Returns it in ms.
+local function pause()
   local ms = tonumber(ARGV[2])
   local left = redis.call('PTTL', KEYS[3])
   if left < ms then
@@ -269,13 +270,13 @@ end
 local mode = ARGV[1]
 if mode == 'acquire' then
   return acquire()
-elseif mode == 'settle' then
-  return settle()
+elseif mode == 'true_up' then
+  return true_up()
 elseif mode == 'sync' then
   return sync()
 elseif mode == 'seed' then
   return seed()
-elseif mode == 'hold' then
-  return hold()
+elseif mode == 'pause' then
+  return pause()
 end
 return redis.error_reply('limiter.lua: unknown mode ' .. tostring(mode))

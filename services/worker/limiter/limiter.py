@@ -1,4 +1,4 @@
-"""The worker's shared rate limiter: wait for a pool's capacity, settle, hold on 429s."""
+"""The worker's shared rate limiter: wait for a pool's capacity, true up, pause on 429s."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ _EQUAL_SHARE = TenantShare()
 
 @dataclass(frozen=True)
 class Grant:
-    """Permission for one provider call; settle it with the real usage afterwards."""
+    """Permission for one provider call; true it up with the real usage afterwards."""
 
     pool: str
     tenant: str
@@ -255,54 +255,57 @@ class SharedLimiter:
             wait = wait * (1 + self._random.random() * self._options.jitter)
         return min(max(wait, 0.001), self._options.max_sleep_s)
 
-    async def settle(self, grant: Grant, actual_tokens: int) -> None:
+    async def true_up(self, grant: Grant, actual_tokens: int) -> None:
         """Credit back (or debit) the difference between the estimate and the real usage."""
         delta = max(0, int(actual_tokens)) - grant.tokens
         if delta == 0:
             return
-        self._stats.settled(grant.pool, delta)
+        self._stats.trued_up(grant.pool, delta)
         limits = self._limits(grant.pool)
         if not self._link.fallback:
             try:
-                level = await self._link.call(self._shared.settle(
+                level = await self._link.call(self._shared.true_up(
                     grant.pool, limits.tpm, limits.burst_s, delta, grant.tenant, grant.w_eff))
             except SlowRedis as exc:  # it may have been applied: never apply it twice
-                log.debug("limiter: settle of %d tokens may be lost: %s", delta, exc)
+                log.debug("limiter: true-up of %d tokens may be lost: %s", delta, exc)
                 return
             except REDIS_DOWN as exc:
                 self._link.lost(exc)
             else:
                 self._stats.levels(grant.pool, limits, None, level)
                 return
-        self._local.settle(grant.pool, limits.divided(self._link.workers), delta)
+        self._local.true_up(grant.pool, limits.divided(self._link.workers), delta)
 
-    async def hold(self, pool: str, seconds: float) -> None:
-        """Pause every worker's calls on the pool for `seconds` (never shortens a hold)."""
+    # The old name, kept while callers move to `true_up` ("settle" is the broker's word).
+    settle = true_up
+
+    async def pause(self, pool: str, seconds: float) -> None:
+        """Pause every worker's calls on the pool for `seconds` (never shortens a pause)."""
         self._limits(pool)
-        seconds = min(max(0.0, seconds), self._options.max_hold_s)
+        seconds = min(max(0.0, seconds), self._options.max_pause_s)
         if seconds <= 0:
             return
-        self._stats.held(pool, seconds)
-        self._local.hold(pool, seconds)  # so the hold outlives a Redis outage
-        for _ in range(2):  # a hold is rare and matters: retry one timeout
+        self._stats.paused(pool, seconds)
+        self._local.pause(pool, seconds)  # so the pause outlives a Redis outage
+        for _ in range(2):  # a pause is rare and matters: retry one timeout
             if self._link.fallback:
                 return
             try:
-                await self._link.call(self._shared.hold(pool, math.ceil(seconds * 1000)))
+                await self._link.call(self._shared.pause(pool, math.ceil(seconds * 1000)))
             except SlowRedis as exc:
-                log.debug("limiter: hold timed out: %s", exc)
+                log.debug("limiter: pause timed out: %s", exc)
                 continue
             except REDIS_DOWN as exc:
                 self._link.lost(exc)
             return
 
     async def rate_limited(self, pool: str, headers: Mapping[str, str]) -> float:
-        """Record a 429 and hold the pool as long as its headers ask; return the hold."""
+        """Record a 429 and pause the pool as long as its headers ask; return the pause."""
         self._stats.rate_limited(pool)
         seconds = retry_after_from_headers(headers)
         if seconds is None:
-            seconds = self._options.default_hold_s
-        await self.hold(pool, seconds)
+            seconds = self._options.default_pause_s
+        await self.pause(pool, seconds)
         await self.observe_headers(pool, headers)
         return seconds
 

@@ -18,7 +18,7 @@ class LocalBuckets:
         self._clock = clock
         self._requests: dict[str, BucketState | None] = {}
         self._tokens: dict[str, BucketState | None] = {}
-        self._hold_until: dict[str, float] = {}
+        self._paused_until: dict[str, float] = {}
 
     def reset(self) -> None:
         """Forget the buckets, so the next outage starts from empty ones."""
@@ -32,17 +32,17 @@ class LocalBuckets:
             self._requests[pool] = BucketState(0.0, now)
             self._tokens[pool] = BucketState(0.0, now)
 
-    def hold(self, pool: str, seconds: float) -> None:
-        """Hold the pool locally too, so a hold outlives a Redis outage."""
+    def pause(self, pool: str, seconds: float) -> None:
+        """Pause the pool locally too, so a pause outlives a Redis outage."""
         until = self._clock() + seconds
-        self._hold_until[pool] = max(self._hold_until.get(pool, 0.0), until)
+        self._paused_until[pool] = max(self._paused_until.get(pool, 0.0), until)
 
     def acquire(self, pool: str, limits: PoolLimits, cost: float) -> Outcome:
         """Take one request and `cost` tokens from this worker's slice, or say how long to wait."""
         now = self._clock()
-        held = self._hold_until.get(pool, 0.0) - now
-        if held > 0:
-            return Outcome(False, held, "hold")
+        paused = self._paused_until.get(pool, 0.0) - now
+        if paused > 0:
+            return Outcome(False, paused, "hold")
         self._start(pool, now)
         decision = bucket.decide(self._requests[pool], self._tokens[pool], limits.rpm,
                                  limits.tpm, cost, now, limits.burst_s)
@@ -51,11 +51,11 @@ class LocalBuckets:
         return Outcome(decision.granted, decision.wait_s, "ok" if decision.granted else "rate",
                        decision.requests_level, decision.tokens_level)
 
-    def settle(self, pool: str, limits: PoolLimits, delta: float) -> None:
-        """Debit or credit back tokens after the real usage."""
+    def true_up(self, pool: str, limits: PoolLimits, delta: float) -> None:
+        """True up: debit or credit back tokens after the real usage."""
         now = self._clock()
         self._start(pool, now)
-        self._tokens[pool] = bucket.settle(self._tokens[pool], delta, limits.tpm, now,
+        self._tokens[pool] = bucket.true_up(self._tokens[pool], delta, limits.tpm, now,
                                            limits.burst_s)
 
     def correct(self, pool: str, limits: PoolLimits, requests: float | None,

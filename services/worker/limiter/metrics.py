@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# The metric names are public and kept; the Python names use the glossary's words (a hold of a
+# pool is a pause, settling tokens a true-up, utilisation of a bucket its depletion).
+
 GRANTS = Counter("agentq_limiter_grants_total",
                  "Calls the limiter let through", ["pool", "mode"])
 GRANTED_TOKENS = Counter("agentq_limiter_granted_tokens_total",
-                         "Estimated tokens granted (before settling)", ["pool"])
-SETTLED_TOKENS = Counter("agentq_limiter_settled_tokens_total",
-                         "Tokens debited (positive) or credited back after real usage",
-                         ["pool", "direction"])
+                         "Estimated tokens granted (before the true-up)", ["pool"])
+TRUED_UP_TOKENS = Counter("agentq_limiter_settled_tokens_total",
+                          "Tokens debited (positive) or credited back after real usage",
+                          ["pool", "direction"])
 WAIT_SECONDS = Histogram("agentq_limiter_wait_seconds",
                          "Time a call waited for capacity before its grant", ["pool"],
                          buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -21,17 +24,17 @@ DECISION_SECONDS = Histogram("agentq_limiter_decision_seconds",
                                       0.1, 0.5))
 DENIALS = Counter("agentq_limiter_denials_total",
                   "Script answers that said wait, by reason", ["pool", "reason"])
-HOLDS = Counter("agentq_limiter_holds_total", "Pool-wide holds put in place", ["pool"])
-HOLD_SECONDS = Counter("agentq_limiter_hold_seconds_total",
-                       "Seconds of pool-wide hold asked for", ["pool"])
+PAUSES = Counter("agentq_limiter_holds_total", "Pool-wide pauses put in place", ["pool"])
+PAUSE_SECONDS = Counter("agentq_limiter_hold_seconds_total",
+                        "Seconds of pool-wide pause asked for", ["pool"])
 RATE_LIMITED = Counter("agentq_limiter_rate_limited_total",
                        "429 answers received from the provider", ["pool"])
 FALLBACK = Gauge("agentq_limiter_fallback_active",
                  "1 while Redis is unreachable and the limiter uses its local buckets")
 FALLBACK_EVENTS = Counter("agentq_limiter_fallbacks_total",
                           "Times the limiter lost Redis and fell back to local buckets")
-UTILISATION = Gauge("agentq_limiter_utilisation_ratio",
-                    "Share of the pool's bucket in use (1 = empty bucket)", ["pool", "limit"])
+DEPLETION = Gauge("agentq_limiter_utilisation_ratio",
+                  "Share of the pool's bucket in use (1 = empty bucket)", ["pool", "limit"])
 LIVE_WORKERS = Gauge("agentq_limiter_live_workers",
                      "Workers with a fresh heartbeat, as last seen")
 LIMIT = Gauge("agentq_limiter_limit",

@@ -93,5 +93,5 @@ class LimiterOptions:
     max_sleep_s: float = 5.0  # ask again at least this often, whatever the wait
     jitter: float = 0.1  # spreads waiters' wake-ups so they do not retry in one herd
     timeout_retry_s: float = 0.05  # a caller whose Redis call timed out asks again after this
-    default_hold_s: float = 1.0  # a 429 without usable headers holds the pool this long
-    max_hold_s: float = 120.0
+    default_pause_s: float = 1.0  # a 429 without usable headers pauses the pool this long
+    max_pause_s: float = 120.0

@@ -24,7 +24,7 @@ class PoolKeys:
 
     requests: str
     tokens: str
-    hold: str
+    pause: str  # key part "hold": the name running workers share
     vt: str
     weights: str
     active: str
@@ -37,7 +37,7 @@ class PoolKeys:
                      for part in ("req", "tok", "hold", "vt", "weights", "active")))
 
     def all(self) -> list[str]:
-        return [self.requests, self.tokens, self.hold, self.vt, self.weights, self.active]
+        return [self.requests, self.tokens, self.pause, self.vt, self.weights, self.active]
 
 
 def workers_key(names: Names) -> str:
@@ -101,10 +101,10 @@ class RedisPools:
                           vt=_float(vt) or 0.0)
         return outcome, float(_text(now))
 
-    async def settle(self, pool: str, tpm: float, burst_s: float, delta: float, tenant: str,
+    async def true_up(self, pool: str, tpm: float, burst_s: float, delta: float, tenant: str,
                      w_eff: float) -> float | None:
         """Debit (or credit back, if negative) tokens; return the tokens level after."""
-        reply = await self._run(pool, ("settle", _num(tpm), _num(burst_s), _num(delta), tenant,
+        reply = await self._run(pool, ("true_up", _num(tpm), _num(burst_s), _num(delta), tenant,
                                        _num(w_eff)))
         return _float(reply[0])
 
@@ -125,9 +125,9 @@ class RedisPools:
             "" if requests is None else _num(requests), "" if tokens is None else _num(tokens)))
         return _float(reply[0]), _float(reply[1])
 
-    async def hold(self, pool: str, ms: int) -> int:
-        """Put the pool on hold for `ms` unless it already is for longer; return the hold."""
-        return int(await self._run(pool, ("hold", max(1, ms))))
+    async def pause(self, pool: str, ms: int) -> int:
+        """Pause the pool for `ms` unless it already is for longer; return the pause in ms."""
+        return int(await self._run(pool, ("pause", max(1, ms))))
 
     async def run_id(self) -> str:
         """Return the Redis server's run id, which changes when it restarts (losing state)."""

@@ -8,6 +8,7 @@ from services.common.quantile import nearest_rank
 from services.worker.limiter import bucket, metrics
 from services.worker.limiter.pools import PoolLimits
 
+# Keys of the limiter.stats event (public): "settles" counts true-ups, "holds" pauses.
 _TOTALS = ("grants", "grants_shared", "grants_local", "granted_tokens", "denials", "settles",
            "holds", "rate_limited", "redis_errors", "redis_timeouts", "fallback_events")
 
@@ -38,14 +39,14 @@ class LimiterStats:
         self._latencies.append(elapsed_s)
         metrics.DECISION_SECONDS.labels(pool).observe(elapsed_s)
 
-    def settled(self, pool: str, delta: int) -> None:
+    def trued_up(self, pool: str, delta: int) -> None:
         self._counts["settles"] += 1
-        metrics.SETTLED_TOKENS.labels(pool, "debit" if delta > 0 else "credit").inc(abs(delta))
+        metrics.TRUED_UP_TOKENS.labels(pool, "debit" if delta > 0 else "credit").inc(abs(delta))
 
-    def held(self, pool: str, seconds: float) -> None:
+    def paused(self, pool: str, seconds: float) -> None:
         self._counts["holds"] += 1
-        metrics.HOLDS.labels(pool).inc()
-        metrics.HOLD_SECONDS.labels(pool).inc(seconds)
+        metrics.PAUSES.labels(pool).inc()
+        metrics.PAUSE_SECONDS.labels(pool).inc(seconds)
 
     def rate_limited(self, pool: str) -> None:
         self._counts["rate_limited"] += 1
@@ -69,13 +70,13 @@ class LimiterStats:
 
     def levels(self, pool: str, limits: PoolLimits, requests: float | None,
                tokens: float | None) -> None:
-        """Show how much of the pool's buckets is in use."""
+        """Show how depleted the pool's buckets are."""
         if requests is not None:
-            metrics.UTILISATION.labels(pool, "rpm").set(
-                bucket.utilisation(requests, limits.rpm, limits.burst_s))
+            metrics.DEPLETION.labels(pool, "rpm").set(
+                bucket.depletion(requests, limits.rpm, limits.burst_s))
         if tokens is not None:
-            metrics.UTILISATION.labels(pool, "tpm").set(
-                bucket.utilisation(tokens, limits.tpm, limits.burst_s))
+            metrics.DEPLETION.labels(pool, "tpm").set(
+                bucket.depletion(tokens, limits.tpm, limits.burst_s))
 
     def snapshot(self) -> dict[str, float]:
         """Return the cumulative totals and recent decision latency."""
