@@ -35,6 +35,13 @@ def _run_recorder(args: argparse.Namespace, settings: Settings) -> int:
     return run(serve, settings, "recorder", METRICS_PORTS["recorder"])
 
 
+def _run_batcher(args: argparse.Namespace, settings: Settings) -> int:
+    from services.batcher.service import METRICS_PORT, serve
+    from services.common.runtime import run
+
+    return run(serve, settings, "batcher", METRICS_PORT)
+
+
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from services.common.runtime import run
     from services.worker.service import serve
@@ -159,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         .set_defaults(func=_run_router)
     verbs.add_parser("recorder", help="store results in the results database") \
         .set_defaults(func=_run_recorder)
+    verbs.add_parser("batcher", help="send deferrable tasks through the providers' Batch APIs") \
+        .set_defaults(func=_run_batcher)
     worker = verbs.add_parser("worker", help="call the provider for queued tasks")
     worker.add_argument("--tiers", default="", help="comma-separated tiers (default: all)")
     worker.add_argument("--concurrency", type=int, default=None)

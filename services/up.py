@@ -59,6 +59,7 @@ def stack(settings: Settings, config: AgentqConfig, workers: int, autoscale: boo
         ChildSpec("intake", ["intake"]),
         ChildSpec("router", ["router"]),
         ChildSpec("recorder", ["recorder"]),
+        ChildSpec("batcher", ["batcher"]),
         ChildSpec("dashboard", ["dashboard"]),
     ]
     if autoscale:

@@ -68,6 +68,10 @@ class ProviderConfig(BaseModel):
     extra_query: dict[str, QueryValue] = Field(default_factory=dict)
     supports_temperature: bool = True
     max_tokens_param: MaxTokensParam = "max_tokens"
+    # Whether it speaks OpenAI's Batch API (/v1/files, /v1/batches): false sends its
+    # deferrable tasks live. A batch line costs the live price times (1 - batch_discount).
+    batch: bool = True
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
 
     @field_validator("extra_headers")
     @classmethod
@@ -132,6 +136,23 @@ class RoutingConfig(BaseModel):
     floors: dict[str, Tier] = Field(default_factory=dict)
 
 
+class BatchConfig(BaseModel):
+    """How deferrable tasks wait for provider batches (`[batches]`, services.batcher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A (provider, model) batch goes out at this many lines, or when its oldest task has
+    # waited max_age_s, whichever comes first.
+    max_lines: int = Field(default=1_000, ge=1, le=50_000)
+    max_age_s: float = Field(default=60.0, ge=0)
+    poll_s: float = Field(default=30.0, gt=0)  # how often batches in flight are asked about
+    # The turnaround the router expects of a batch (providers promise 24 h, most take far
+    # less), and the time a live call needs when a batch is late: a task goes to a batch only
+    # when its deadline leaves both, and is sent live at deadline - live_margin_s.
+    turnaround_s: float = Field(default=3_600.0, ge=0)
+    live_margin_s: float = Field(default=900.0, ge=0)
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -154,6 +175,7 @@ class AgentqConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    batches: BatchConfig = Field(default_factory=BatchConfig)
     # API keys by tenant ("*" = admin), as `sha256:<hex>` digests: see services.common.api_keys.
     api_keys: dict[str, list[str]] = Field(default_factory=dict)
 

@@ -63,6 +63,48 @@ tasks = Table(
 )
 
 
+# The batcher's claims (services.batcher.claims; docs/batches.md has the states): one row per
+# deferrable task it holds, written before its message is acked and before any upload.
+batch_claims = Table(
+    "agentq_batch_claims",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("custom_id", String(160), nullable=False, unique=True),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("tier", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("group_id", String(64), index=True),
+    Column("batch_id", String(64)),
+    Column("deadline_at", Float),
+    Column("claimed_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("route_reason", Text, nullable=False, default=""),
+    Column("task_json", Text, nullable=False),
+    PrimaryKeyConstraint("tenant", "task_id", name="agentq_batch_claims_pkey"),
+)
+
+# One row per batch the batcher put together; group_id is chosen before the upload and sent
+# as the batch's metadata, so a restart finds a batch whose creation it never heard back.
+batches = Table(
+    "agentq_batches",
+    metadata,
+    Column("group_id", String(64), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("batch_id", String(64)),
+    Column("input_file_id", String(64)),
+    Column("status", String(32)),
+    Column("lines", Integer, nullable=False),
+    Column("completed", Integer),
+    Column("failed", Integer),
+    Column("created_at", Float, nullable=False),
+    Column("submitted_at", Float),
+    Column("ended_at", Float),
+)
+
 def engine_url(url: str) -> str:
     """Point PostgreSQL URLs at psycopg 3, the driver agentq installs."""
     for prefix in ("postgresql://", "postgres://"):

@@ -1,0 +1,101 @@
+"""The provider's JSONL, both ways: a task as a request line, an output or error line as an
+outcome, and an answered line as the task's Result (at the batch price). Pure functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from services.batcher.plan import custom_id_of
+from services.common.config import AgentqConfig, ModelEntry
+from services.common.models import Latency, Result, Task, Usage
+from services.common.pricing import batch_cost
+from services.common.results import answered
+from services.worker.provider import call_options
+
+log = logging.getLogger(__name__)
+CHAT_URL = "/v1/chat/completions"
+
+
+def request_line(task: Task, entry: ModelEntry, config: AgentqConfig) -> dict[str, Any]:
+    """Return a task's line of a batch input file: the body the live call would send."""
+    body = {"model": entry.model, "messages": [m.model_dump() for m in task.messages],
+            **call_options(config.providers[entry.provider], entry, task)}
+    return {"custom_id": custom_id_of(task), "method": "POST", "url": CHAT_URL, "body": body}
+
+
+def jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
+    """Return the lines as one JSONL file."""
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+@dataclass(frozen=True)
+class LineAnswer:
+    """A line of the output file answered with a 200."""
+
+    custom_id: str
+    output: str
+    model: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A line of the output or error file that did not answer: it goes live."""
+
+    custom_id: str
+    code: str
+    message: str
+
+
+def read_lines(text: str) -> list[LineAnswer | LineError]:
+    """Read an output or error file; a line that cannot be read is logged and skipped (its
+    claim has no answer, so it goes live)."""
+    outcomes: list[LineAnswer | LineError] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            outcomes.append(read_line(json.loads(raw)))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("batch result line %d unreadable (%s): %.200s", number, exc, raw)
+    return outcomes
+
+
+def read_line(line: dict[str, Any]) -> LineAnswer | LineError:
+    """Read one result line: `{"custom_id", "response": {"status_code", "body"}, "error"}`."""
+    custom_id = line["custom_id"]
+    if not isinstance(custom_id, str):
+        raise TypeError("custom_id is not a string")
+    response = line.get("response") or {}
+    error = line.get("error") or {}
+    body = response.get("body") or {}
+    if response.get("status_code") == 200 and not error:
+        usage = body.get("usage") or {}
+        return LineAnswer(custom_id, body["choices"][0]["message"].get("content") or "",
+                          body.get("model", ""),
+                          Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                                completion_tokens=int(usage.get("completion_tokens", 0))))
+    detail = error or body.get("error") or {}
+    code = detail.get("code") or f"http_{response.get('status_code', 'none')}"
+    return LineError(custom_id, str(code), str(detail.get("message", "")))
+
+
+def batch_result(task: Task, answer: LineAnswer, *, entry: ModelEntry, tier: str,
+                 route_reason: str, batch_id: str, config: AgentqConfig,
+                 batch_seconds: float, now: float) -> Result:
+    """Build the Result of an answered line: priced at the batch price, with its batch id.
+
+    The time the batch ran counts as the call (`llm`), everything before it as queueing.
+    """
+    total_ms = max(0.0, (now - (task.submitted_at or now)) * 1000)
+    llm_ms = min(total_ms, max(0.0, batch_seconds * 1000))
+    usage = answer.usage
+    result = answered(task, tier=tier, route_reason=route_reason,
+                      latency=Latency(queue=total_ms - llm_ms, llm=llm_ms, total=total_ms),
+                      output=answer.output, model=answer.model or entry.model, usage=usage,
+                      cost_usd=batch_cost(config, entry, usage), config=config, attempts=1)
+    return result.model_copy(update={"batch_id": batch_id})

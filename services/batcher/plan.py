@@ -1,0 +1,134 @@
+"""The batcher's decisions, as pure functions over plain data (unit-tested without a broker).
+
+Which task may wait for a batch, which waiting claims form a batch now, which must go live
+to keep their deadline, how a restart picks up a batch it lost track of, and what becomes of
+each claim once its batch has ended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from services.common.config import AgentqConfig, ModelEntry
+from services.common.deadlines import due_live, route_deferrable
+from services.common.models import Task
+
+ClaimState = Literal["waiting", "uploading", "submitted", "done", "live"]
+HELD: tuple[ClaimState, ...] = ("waiting", "uploading", "submitted")  # no Result yet
+# The provider's statuses after which a batch changes no more (OpenAI's Batch object).
+ENDED_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One deferrable task the batcher holds (a row of `agentq_batch_claims`)."""
+
+    tenant: str
+    task_id: str
+    custom_id: str
+    provider: str
+    model: str
+    tier: str
+    state: ClaimState
+    claimed_at: float
+    deadline_at: float | None = None
+    group_id: str | None = None
+    batch_id: str | None = None
+    route_reason: str = ""
+
+
+def custom_id_of(task: Task) -> str:
+    """Return a task's `custom_id` in a batch: `<tenant>/<id>` (ids are unique per tenant;
+    neither holds a `/`)."""
+    return f"{task.tenant}/{task.id}"
+
+
+def batch_entry(config: AgentqConfig, tier: str) -> ModelEntry | None:
+    """Return the model a tier's batches go to (its first), or None when its provider has no
+    Batch API (`batch = false`)."""
+    entry = config.primary(tier)
+    return entry if config.providers[entry.provider].batch else None
+
+
+def goes_to_batch(task: Task, tier: str, config: AgentqConfig, now: float) -> bool:
+    """Say whether a routed task (cache missed, tier chosen) waits for a provider batch.
+
+    A validator's failed check escalates through live calls of the next tier, so a task that
+    carries one goes live from the start.
+    """
+    if not task.deferrable or task.validator is not None or batch_entry(config, tier) is None:
+        return False
+    rules = config.batches
+    route = route_deferrable(_moment(now), task.deadline_moment(), True,
+                             rules.turnaround_s, rules.live_margin_s)
+    return route == "batch"
+
+
+def ready_groups(waiting: Iterable[Claim], now: float, max_lines: int,
+                 max_age_s: float) -> list[list[Claim]]:
+    """Return the batches to send now: per (provider, model), oldest first, full batches of
+    `max_lines`, and the rest once its oldest claim has waited `max_age_s`."""
+    by_model: dict[tuple[str, str], list[Claim]] = defaultdict(list)
+    for claim in sorted(waiting, key=lambda c: (c.claimed_at, c.custom_id)):
+        by_model[(claim.provider, claim.model)].append(claim)
+    ready: list[list[Claim]] = []
+    for claims in by_model.values():
+        for start in range(0, len(claims), max_lines):
+            chunk = claims[start:start + max_lines]
+            if len(chunk) == max_lines or chunk[0].claimed_at <= now - max_age_s:
+                ready.append(chunk)
+    return ready
+
+
+def due_claims(claims: Iterable[Claim], now: float, live_margin_s: float) -> list[Claim]:
+    """Return the claims still without a Result whose deadline is now too near to wait."""
+    return [c for c in claims if c.state in HELD and c.deadline_at is not None
+            and due_live(_moment(now), _moment(c.deadline_at), live_margin_s)]
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a restart does with the batches it was uploading when it stopped."""
+
+    adopt: dict[str, str]  # group_id -> the provider's batch id: it exists, poll it
+    upload: list[str]  # group_ids the provider never created: upload them (once)
+
+
+def reconcile(uploading: Iterable[str], found: Mapping[str, str]) -> Reconciled:
+    """Match groups left `uploading` with the provider's batches (by `metadata.agentq_group`)."""
+    adopt: dict[str, str] = {}
+    upload: list[str] = []
+    for group_id in uploading:
+        if group_id in found:
+            adopt[group_id] = found[group_id]
+        else:
+            upload.append(group_id)
+    return Reconciled(adopt, upload)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What becomes of a batch's claims once it has ended."""
+
+    answered: list[Claim]  # a line answered: publish its Result
+    live: list[Claim]  # failed, expired, cancelled or missing: send it to its tier live
+
+
+def settle(members: Iterable[Claim], answered_ids: Iterable[str]) -> Settlement:
+    """Split an ended batch's claims: answered lines get a Result, every other one goes live.
+
+    Claims already `done` or `live` (sent live as their deadline neared) are left alone, so
+    an answer that comes after all is not published a second time.
+    """
+    answers = set(answered_ids)
+    held = [c for c in members if c.state in HELD]
+    return Settlement([c for c in held if c.custom_id in answers],
+                      [c for c in held if c.custom_id not in answers])
+
+
+def _moment(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

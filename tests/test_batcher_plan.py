@@ -1,0 +1,156 @@
+"""The batcher's pure parts: who may wait, grouping, deadlines, reconcile, settle, lines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from services.batcher.lines import (
+    LineAnswer,
+    LineError,
+    batch_result,
+    jsonl,
+    read_line,
+    read_lines,
+    request_line,
+)
+from services.batcher.plan import (
+    Claim,
+    batch_entry,
+    custom_id_of,
+    due_claims,
+    goes_to_batch,
+    ready_groups,
+    reconcile,
+    settle,
+)
+from services.common.config import AgentqConfig, load_config
+from services.common.models import Task, Usage, Validator
+
+
+def config(**provider: Any) -> AgentqConfig:
+    raw = load_config(None).model_dump()
+    raw["providers"]["mock"].update(provider)
+    raw["batches"] = {"turnaround_s": 600, "live_margin_s": 300}
+    return AgentqConfig.model_validate(raw)
+
+
+def claim(n: int, at: float, model: str = "gpt-4o-mini", **fields: Any) -> Claim:
+    base = Claim(tenant="t", task_id=f"id{n}", custom_id=f"t/id{n}", provider="mock",
+                 model=model, tier="cheap", state="waiting", claimed_at=at)
+    return replace(base, **fields)
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"deferrable": False}, False),
+    ({"deferrable": True}, True),  # no deadline: the provider's window bounds it
+    ({"deferrable": True, "deadline": "2h"}, True),  # 2 h >= 600 s + 300 s
+    ({"deferrable": True, "deadline": "10m"}, False),  # 600 s < 900 s: live
+    ({"deferrable": True, "deadline": "15m"}, True),  # exactly the room needed
+    ({"deferrable": True, "validator": Validator(labels=["a"])}, False),  # cascades are live
+])
+def test_goes_to_batch(fields: dict[str, Any], expected: bool) -> None:
+    task = Task(prompt="x", submitted_at=NOW, **fields)
+    assert goes_to_batch(task, "cheap", config(), NOW) is expected
+
+
+def test_a_provider_without_a_batch_api_sends_deferrable_tasks_live() -> None:
+    table = config(batch=False)
+    assert batch_entry(table, "cheap") is None
+    assert not goes_to_batch(Task(prompt="x", deferrable=True), "cheap", table, NOW)
+    assert batch_entry(config(), "cheap") == config().primary("cheap")
+
+
+def test_custom_id_keeps_tenant_and_id_apart() -> None:
+    assert custom_id_of(Task(prompt="x", tenant="acme", id="a:1")) == "acme/a:1"
+
+
+def test_full_batches_go_at_once_and_the_rest_when_old() -> None:
+    young = [claim(i, NOW - 1) for i in range(5)]
+    assert [len(g) for g in ready_groups(young, NOW, max_lines=2, max_age_s=60)] == [2, 2]
+    assert ready_groups(young[:1], NOW, 2, 60) == []
+    old = [claim(9, NOW - 61)]
+    assert ready_groups(old, NOW, 2, 60) == [old]
+
+
+def test_groups_are_per_provider_and_model_oldest_first() -> None:
+    claims = [claim(1, NOW - 5, "b"), claim(2, NOW - 9, "a"), claim(3, NOW - 7, "b")]
+    groups = ready_groups(claims, NOW, max_lines=10, max_age_s=0)
+    assert [[c.task_id for c in g] for g in groups] == [["id2"], ["id3", "id1"]]
+
+
+def test_due_claims_are_the_held_ones_near_their_deadline() -> None:
+    claims = [claim(1, NOW, deadline_at=NOW + 299), claim(2, NOW, deadline_at=NOW + 301),
+              claim(3, NOW), claim(4, NOW, deadline_at=NOW, state="done"),
+              claim(5, NOW, deadline_at=NOW + 10, state="submitted")]
+    assert [c.task_id for c in due_claims(claims, NOW, 300)] == ["id1", "id5"]
+
+
+def test_reconcile_adopts_found_batches_and_uploads_the_rest_once() -> None:
+    plan = reconcile(["g1", "g2", "g3"], {"g2": "batch_2"})
+    assert plan.adopt == {"g2": "batch_2"}
+    assert plan.upload == ["g1", "g3"]
+
+
+def test_settle_publishes_answers_sends_the_rest_live_and_leaves_settled_alone() -> None:
+    members = [claim(1, NOW, state="submitted"), claim(2, NOW, state="submitted"),
+               claim(3, NOW, state="live"), claim(4, NOW, state="done")]
+    settled = settle(members, ["t/id1", "t/id3", "t/id4"])
+    assert [c.task_id for c in settled.answered] == ["id1"]
+    assert [c.task_id for c in settled.live] == ["id2"]
+
+
+def test_request_line_is_the_live_body() -> None:
+    table = config()
+    task = Task(prompt="hello", tenant="t", id="a", max_tokens=5)
+    line = request_line(task, table.primary("cheap"), table)
+    assert line == {"custom_id": "t/a", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "gpt-4o-mini",
+                             "messages": [{"role": "user", "content": "hello"}],
+                             "temperature": 0.0, "max_tokens": 5}}
+    assert [json.loads(x) for x in jsonl([line, line]).decode().splitlines()] == [line, line]
+
+
+ANSWER = {"id": "r1", "custom_id": "t/a", "error": None, "response": {
+    "status_code": 200, "request_id": "q",
+    "body": {"model": "gpt-4o-mini", "choices": [{"message": {"content": "yes"}}],
+             "usage": {"prompt_tokens": 1000, "completion_tokens": 2000}}}}
+
+
+def test_result_lines_are_read_as_answers_and_errors() -> None:
+    assert read_line(ANSWER) == LineAnswer("t/a", "yes", "gpt-4o-mini", Usage(
+        prompt_tokens=1000, completion_tokens=2000))
+    failed = {"custom_id": "t/b", "error": None, "response": {
+        "status_code": 500, "body": {"error": {"code": "server_error", "message": "boom"}}}}
+    assert read_line(failed) == LineError("t/b", "server_error", "boom")
+    expired = {"custom_id": "t/c", "response": None,
+               "error": {"code": "batch_expired", "message": "not run"}}
+    assert read_line(expired) == LineError("t/c", "batch_expired", "not run")
+    text = "\n".join([json.dumps(ANSWER), "not json", json.dumps({"no": "id"}), ""])
+    assert [o.custom_id for o in read_lines(text)] == ["t/a"]  # the unreadable go live
+
+
+def test_a_batch_result_costs_the_batch_price_and_names_its_batch() -> None:
+    table = config(batch_discount=0.5)
+    entry = table.primary("cheap")
+    task = Task(prompt="x", tenant="t", id="a", kind="classify", submitted_at=NOW - 100)
+    answer = read_line(ANSWER)
+    assert isinstance(answer, LineAnswer)
+    result = batch_result(task, answer, entry=entry, tier="cheap", route_reason="kind",
+                          batch_id="batch_1", config=table, batch_seconds=40, now=NOW)
+    live = entry.cost(1000, 2000)
+    assert result.cost_usd == pytest.approx(live * 0.5)
+    assert (result.batch_id, result.status, result.output) == ("batch_1", "succeeded", "yes")
+    assert result.latency_ms.llm == pytest.approx(40_000)
+    assert result.latency_ms.total == pytest.approx(100_000)
+    assert result.cost_saved_usd > 0
+    other = config(batch_discount=0.2)
+    priced = batch_result(task, answer, entry=entry, tier="cheap", route_reason="kind",
+                          batch_id="batch_1", config=other, batch_seconds=40, now=NOW)
+    assert priced.cost_usd == pytest.approx(live * 0.8)
