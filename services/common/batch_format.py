@@ -8,7 +8,7 @@ Pure functions over bytes and dicts; each caller turns `BatchFileError` into its
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -58,10 +58,12 @@ def first_problem(exc: ValidationError) -> tuple[str | None, str]:
 
 
 def parse_batch_input(content: bytes, urls: Collection[str] = BATCH_URLS,
-                      max_lines: int = MAX_BATCH_LINES) -> list[BatchLine]:
+                      max_lines: int = MAX_BATCH_LINES,
+                      check: Callable[[BatchLine], object] | None = None) -> list[BatchLine]:
     """Return the request lines of a batch input file, or raise BatchFileError naming the line.
 
-    `urls` narrows the endpoints a line may name (agentq's ingest answers chat only).
+    `urls` narrows the endpoints a line may name (agentq's ingest answers chat only);
+    `check` is the caller's own check of a line, whose BatchFileError gets the line number.
     """
     try:
         text = content.decode("utf-8")
@@ -73,6 +75,8 @@ def parse_batch_input(content: bytes, urls: Collection[str] = BATCH_URLS,
         if not raw.strip():
             continue  # a trailing newline or blank separator line carries no request
         line = _parse_line(number, raw, urls)
+        if check is not None:
+            _check_line(number, line, check)
         if line.custom_id in seen:
             message = (
                 f"Line {number}: duplicate custom_id {line.custom_id!r} (first on line "
@@ -105,6 +109,13 @@ def _parse_line(number: int, raw: str, urls: Collection[str]) -> BatchLine:
         message = f"Line {number}: url {line.url!r} is not served here; use one of {list(urls)}."
         raise BatchFileError(message, "url", "invalid_value")
     return line
+
+
+def _check_line(number: int, line: BatchLine, check: Callable[[BatchLine], object]) -> None:
+    try:
+        check(line)
+    except BatchFileError as exc:
+        raise BatchFileError(f"Line {number}: {exc.message}", exc.param, exc.code) from None
 
 
 def output_record(record_id: str, custom_id: str, status_code: int, request_id: str,

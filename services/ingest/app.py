@@ -14,6 +14,11 @@ from services.common.clients import sync_redis_client
 from services.common.settings import Settings
 from services.common.store import make_engine
 from services.common.topology import Names
+from services.ingest.batch_accept import BatchAcceptor
+from services.ingest.batch_routes import EXTENSION as BATCHES
+from services.ingest.batch_routes import batches
+from services.ingest.batch_service import BatchService
+from services.ingest.batch_store import create_batch_tables
 from services.ingest.metrics import make_metrics
 from services.ingest.publisher import Publisher
 from services.ingest.routes import EXTENSION, Ingest, error_response, ops, tasks
@@ -90,12 +95,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     # A fresh broker gets its exchanges and queues now; if it is down, the first publish retries.
     publisher.ensure_topology()
     metrics = make_metrics(CollectorRegistry())
+    engine = make_engine(settings.database_url)
     app.extensions[EXTENSION] = Ingest(
-        settings=settings, engine=make_engine(settings.database_url), publisher=publisher,
+        settings=settings, engine=engine, publisher=publisher,
         redis=sync_redis_client(settings.redis_url),
         metrics=metrics, exposition=_exposition_registry(metrics.registry), keys=keys)
     app.register_blueprint(tasks)
     app.register_blueprint(ops)
+    create_batch_tables(engine)
+    acceptor = BatchAcceptor(engine, publisher)
+    app.extensions[BATCHES] = BatchService(engine, acceptor, settings.batch_file_max_bytes)
+    app.register_blueprint(batches)
+    acceptor.wake_if_pending()  # lines a dead ingest left unaccepted are taken up
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_start_timer)
     app.after_request(_observe)

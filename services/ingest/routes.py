@@ -66,16 +66,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 @tasks.before_request
-def _authenticate() -> Response | None:
+def authenticate() -> Response | None:
     """Find the tenant of the bearer key (`*` for an admin key, or when no key is set)."""
     keys = _ingest().keys
     if keys.open:
         g.agentq_caller = ADMIN
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    caller = keys.tenant_for(token.strip()) if scheme.lower() == "bearer" else None
-    if caller is not None:
-        g.agentq_caller = caller
+    tenant = keys.tenant_for(token.strip()) if scheme.lower() == "bearer" else None
+    if tenant is not None:
+        g.agentq_caller = tenant
         return None
     response = error_response(401, "unauthorized",
                               "a valid 'Authorization: Bearer <key>' header is required",
@@ -84,9 +84,10 @@ def _authenticate() -> Response | None:
     return response
 
 
-def _caller() -> str:
-    caller: str = g.agentq_caller
-    return caller
+def caller() -> str:
+    """Return the tenant `authenticate` found for this request (`*` = admin or open)."""
+    found: str = g.agentq_caller
+    return found
 
 
 def _accept(ingest: Ingest, task: Task) -> dict[str, str]:
@@ -108,7 +109,7 @@ def submit() -> ResponseReturnValue:
     except InvalidTask as exc:
         return error_response(400, "invalid_task", exc.message, exc.field)
     try:
-        batch = scope_tasks(batch, _caller(), listed=isinstance(payload, list))
+        batch = scope_tasks(batch, caller(), listed=isinstance(payload, list))
     except Forbidden as exc:
         return error_response(403, "forbidden", exc.message, exc.field)
     backlog = ingest.publisher.backlog()
@@ -149,7 +150,7 @@ def show(task_id: str) -> ResponseReturnValue:
     Ids are per tenant, so an admin key (or open mode) names the tenant with `?tenant=`
     when several use the id, else the answer is 409 naming field `tenant`.
     """
-    tenant = lookup_tenant(_caller(), request.args.get("tenant"))
+    tenant = lookup_tenant(caller(), request.args.get("tenant"))
     try:
         rows = _rows(_ingest().engine, task_id, tenant)
     except SQLAlchemyError as exc:
