@@ -27,8 +27,12 @@ from services.batcher.plan import (
     reconcile,
     settle,
 )
+from services.common.cache import CachedAnswer
 from services.common.config import AgentqConfig, load_config
 from services.common.models import Task, Usage, Validator
+from services.common.semantic_cache import SemanticHit
+from services.router.decide import Answer, Defer, Found, Route, route_plan
+from services.router.policy import RouteDecision
 
 
 def config(**provider: Any) -> AgentqConfig:
@@ -154,3 +158,28 @@ def test_a_batch_result_costs_the_batch_price_and_names_its_batch() -> None:
     priced = batch_result(task, answer, entry=entry, tier="cheap", route_reason="kind",
                           batch_id="batch_1", config=other, batch_seconds=40, now=NOW)
     assert priced.cost_usd == pytest.approx(live * 0.8)
+
+
+
+# --- the router's branch (services/router/decide.py dispatch) ------------------------------
+
+HIT = CachedAnswer(output="o", model="m", tier="cheap", usage=Usage())
+
+
+def _first(found: Found, table: AgentqConfig | None = None, **fields: Any) -> object:
+    task = Task(prompt="x", tenant="t", id="a", submitted_at=NOW, **fields)
+    return route_plan(task, RouteDecision("cheap", "kind:classify"), "ok", found,
+                      table or config(), NOW)[0]
+
+
+def test_the_router_defers_a_deferrable_miss_and_nothing_else() -> None:
+    deferred = _first(Found(), deferrable=True, deadline="2h")
+    assert isinstance(deferred, Defer) and deferred.tier == "cheap"
+    assert isinstance(_first(Found(), deferrable=True, deadline="5m"), Route)  # too near
+    assert isinstance(_first(Found()), Route)
+    assert isinstance(_first(Found(exact=HIT), deferrable=True), Answer)  # a hit never waits
+    sampled = config().cache.model_copy(update={"verify_share": 1.0})
+    verify = _first(Found(semantic=SemanticHit(key="k", similarity=0.99, answer=HIT)),
+                    config().model_copy(update={"cache": sampled}), deferrable=True)
+    assert isinstance(verify, Route)  # its worker compares the answers live
+    assert isinstance(_first(Found(), config(batch=False), deferrable=True), Route)

@@ -11,7 +11,8 @@ The table, in the order a task meets it (step: function -> outcome):
     `...;semantic:<similarity>`)
   - a semantic hit sampled: `Route` with the verify header (reason `...;verify`): the worker
     asks the model for real and compares
-  - no hit: `dispatch` -> `Route` to the tier's work queue (the tenant's lane)
+  - no hit: `dispatch` -> `Route` to the tier's work queue (the tenant's lane), or `Defer`
+    to the batcher for a deferrable task whose deadline leaves room (`plan.goes_to_batch`)
   - then `Emit` task.routed with the cache outcome.
 
 `Router.act` (`service.py`) carries a Plan out; nothing here touches the broker, Redis or a clock.
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from services.batcher.plan import goes_to_batch
 from services.common.budget import BudgetLevel
 from services.common.cache import CachedAnswer, cacheable
 from services.common.config import AgentqConfig
@@ -71,6 +73,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Defer:
+    """Queue the task for the batcher (`agentq.batch`, key = its tier): it waits for a
+    provider batch, at the batch price."""
+
+    tier: str
+    task: Task
+    headers: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Emit:
     """Publish a telemetry event about the task."""
 
@@ -80,7 +92,7 @@ class Emit:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
-Action = Reject | Answer | Route | Emit
+Action = Reject | Answer | Route | Defer | Emit
 Plan = tuple[Action, ...]
 
 
@@ -140,14 +152,19 @@ def route_plan(task: Task, route: RouteDecision, level: BudgetLevel, found: Foun
         headers[ROUTE_HEADER] = route.reason
         headers[VERIFY_HEADER] = json.dumps({"key": hit.key, "output": hit.answer.output,
                                              "similarity": hit.similarity})
-    return (*soft, dispatch(task, route, headers), routed(task, route, "miss"))
+    return (*soft, dispatch(task, route, headers, config, now), routed(task, route, "miss"))
 
 
-def dispatch(task: Task, route: RouteDecision, headers: Mapping[str, Any]) -> Action:
-    """Say where a task no cache answered goes: to a worker of its tier.
+def dispatch(task: Task, route: RouteDecision, headers: Mapping[str, Any],
+             config: AgentqConfig | None = None, now: float = 0.0) -> Action:
+    """Say where a task no cache answered goes: to a worker of its tier, or to the batcher.
 
-    Every other way out for such a task (a deferrable one to the batcher) is a branch here.
+    Deferred only after the caches and the tier (a hit never waits; a batch is per provider
+    and model), and never a semantic hit sampled for verification (its worker compares).
     """
+    if (config is not None and VERIFY_HEADER not in headers
+            and goes_to_batch(task, route.tier, config, now)):
+        return Defer(route.tier, task, headers)
     return Route(route.tier, task, headers)
 
 

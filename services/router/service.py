@@ -26,6 +26,7 @@ from services.common.settings import Settings
 from services.common.topology import declare_topology
 from services.router.decide import (
     Answer,
+    Defer,
     Emit,
     Found,
     Plan,
@@ -113,6 +114,11 @@ class Router:
                     ROUTED.labels(tier=tier, cache=cache).inc()
                 case Route(tier, task, headers):
                     await self.send_to_workers(tier, task, headers)
+                    ROUTED.labels(tier=tier, cache="miss").inc()
+                case Defer(tier, task, headers):
+                    await self.bus.publish(self.bus.names.batch, tier, task,
+                                           priority=task.priority, message_id=task.id,
+                                           headers=dict(headers))
                     ROUTED.labels(tier=tier, cache="miss").inc()
                 case Emit(type_, tenant, task_id, data):
                     await emit(self.bus, type_, SERVICE, tenant=tenant, task_id=task_id, **data)
