@@ -152,7 +152,7 @@ def test_index_finds_what_brute_force_finds(size: int) -> None:
     vectors = EMBEDDER.embed_now(texts)
     index = SemanticIndex(256)
     index.add_many(("scope", f"k{i}", v, 1e12) for i, v in enumerate(vectors))
-    assert index.bucket("scope").uses_lsh == (size > BRUTE_FORCE_MAX)  # type: ignore[union-attr]
+    assert index.shard("scope").uses_lsh == (size > BRUTE_FORCE_MAX)  # type: ignore[union-attr]
     queries = EMBEDDER.embed_now([f"Please {t.lower()}" for t in texts[:200]])
     agree = 0
     for query in queries:
@@ -178,7 +178,7 @@ def test_index_removes_replaces_and_expires() -> None:
     index.remove("s", "k1")
     assert index.search("s", a, now=0, min_score=0.9) == []
     index.expire(now=1_000)
-    assert len(index) == 0 and index.bucket("s") is None
+    assert len(index) == 0 and index.shard("s") is None
 
 
 @pytest.mark.parametrize(("fields", "expected"), [

@@ -149,7 +149,7 @@ class DeadLetterQueue:
         self.names = names
 
     @contextmanager
-    def _held(self, at_most: int
+    def _in_hand(self, at_most: int
               ) -> Iterator[tuple[Any, list[tuple[int, DeadLetter]], list[int]]]:
         """Yield (channel, [(delivery tag, letter)], acked) with every letter unacknowledged;
         the caller appends to `acked` the tags it acknowledged, and the rest go back."""
@@ -159,17 +159,17 @@ class DeadLetterQueue:
         try:
             channel = connection.channel()
             channel.confirm_delivery()
-            held: list[tuple[int, DeadLetter]] = []
-            while len(held) < at_most:
+            in_hand: list[tuple[int, DeadLetter]] = []
+            while len(in_hand) < at_most:
                 method, properties, body = channel.basic_get(self.names.dead, auto_ack=False)
                 if method is None:
                     break
-                held.append((method.delivery_tag,
-                             parse(len(held), body, properties, method.routing_key)))
+                in_hand.append((method.delivery_tag,
+                                parse(len(in_hand), body, properties, method.routing_key)))
             acked: list[int] = []
-            yield channel, held, acked
+            yield channel, in_hand, acked
             if connection.is_open:
-                self._give_back(channel, len(held) - len(acked))
+                self._give_back(channel, len(in_hand) - len(acked))
         finally:
             if connection.is_open:
                 connection.close()
@@ -189,15 +189,15 @@ class DeadLetterQueue:
 
     def list(self, where: Filter = Filter(), at_most: int = READ_AT_MOST) -> list[DeadLetter]:
         """Return the letters that match, leaving the queue as it was."""
-        with self._held(at_most) as (_, held, _acked):
-            return [letter for _, letter in held if where.matches(letter)]
+        with self._in_hand(at_most) as (_, in_hand, _acked):
+            return [letter for _, letter in in_hand if where.matches(letter)]
 
     def replay(self, engine: Engine, where: Filter = Filter(),
                at_most: int = READ_AT_MOST) -> ReplayReport:
         """Send every matching task back to the router; see the module docstring."""
         report = ReplayReport()
-        with self._held(at_most) as (channel, held, acked):
-            for tag, letter in held:
+        with self._in_hand(at_most) as (channel, in_hand, acked):
+            for tag, letter in in_hand:
                 if letter.task is None:
                     report.unreadable += 1
                     continue

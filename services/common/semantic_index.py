@@ -1,13 +1,13 @@
-"""An in-memory nearest-neighbour index of prompt vectors, one bucket per cache scope.
+"""An in-memory nearest-neighbour index of prompt vectors, one shard per cache scope.
 
-Each bucket (tenant, kind, tier, context) holds its vectors in one float32 matrix. Up to
-`BRUTE_FORCE_MAX` live entries a lookup is one matrix-vector product. Past that the bucket
-keeps random-hyperplane LSH tables (`LSH_TABLES` × `LSH_BITS` bits, centred on the bucket's
+Each shard (tenant, kind, tier, context) holds its vectors in one float32 matrix. Up to
+`BRUTE_FORCE_MAX` live entries a lookup is one matrix-vector product. Past that the shard
+keeps random-hyperplane LSH tables (`LSH_TABLES` × `LSH_BITS` bits, centred on the shard's
 mean so that prompts sharing a template still spread over the cells) and a lookup scores,
 exactly by cosine, only the rows in the query's cells and their one-bit neighbours, plus the
 rows added since the tables were last built (rebuilt when those pass a sixteenth of the
-bucket). Expired and removed rows are masked, and compacted away once they are half the
-bucket.
+shard). Expired and removed rows are masked, and compacted away once they are half the
+shard.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class LshTables:
         return self._rows[offsets + np.arange(total)]
 
 
-class Bucket:
+class Shard:
     """The vectors of one cache scope."""
 
     def __init__(self, dimensions: int, planes: np.ndarray) -> None:
@@ -92,12 +92,12 @@ class Bucket:
         self._keys.append(key)
         self._row_of[key] = row
 
-    def settle(self) -> None:
-        """Rebuild the LSH tables once enough rows have been added since the last build."""
+    def rebuild(self) -> None:
+        """Rebuild the LSH tables, once enough rows have been added since the last rebuild."""
         unindexed = len(self._keys) - self._indexed
         if len(self._row_of) > BRUTE_FORCE_MAX and unindexed > max(REBUILD_MIN,
                                                                   len(self._row_of) // 16):
-            self._rebuild()
+            self._rebuild_now()
 
     def remove(self, key: str) -> None:
         row = self._row_of.pop(key, None)
@@ -127,7 +127,7 @@ class Bucket:
         for row in rows[self._expires[rows] <= now].tolist():
             self.remove(self._keys[row])  # type: ignore[arg-type]
         if len(self._keys) > 1_024 and len(self._row_of) < len(self._keys) // 2:
-            self._rebuild()
+            self._rebuild_now()
         return len(self._row_of)
 
     def _candidate_rows(self, query: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ class Bucket:
         scanned = np.arange(self._indexed, len(self._keys))
         return np.unique(np.concatenate((self._lsh.candidates(query), scanned)))
 
-    def _rebuild(self) -> None:
+    def _rebuild_now(self) -> None:
         """Compact away dead rows and hash every live one afresh (LSH past the threshold)."""
         live = sorted(self._row_of.items(), key=lambda item: item[1])
         rows = np.array([row for _, row in live], dtype=np.int64)
@@ -163,47 +163,47 @@ class Bucket:
 
 
 class SemanticIndex:
-    """Buckets of vectors by cache scope; a key lives in exactly one bucket."""
+    """Shards of vectors by cache scope; a key lives in exactly one shard."""
 
     def __init__(self, dimensions: int, seed: int = PLANES_SEED) -> None:
         self.dimensions = dimensions
         rng = np.random.default_rng(seed)
         self._planes = rng.standard_normal((LSH_TABLES * LSH_BITS, dimensions)).astype(
             np.float32)
-        self._buckets: dict[str, Bucket] = {}
+        self._shards: dict[str, Shard] = {}
 
     def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self._buckets.values())
+        return sum(len(shard) for shard in self._shards.values())
 
-    def bucket(self, scope: str) -> Bucket | None:
-        return self._buckets.get(scope)
+    def shard(self, scope: str) -> Shard | None:
+        return self._shards.get(scope)
 
     def add(self, scope: str, key: str, vector: np.ndarray, expires_at: float) -> None:
         self.add_many([(scope, key, vector, expires_at)])
 
     def add_many(self, records: Iterable[tuple[str, str, np.ndarray, float]]) -> None:
         """Add (scope, key, vector, expires_at) records, then rebuild what needs it once."""
-        touched: dict[str, Bucket] = {}
+        touched: dict[str, Shard] = {}
         for scope, key, vector, expires_at in records:
-            bucket = self._buckets.get(scope)
-            if bucket is None:
-                bucket = self._buckets[scope] = Bucket(self.dimensions, self._planes)
-            bucket.add(key, vector, expires_at)
-            touched[scope] = bucket
-        for bucket in touched.values():
-            bucket.settle()
+            shard = self._shards.get(scope)
+            if shard is None:
+                shard = self._shards[scope] = Shard(self.dimensions, self._planes)
+            shard.add(key, vector, expires_at)
+            touched[scope] = shard
+        for shard in touched.values():
+            shard.rebuild()
 
     def remove(self, scope: str, key: str) -> None:
-        bucket = self._buckets.get(scope)
-        if bucket is not None:
-            bucket.remove(key)
+        shard = self._shards.get(scope)
+        if shard is not None:
+            shard.remove(key)
 
     def search(self, scope: str, query: np.ndarray, now: float, min_score: float,
                k: int = 8) -> list[tuple[str, float]]:
-        bucket = self._buckets.get(scope)
-        return bucket.search(query, now, min_score, k) if bucket is not None else []
+        shard = self._shards.get(scope)
+        return shard.search(query, now, min_score, k) if shard is not None else []
 
     def expire(self, now: float) -> None:
-        """Drop expired entries everywhere, and buckets left empty."""
-        for scope in [s for s, b in self._buckets.items() if b.expire(now) == 0]:
-            del self._buckets[scope]
+        """Drop expired entries everywhere, and shards left empty."""
+        for scope in [s for s, b in self._shards.items() if b.expire(now) == 0]:
+            del self._shards[scope]
