@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import quicktok
 from pydantic import ValidationError
 
 from services.common.tokens import count_messages, count_text
@@ -28,8 +29,10 @@ from services.mockllm.answers import NOT_SURE, answer, embed, is_cheap, parse_la
 from services.mockllm.ratelimit import RateLimiter, format_duration
 from services.mockllm.server import parse_settings
 from services.mockllm.settings import ControlUpdate
+from services.mockllm.usage import billed_prompt_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
+O200K = quicktok.get_encoding("o200k_base")  # gpt-4o's vocabulary, read apart from agentq
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 
 
@@ -236,6 +239,59 @@ def test_embeddings_are_unit_vectors_where_similar_texts_lie_close() -> None:
     assert sum(v * v for v in embed("   ")) == pytest.approx(1.0)
 
 
+# --- usage.py: prompt tokens billed as OpenAI's chat format does ------------------------
+
+# The tiktoken cookbook's example conversation, and the prompt tokens OpenAI's API reported
+# for it (its num_tokens_from_messages agrees): 129 for cl100k models, 124 for o200k ones.
+COOKBOOK = [
+    {"role": "system", "content": "You are a helpful, pattern-following assistant that "
+     "translates corporate jargon into plain English."},
+    {"role": "system", "name": "example_user",
+     "content": "New synergies will help drive top-line growth."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Things working well together will increase revenue."},
+    {"role": "system", "name": "example_user", "content": "Let's circle back when we have "
+     "more bandwidth to touch base on opportunities for increased leverage."},
+    {"role": "system", "name": "example_assistant",
+     "content": "Let's talk later when we're less busy about how to do better."},
+    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean "
+     "for the client deliverable."},
+]
+
+
+@pytest.mark.parametrize(("model", "billed"), [
+    ("gpt-3.5-turbo", 129), ("gpt-4", 129), ("gpt-4o", 124), ("gpt-4o-mini", 124),
+    ("gpt-3.5-turbo-0301", 127),  # 4 per message, a name in place of the role
+])
+def test_usage_bills_the_cookbook_example_as_openai_did(model: str, billed: int) -> None:
+    assert billed_prompt_tokens(COOKBOOK, model) == billed
+
+
+def test_usage_counts_every_field_as_sent() -> None:
+    plain = [{"role": "user", "content": "Where is my parcel?"}]
+    question = len(O200K.encode(plain[0]["content"]))
+    assert billed_prompt_tokens(plain, "gpt-4o") == 3 + 3 + 1 + question
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Where is "},
+                                          {"type": "text", "text": "my parcel?"}]}]
+    assert billed_prompt_tokens(parts, "gpt-4o") == billed_prompt_tokens(plain, "gpt-4o")
+    named = [{**plain[0], "name": "ana"}]
+    assert billed_prompt_tokens(named, "gpt-4o") == (
+        billed_prompt_tokens(plain, "gpt-4o") + len(O200K.encode("ana")) + 1)
+    call = {"id": "c1", "type": "function", "function": {"name": "track", "arguments": "{}"}}
+    tool_turn = [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    assert billed_prompt_tokens(tool_turn, "gpt-4o") == 3 + 3 + 1 + len(
+        O200K.encode(json.dumps([call], separators=(",", ":"))))
+
+
+def test_agentqs_estimate_is_the_bill_for_a_tasks_messages() -> None:
+    # What the limiter reserves for a Task's prompt is what the provider will bill for it.
+    messages = [{"role": "system", "content": "You sort support tickets."},
+                {"role": "user", "content": "お誕生日おめでとう, where is my parcel?"}]
+    for model in ("gpt-4o-mini", "gpt-4", "o1"):
+        assert count_messages(messages, model=model) == billed_prompt_tokens(messages, model)
+    assert count_messages(COOKBOOK, model="gpt-4o") == 124  # names counted too
+
+
 # --- settings.py and flags ----------------------------------------------------------------
 
 
@@ -384,8 +440,11 @@ def test_chat_completion_matches_the_tokenizer_and_answers(client: openai.OpenAI
     assert choice.message.content == answer(messages, "gpt-4o").text
     assert choice.message.content in {"billing", "shipping", "other"}
     assert completion.usage is not None
-    assert completion.usage.prompt_tokens == count_messages(messages)
-    assert completion.usage.completion_tokens == count_text(choice.message.content)
+    # Billed by OpenAI's chat format in gpt-4o's own vocabulary (o200k_base).
+    assert completion.usage.prompt_tokens == billed_prompt_tokens(messages, "gpt-4o") == (
+        3 + (3 + len(O200K.encode("system")) + len(O200K.encode(messages[0]["content"])))
+        + (3 + len(O200K.encode("user")) + len(O200K.encode(messages[1]["content"]))))
+    assert completion.usage.completion_tokens == len(O200K.encode(choice.message.content))
     assert (
         completion.usage.total_tokens
         == completion.usage.prompt_tokens + completion.usage.completion_tokens
@@ -428,7 +487,7 @@ def test_over_tpm_counts_prompt_plus_max_tokens(client: openai.OpenAI, mock: str
     first = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=user("hi"), max_tokens=700
     )
-    charged = count_messages(user("hi")) + 700
+    charged = billed_prompt_tokens(user("hi"), "gpt-4o") + 700
     # The bucket refills 1000/60 tokens a second, so allow for the moments between calls.
     assert 0 <= int(first.headers["x-ratelimit-remaining-tokens"]) - (1000 - charged) <= 2
     assert DURATION.match(first.headers["x-ratelimit-reset-tokens"])

@@ -109,6 +109,7 @@ def count_messages(messages: Iterable[Mapping[str, str]], model: str | None = No
     count = counter(tokenizer or tokenizer_for(model))
     total = _REPLY_PRIMER
     for message in messages:
-        total += _PER_MESSAGE_OVERHEAD + count(str(message.get("content") or ""))
-        total += count(str(message.get("role") or ""))
+        # Every field is text the model reads (role, content, a name); a name costs one more.
+        total += _PER_MESSAGE_OVERHEAD + sum(count(str(value or "")) + (key == "name")
+                                             for key, value in message.items())
     return total

@@ -17,9 +17,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.common.tokens import count_messages, count_text
+from services.common.tokens import count_text
 from services.mockllm.answers import EMBEDDING_DIMENSIONS, Answer, embed
 from services.mockllm.ratelimit import Decision, Quota, format_duration
+from services.mockllm.usage import billed_prompt_tokens
 
 MODELS = (
     "gpt-4o-mini",
@@ -90,7 +91,8 @@ def parse_chat(document: object) -> ChatRequest:
     n = _optional_int(body, "n") or 1
     if n > MAX_CHOICES:
         raise InvalidRequest(f"'n' must be at most {MAX_CHOICES}.", "n", "invalid_value")
-    return ChatRequest(model, messages, max_tokens, n, count_messages(messages))
+    # Billed from the messages as sent (every field), in the named model's vocabulary.
+    return ChatRequest(model, messages, max_tokens, n, billed_prompt_tokens(raw, model))
 
 
 def parse_embeddings(document: object) -> EmbeddingRequest:

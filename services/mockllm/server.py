@@ -100,7 +100,7 @@ async def _complete(state: MockState, request: web.Request) -> web.Response:
         delay_ms = state.rng.gauss(settings.latency_ms, settings.jitter_ms)
         await asyncio.sleep(max(0.0, delay_ms) / 1000)
     reply = answer(chat.messages, chat.model, chat.max_tokens)
-    completion_tokens = count_text(reply.text) * chat.n
+    completion_tokens = count_text(reply.text, model=chat.model) * chat.n
     billed = Counters(
         completed=1, prompt_tokens=chat.prompt_tokens, completion_tokens=completion_tokens
     )
