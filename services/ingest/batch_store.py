@@ -163,10 +163,14 @@ def page_batches(engine: Engine, owner: str | None, limit: int,
     return [_decoded(row) for row in rows[:limit]], len(rows) > limit
 
 
+def _with_tasks() -> Any:
+    # Each line's task row, if it was accepted: its status and Result are the line's.
+    return lines.outerjoin(task_rows, and_(task_rows.c.tenant == lines.c.tenant,
+                                           task_rows.c.id == lines.c.task_id))
+
+
 def progress(engine: Engine, batch_id: str) -> Progress:
     """Count a batch's lines: accepted as tasks, and finished by the pipeline."""
-    joined = lines.outerjoin(task_rows, and_(task_rows.c.tenant == lines.c.tenant,
-                                             task_rows.c.id == lines.c.task_id))
 
     def count(condition: Any) -> Any:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
@@ -174,7 +178,7 @@ def progress(engine: Engine, batch_id: str) -> Progress:
     query = select(func.count(), count(lines.c.accepted.is_(True)),
                    count(task_rows.c.status == "succeeded"),
                    count(task_rows.c.status == "failed")
-                   ).select_from(joined).where(lines.c.batch_id == batch_id)
+                   ).select_from(_with_tasks()).where(lines.c.batch_id == batch_id)
     with engine.connect() as conn:
         total, accepted, succeeded, failed = conn.execute(query).one()
     return Progress(int(total), int(accepted), int(succeeded), int(failed))
@@ -183,11 +187,9 @@ def progress(engine: Engine, batch_id: str) -> Progress:
 def finished_lines(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
     """Return every line in file order with its task's status and Result (None if never
     accepted)."""
-    joined = lines.outerjoin(task_rows, and_(task_rows.c.tenant == lines.c.tenant,
-                                             task_rows.c.id == lines.c.task_id))
     query = (select(lines.c.custom_id, lines.c.task_id, lines.c.accepted, task_rows.c.status,
                     task_rows.c.result_json)
-             .select_from(joined).where(lines.c.batch_id == batch_id).order_by(lines.c.line))
+             .select_from(_with_tasks()).where(lines.c.batch_id == batch_id).order_by(lines.c.line))
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings().all()]
 
