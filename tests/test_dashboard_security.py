@@ -1,7 +1,7 @@
-"""The dashboard's HTTP hardening: headers, who reads tasks, the session secret, login throttling.
+"""The dashboard's HTTP hardening: headers, who reads tasks, session secret, login lockout.
 
-Against the real database (the shared `database_url` fixture) and Redis (the throttle's
-shared counts); the throttle's arithmetic is unit-tested with a fake clock.
+Against the real database (the shared `database_url` fixture) and Redis (the login lockout's
+shared counts); the lockout's arithmetic is unit-tested with a fake clock.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from werkzeug.test import TestResponse
 from services.common.models import Latency, Result, Task, Usage
 from services.common.settings import Settings
 from services.common.store import insert_task, make_engine, record_results
+from services.dashboard.login_lockout import LockoutPolicy, LoginLockout, wait_s
 from services.dashboard.secret import stored_secret
 from services.dashboard.security import CONTENT_SECURITY_POLICY
-from services.dashboard.shared_throttle import SharedThrottle
-from services.dashboard.throttle import LoginThrottle, ThrottlePolicy, wait_s
+from services.dashboard.shared_lockout import SharedLockout
 from tests.dashboard_app import csrf_token, serve
 
 PASSWORD = "correct horse"
@@ -270,7 +270,7 @@ def test_the_session_cookie_is_secure_over_tls(app: Flask) -> None:
     assert "Secure" not in spoofed
 
 
-# --- login throttling over HTTP ----------------------------------------------------------
+# --- the login lockout over HTTP ---------------------------------------------------------
 
 def test_the_eleventh_failed_login_is_refused_without_checking(app: Flask) -> None:
     client = app.test_client()
@@ -286,7 +286,7 @@ def test_the_eleventh_failed_login_is_refused_without_checking(app: Flask) -> No
     assert as_api.status_code == 429 and as_api.get_json()["error"]["code"] == \
         "too_many_attempts"
     assert client.get("/tasks").status_code == 302  # not logged in
-    # The bearer door is throttled alike.
+    # The bearer door is locked out alike.
     bearer = client.get("/tasks", headers={"Authorization": f"Bearer {PASSWORD}",
                                            "Accept": "application/json"})
     assert bearer.status_code == 401
@@ -306,7 +306,7 @@ def test_workers_share_the_failure_count_through_redis(app: Flask, settings: Set
 
 def test_time_lifts_the_lockout_and_success_resets(app: Flask) -> None:
     clock = FakeClock()
-    app.extensions["agentq.login_throttle"] = LoginThrottle(clock=clock)
+    app.extensions["agentq.login_lockout"] = LoginLockout(clock=clock)
     client = app.test_client()
     token = _csrf(client)
     for _ in range(10):
@@ -321,19 +321,19 @@ def test_time_lifts_the_lockout_and_success_resets(app: Flask) -> None:
 
 
 def test_a_dead_redis_falls_back_to_counting_in_process() -> None:
-    throttle = SharedThrottle.from_url("redis://127.0.0.1:1/0", "agentq_test_noredis",
-                                       ThrottlePolicy(max_failures=3, window_s=60))
+    lockout = SharedLockout.from_url("redis://127.0.0.1:1/0", "agentq_test_noredis",
+                                     LockoutPolicy(max_failures=3, window_s=60))
     for _ in range(3):
-        assert throttle.retry_after("1.2.3.4") == 0
-        throttle.failed("1.2.3.4")
-    assert throttle.retry_after("1.2.3.4") > 0
-    throttle.succeeded("1.2.3.4")
-    assert throttle.retry_after("1.2.3.4") == 0
+        assert lockout.retry_after("1.2.3.4") == 0
+        lockout.failed("1.2.3.4")
+    assert lockout.retry_after("1.2.3.4") > 0
+    lockout.succeeded("1.2.3.4")
+    assert lockout.retry_after("1.2.3.4") == 0
 
 
-# --- the throttle's arithmetic -----------------------------------------------------------
+# --- the lockout's arithmetic ------------------------------------------------------------
 
-POLICY = ThrottlePolicy(max_failures=3, window_s=100)
+POLICY = LockoutPolicy(max_failures=3, window_s=100)
 
 
 @pytest.mark.parametrize("failures, now, expected", [
@@ -349,29 +349,29 @@ def test_wait_s(failures: list[float], now: float, expected: float) -> None:
     assert wait_s(failures, now, POLICY) == pytest.approx(expected)
 
 
-def test_login_throttle_with_a_fake_clock() -> None:
+def test_login_lockout_with_a_fake_clock() -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(ThrottlePolicy(max_failures=10, window_s=900), clock)
+    lockout = LoginLockout(LockoutPolicy(max_failures=10, window_s=900), clock)
     for _ in range(10):
-        assert throttle.retry_after("a") == 0
-        throttle.failed("a")
+        assert lockout.retry_after("a") == 0
+        lockout.failed("a")
         clock.now += 1
-    assert throttle.retry_after("a") == pytest.approx(890)  # the first failure was at 1000
-    assert throttle.retry_after("b") == 0  # another client is unaffected
+    assert lockout.retry_after("a") == pytest.approx(890)  # the first failure was at 1000
+    assert lockout.retry_after("b") == 0  # another client is unaffected
     clock.now += 889
-    assert throttle.retry_after("a") == pytest.approx(1)
+    assert lockout.retry_after("a") == pytest.approx(1)
     clock.now += 1  # the first failure leaves the window: one more try
-    assert throttle.retry_after("a") == 0
-    throttle.failed("a")
-    assert throttle.retry_after("a") == pytest.approx(1)
-    throttle.succeeded("a")
-    assert throttle.retry_after("a") == 0
+    assert lockout.retry_after("a") == 0
+    lockout.failed("a")
+    assert lockout.retry_after("a") == pytest.approx(1)
+    lockout.succeeded("a")
+    assert lockout.retry_after("a") == 0
 
 
-def test_login_throttle_forgets_the_oldest_clients_past_its_size() -> None:
+def test_login_lockout_forgets_the_oldest_clients_past_its_size() -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(ThrottlePolicy(max_failures=1, window_s=60), clock, max_keys=2)
+    lockout = LoginLockout(LockoutPolicy(max_failures=1, window_s=60), clock, max_keys=2)
     for key in ("a", "b", "c"):
-        throttle.failed(key)
-    assert throttle.retry_after("a") == 0
-    assert throttle.retry_after("b") > 0 and throttle.retry_after("c") > 0
+        lockout.failed(key)
+    assert lockout.retry_after("a") == 0
+    assert lockout.retry_after("b") > 0 and lockout.retry_after("c") > 0

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None,
     from services.dashboard.models import create_tables, db
     from services.dashboard.secret import session_secret
     from services.dashboard.security import register_security
-    from services.dashboard.shared_throttle import SharedThrottle
+    from services.dashboard.shared_lockout import SharedLockout
 
     db.init_app(app)
     with app.app_context():
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None,
         if not app.config.get("SECRET_KEY"):
             # The same in every gunicorn worker, and never derived from the password.
             app.config["SECRET_KEY"] = session_secret(settings.secret_key, db.engine)
-    app.extensions.setdefault("agentq.login_throttle", SharedThrottle.from_url(
+    app.extensions.setdefault("agentq.login_lockout", SharedLockout.from_url(
         settings.redis_url, settings.namespace))
     register_security(app)
 

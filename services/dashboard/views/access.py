@@ -8,7 +8,7 @@ from typing import Literal
 from flask import current_app, g, request, session
 
 from services.common.settings import Settings
-from services.dashboard.throttle import Throttle
+from services.dashboard.login_lockout import Lockout
 
 Access = Literal["allowed", "locked", "login"]
 
@@ -28,8 +28,8 @@ def password_matches(candidate: str) -> bool:
     return bool(expected) and hmac.compare_digest(candidate.encode(), expected.encode())
 
 
-def _throttle() -> Throttle:
-    found: Throttle = current_app.extensions["agentq.login_throttle"]
+def _lockout() -> Lockout:
+    found: Lockout = current_app.extensions["agentq.login_lockout"]
     return found
 
 
@@ -40,16 +40,16 @@ def _client() -> str:
 
 def login_wait_s() -> float:
     """Return how long this client must wait before trying a password again (0 = now)."""
-    return _throttle().retry_after(_client())
+    return _lockout().retry_after(_client())
 
 
 def attempt_login(candidate: str) -> bool:
-    """Check a password and count the outcome against this client's throttle."""
+    """Check a password and count the outcome against this client's lockout."""
     ok = password_matches(candidate)
     if ok:
-        _throttle().succeeded(_client())
+        _lockout().succeeded(_client())
     else:
-        _throttle().failed(_client())
+        _lockout().failed(_client())
     return ok
 
 

@@ -1,8 +1,8 @@
-"""The login throttle kept in Redis, so every gunicorn worker counts the same failures.
+"""The login lockout kept in Redis, so every gunicorn worker counts the same failures.
 
-A thin adapter over `throttle.wait_s`: each client's failure times are a sorted set under
+A thin adapter over `login_lockout.wait_s`: each client's failure times are a sorted set under
 `<namespace>:dashboard:login_failures:<client>`. While Redis is unreachable the dashboard
-still serves: the in-process throttle takes over, and Redis is tried again after a pause.
+still serves: the in-process lockout takes over, and Redis is tried again after a pause.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from services.common.clients import sync_redis_client
-from services.dashboard.throttle import DEFAULT_POLICY, LoginThrottle, ThrottlePolicy, wait_s
+from services.dashboard.login_lockout import DEFAULT_POLICY, LockoutPolicy, LoginLockout, wait_s
 
 log = logging.getLogger(__name__)
 # After a failure Redis is asked again only this much later: one login per pause may wait
@@ -24,22 +24,22 @@ log = logging.getLogger(__name__)
 RETRY_REDIS_S = 30.0
 
 
-class SharedThrottle:
+class SharedLockout:
     """Failed logins per client in Redis, with an in-process fallback."""
 
     def __init__(self, client: redis.Redis, prefix: str,
-                 policy: ThrottlePolicy = DEFAULT_POLICY,
+                 policy: LockoutPolicy = DEFAULT_POLICY,
                  clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self._client = client
         self._prefix = prefix
         self._clock = clock
-        self._fallback = LoginThrottle(policy)
+        self._fallback = LoginLockout(policy)
         self._down_until = 0.0
 
     @classmethod
     def from_url(cls, url: str, namespace: str,
-                 policy: ThrottlePolicy = DEFAULT_POLICY) -> SharedThrottle:
+                 policy: LockoutPolicy = DEFAULT_POLICY) -> SharedLockout:
         """Build one on a Redis client of the one timeout policy (it connects on first use)."""
         return cls(sync_redis_client(url), f"{namespace}:dashboard:login_failures:", policy)
 
@@ -51,7 +51,7 @@ class SharedThrottle:
 
     def _redis_failed(self, exc: Exception) -> None:
         if self._redis_up():
-            log.warning("Redis unreachable for the login throttle (%s); counting failed "
+            log.warning("Redis unreachable for the login lockout (%s); counting failed "
                         "logins in this process for %.0f s", exc, RETRY_REDIS_S)
         self._down_until = time.monotonic() + RETRY_REDIS_S
 

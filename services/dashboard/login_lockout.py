@@ -1,7 +1,7 @@
-"""Login throttling: at most N failed logins per client in a sliding window, then wait.
+"""The login lockout: at most N failed logins per client in a sliding window, then wait.
 
 Pure and in-process: no Flask, no I/O; the clock is injected so tests can move time.
-`shared_throttle.py` keeps the same failures in Redis so every gunicorn worker agrees.
+`shared_lockout.py` keeps the same failures in Redis so every gunicorn worker agrees.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
-class ThrottlePolicy:
+class LockoutPolicy:
     """How many failed logins a client may make within `window_s` before it must wait."""
 
     max_failures: int = 10
     window_s: float = 15 * 60.0
 
 
-DEFAULT_POLICY = ThrottlePolicy()
+DEFAULT_POLICY = LockoutPolicy()
 
 
-def wait_s(failures: Iterable[float], now: float, policy: ThrottlePolicy) -> float:
+def wait_s(failures: Iterable[float], now: float, policy: LockoutPolicy) -> float:
     """Return the seconds until another attempt is allowed (0 = now), given failure times."""
     recent = sorted(t for t in failures if t > now - policy.window_s)
     if len(recent) < policy.max_failures:
@@ -34,7 +34,7 @@ def wait_s(failures: Iterable[float], now: float, policy: ThrottlePolicy) -> flo
     return max(0.0, recent[-policy.max_failures] + policy.window_s - now)
 
 
-class Throttle(Protocol):
+class Lockout(Protocol):
     """What the login view needs: ask before checking a password, report the outcome."""
 
     def retry_after(self, key: str) -> float: ...
@@ -44,16 +44,16 @@ class Throttle(Protocol):
     def succeeded(self, key: str) -> None: ...
 
 
-class LoginThrottle:
+class LoginLockout:
     """Failed logins per client key, kept in this process (one gunicorn worker)."""
 
-    def __init__(self, policy: ThrottlePolicy = DEFAULT_POLICY,
+    def __init__(self, policy: LockoutPolicy = DEFAULT_POLICY,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
         self.policy = policy
         self._clock = clock
         self._max_keys = max_keys
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()  # gunicorn threads share one worker's throttle
+        self._lock = threading.Lock()  # gunicorn threads share one worker's lockout
 
     def retry_after(self, key: str) -> float:
         """Return the seconds `key` must wait before its next attempt (0 = go ahead)."""
