@@ -1,5 +1,6 @@
-"""A 429 never fails a task: the throttle holds the pool and calls again, within the task's own
-wait budget (AGENTQ_RATE_LIMIT_WAIT_S), apart from the attempts its own errors spend."""
+"""A 429 never fails a task: the throttle holds the pool and the call goes again, within the
+task's own wait budget (AGENTQ_RATE_LIMIT_WAIT_S), apart from the attempts its own errors
+spend. Driven through `ProviderCalls`, the worker's caller of the throttle."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from typing import Any, cast
 import pytest
 
 from services.common.config import ModelEntry
+from services.common.memory_broker import MemoryBroker
 from services.common.models import Latency, Result, Task, Usage
+from services.common.topology import Names
+from services.worker.calls import ProviderCalls
+from services.worker.controls import CostControls
 from services.worker.limiter import Grant, PoolLimits, SharedLimiter
 from services.worker.provider import (
     CapacityExhausted,
     Completion,
     ProviderRateLimited,
+    Providers,
     ProviderUnavailable,
 )
 from services.worker.retry import capacity_left_s, next_attempt, should_retry
@@ -70,7 +76,7 @@ class FakeLimiter:
         await asyncio.sleep(self.acquire_s)
         return Grant(pool, tenant, tokens, "shared", self.acquire_s, 1)
 
-    async def settle(self, grant: Grant, used: int) -> None:
+    async def true_up(self, grant: Grant, used: int) -> None:
         self.settled.append(used)
 
     async def rate_limited(self, pool: str, headers: Mapping[str, str]) -> float:
@@ -81,21 +87,41 @@ class FakeLimiter:
         pass
 
 
-def _throttle(limiter: FakeLimiter) -> Throttle:
-    return Throttle(cast(SharedLimiter, limiter), {})
+class FakeProvider:
+    """Answers after `latency_s`, or raises the next of `failures` first."""
 
+    def __init__(self, failures: list[Exception], latency_s: float = 0.0) -> None:
+        self.failures = failures
+        self.latency_s = latency_s
+        self.calls = 0
 
-def _sender(failures: list[Exception]) -> Any:
-    calls = 0
-
-    async def send() -> Completion:
-        nonlocal calls
-        calls += 1
-        if failures:
-            raise failures.pop(0)
+    async def complete(self, entry: ModelEntry, task: Task) -> Completion:
+        self.calls += 1
+        await asyncio.sleep(self.latency_s)
+        if self.failures:
+            raise self.failures.pop(0)
         return Completion("ok", "m", Usage(prompt_tokens=3, completion_tokens=2), "stop")
 
-    return send
+
+class OneModel:
+    """The cost controls' part a call uses: ENTRY always, and the outcomes it was told."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Exception | None] = []
+
+    def pick(self, tier: str) -> ModelEntry:
+        return ENTRY
+
+    def outcome(self, entry: ModelEntry, error: Exception | None) -> None:
+        self.outcomes.append(error)
+
+
+async def _call(limiter: FakeLimiter, provider: FakeProvider, clock: CallClock) -> Completion:
+    """Make one call as the worker does: ProviderCalls over the Throttle and the limiter."""
+    calls = ProviderCalls(MemoryBroker(Names("capacity")), cast(Providers, provider),
+                          cast(CostControls, OneModel()),
+                          Throttle(cast(SharedLimiter, limiter), {}), concurrency=4)
+    return await calls.call(Task(prompt="x"), "cheap", 1, clock)
 
 
 def test_429s_are_waited_out_without_failing_the_call() -> None:
@@ -103,8 +129,7 @@ def test_429s_are_waited_out_without_failing_the_call() -> None:
         limiter = FakeLimiter()
         failures: list[Exception] = [ProviderRateLimited("slow down", {"retry-after": "0"})] * 7
         clock = CallClock(limit_s=3600.0)
-        completion = await _throttle(limiter).call(ENTRY, Task(prompt="x"), _sender(failures),
-                                                   clock)
+        completion = await _call(limiter, FakeProvider(failures), clock)
         assert completion.text == "ok"
         assert clock.rate_limited == 7 and len(limiter.holds) == 7 and limiter.acquired == 8
         assert clock.since is not None and clock.since <= time.time()
@@ -117,7 +142,7 @@ def test_the_wait_budget_ends_in_rate_limited_naming_the_wait() -> None:
         clock = CallClock(limit_s=60.0, since=time.time() - 61)  # spent on an earlier delivery
         failures: list[Exception] = [ProviderRateLimited("Rate limit exceeded")] * 3
         with pytest.raises(CapacityExhausted) as caught:
-            await _throttle(FakeLimiter()).call(ENTRY, Task(prompt="x"), _sender(failures), clock)
+            await _call(FakeLimiter(), FakeProvider(failures), clock)
         message = str(caught.value)
         assert caught.value.code == "rate_limited"
         assert "waited 61 s" in message and "'p'" in message
@@ -131,8 +156,7 @@ def test_a_hold_longer_than_the_budget_ends_the_wait() -> None:
     async def body() -> None:
         clock = CallClock(limit_s=0.2)
         with pytest.raises(CapacityExhausted):
-            await _throttle(FakeLimiter(acquire_s=5.0)).call(ENTRY, Task(prompt="x"),
-                                                             _sender([]), clock)
+            await _call(FakeLimiter(acquire_s=5.0), FakeProvider([]), clock)
         assert clock.since is not None and 0.15 < clock.limiter_s < 1.0
 
     asyncio.run(body())
@@ -143,8 +167,7 @@ def test_the_tasks_own_errors_are_not_waited_out() -> None:
         limiter = FakeLimiter()
         clock = CallClock(limit_s=3600.0)
         with pytest.raises(ProviderUnavailable):
-            await _throttle(limiter).call(ENTRY, Task(prompt="x"),
-                                          _sender([ProviderUnavailable("HTTP 503")]), clock)
+            await _call(limiter, FakeProvider([ProviderUnavailable("HTTP 503")]), clock)
         assert limiter.acquired == 1 and limiter.settled == [0] and clock.since is None
 
     asyncio.run(body())
@@ -153,12 +176,7 @@ def test_the_tasks_own_errors_are_not_waited_out() -> None:
 def test_limiter_and_provider_time_are_apart() -> None:
     async def body() -> None:
         clock = CallClock()
-
-        async def slow_send() -> Completion:
-            await asyncio.sleep(0.1)
-            return Completion("ok", "m", Usage(), "stop")
-
-        await _throttle(FakeLimiter(acquire_s=0.2)).call(ENTRY, Task(prompt="x"), slow_send, clock)
+        await _call(FakeLimiter(acquire_s=0.2), FakeProvider([], latency_s=0.1), clock)
         assert 0.19 < clock.limiter_s < 0.5 and 0.09 < clock.llm_s < 0.19
 
     asyncio.run(body())
@@ -180,7 +198,7 @@ def test_a_429_with_no_pool_to_hold_waits_the_hint_in_the_call() -> None:
         clock = CallClock(limit_s=3600.0)
         failures: list[Exception] = [ProviderRateLimited("429", {"retry-after-ms": "200"})]
         started = time.monotonic()
-        await _throttle(limiter).call(ENTRY, Task(prompt="x"), _sender(failures), clock)
+        await _call(limiter, FakeProvider(failures), clock)
         assert 0.2 <= time.monotonic() - started < 1.0 and clock.limiter_s >= 0.2
         assert limiter.acquired == 0 and limiter.holds == []
 
@@ -192,8 +210,7 @@ def test_a_long_wait_in_hand_goes_back_to_the_queue() -> None:
         clock = CallClock(limit_s=3600.0, in_hand_s=0.0)
         failures: list[Exception] = [ProviderRateLimited("429")] * 3
         with pytest.raises(ProviderRateLimited) as caught:
-            await _throttle(FakeLimiter()).call(ENTRY, Task(prompt="x"), _sender(failures),
-                                                clock)
+            await _call(FakeLimiter(), FakeProvider(failures), clock)
         assert not isinstance(caught.value, CapacityExhausted) and caught.value.retryable
         assert clock.since is not None  # carried in the header to the next delivery
 

@@ -1,4 +1,5 @@
-"""What the worker charges the shared limiter for a call: pure functions."""
+"""What the worker charges the shared limiter for a call, and what a 429 leads to: pure
+functions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from services.common.tokens import count_messages
 from services.worker.limiter import PoolLimits
 from services.worker.throttle import (
     DEFAULT_COMPLETION_ESTIMATE,
+    CallClock,
+    after_refusal,
     charged_tokens,
     estimate_tokens,
     pools_of,
@@ -43,3 +46,16 @@ def test_a_call_draws_from_its_provider_pool_and_its_model_pool_when_limited() -
     assert pools_of(entry, pools) == ["openai", "openai/gpt-4o"]
     # No limits known (yet: none configured, advertised or adapted): nothing to pace.
     assert pools_of(entry, {"openai": PoolLimits()}) == []
+
+
+@pytest.mark.parametrize(("since", "in_hand_for_s", "after"), [
+    (None, 0.0, "again"),  # the first 429: the whole budget is left
+    (1000.0, 10.0, "again"),
+    (1000.0 - 3600.0, 10.0, "exhausted"),  # waited the whole budget since the first 429
+    (1000.0, 300.0, "give_back"),  # in hand as long as a delivery may wait there
+    (1000.0 - 3600.0, 300.0, "exhausted"),  # a spent budget fails even when due back
+])
+def test_after_a_429_a_delivery_calls_again_fails_or_goes_back(
+        since: float | None, in_hand_for_s: float, after: str) -> None:
+    clock = CallClock(limit_s=3600.0, since=since, in_hand_s=300.0)
+    assert after_refusal(clock, 1000.0, in_hand_for_s) == after

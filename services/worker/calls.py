@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from services.common.amqp import Broker
+from services.common.config import ModelEntry
 from services.common.models import Task
 from services.common.publishing import emit
 from services.common.topology import STARTED_EVENT
 from services.worker.controls import CostControls
-from services.worker.provider import Completion, ProviderError, Providers
+from services.worker.provider import Completion, ProviderError, ProviderRateLimited, Providers
 from services.worker.throttle import CallClock, Throttle
 
 log = logging.getLogger(__name__)
@@ -49,25 +51,47 @@ class ProviderCalls:
         entry = self.controls.pick(tier)  # the first model whose circuit breaker is closed
         handler = asyncio.current_task()
         assert handler is not None
-
-        async def send() -> Completion:
-            self._waiting.discard(handler)
-            # A slot is taken once the limiter granted the call: a task waiting for its
-            # tenant's fair share must not keep another tenant's granted call from running.
-            async with self.slots:
-                self.announce(task, tier, attempt)
-                return await self.providers.complete(entry, task)
-
         self._waiting.add(handler)
         try:
-            completion = await self.throttle.call(entry, task, send, clock)
+            completion = await self._within_limits(entry, task, tier, attempt,
+                                                   clock or CallClock(), handler)
         except ProviderError as exc:
-            self.controls.settle(entry, exc)
+            self.controls.outcome(entry, exc)
             raise
         finally:
             self._waiting.discard(handler)
-        self.controls.settle(entry, None)
+        self.controls.outcome(entry, None)
         return completion
+
+    async def _within_limits(self, entry: ModelEntry, task: Task, tier: str, attempt: int,
+                             clock: CallClock, handler: asyncio.Task[Any]) -> Completion:
+        """Call once the throttle grants capacity; after a 429 call again as it decides,
+        until the wait budget is spent (CapacityExhausted)."""
+        delivered = time.monotonic()
+        while True:
+            permit = await self.throttle.grant(entry, task, clock)
+            self._waiting.discard(handler)
+            try:
+                with clock.in_call():
+                    # A slot is taken once the limiter granted the call: a task waiting for
+                    # its tenant's fair share must not keep another tenant's granted call
+                    # from running.
+                    async with self.slots:
+                        self.announce(task, tier, attempt)
+                        completion = await self.providers.complete(entry, task)
+            except ProviderRateLimited as exc:
+                after = await self.throttle.refused(permit, exc, clock,
+                                                    time.monotonic() - delivered)
+                if after == "exhausted":
+                    raise clock.exhausted(entry.provider) from None
+                if after == "give_back":
+                    raise  # to a delay queue, its wait budget in the message's header
+                continue  # the hold it set makes the next grant wait as the provider asked
+            except ProviderError:
+                await self.throttle.failed(permit)
+                raise
+            await self.throttle.answered(permit, task, completion)
+            return completion
 
     def announce(self, task: Task, tier: str, attempt: int) -> None:
         """Say the task is running, without holding the task up for the broker's confirm."""

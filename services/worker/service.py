@@ -98,10 +98,10 @@ class Worker:
         order = read_order(message.body, str(message.routing_key or ""), message.headers)
         if isinstance(order, Reject):
             raise RejectMessage(order.reason)
-        if await self.act.carry_out(await self.admit(order)):
+        if await self.act.carry_out(await self.clearance(order)):
             await self.act.carry_out(await self.attempt(order))
 
-    async def admit(self, order: WorkOrder) -> Plan:
+    async def clearance(self, order: WorkOrder) -> Plan:
         """Decide whether to call the provider: the tenant's budget, then a twin's answer."""
         tenant = order.task.tenant
         plan = budget_plan(order, self.config.tenant(tenant).budget,

@@ -1,13 +1,19 @@
-"""Hold every provider call to the shared RPM/TPM budgets of the pools it draws from."""
+"""Hold every provider call to the shared RPM/TPM budgets of the pools it draws from.
+
+Decisions and limiter bookkeeping only: `Throttle.grant` returns a `Permit` (or ends the
+wait), `Throttle.refused` holds the pools after a 429 and returns what the delivery does
+next (`after_refusal`); `services.worker.calls.ProviderCalls` makes the call in between.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from services.common.config import ModelEntry
 from services.common.models import Task, Usage
@@ -23,7 +29,6 @@ from services.worker.limiter.learned import LearnedLimits
 from services.worker.provider import (
     CapacityExhausted,
     Completion,
-    ProviderError,
     ProviderRateLimited,
 )
 from services.worker.retry import capacity_left_s
@@ -87,6 +92,7 @@ class CallClock:
     limiter_s: float = 0.0  # time waiting for capacity: grants, holds, 429s
     llm_s: float = 0.0  # time in provider calls, 429s included
     rate_limited: int = 0  # 429s answered to this delivery
+    last: str = "no capacity granted"  # the last 429's message, named when the wait ends
     # After a 429, a delivery that has waited this long in hand goes back to wait in a delay
     # queue (no attempt spent): RabbitMQ closes a channel whose delivery stays unacked past
     # its consumer_timeout (15 min in deploy/, 30 by default).
@@ -95,16 +101,52 @@ class CallClock:
     def left_s(self, now: float) -> float:
         return capacity_left_s(self.since, now, self.limit_s)
 
-    def exhausted(self, provider: str, last: str) -> CapacityExhausted:
+    @contextmanager
+    def in_call(self) -> Iterator[None]:
+        """Count the body's time as time in a provider call (whatever it raises)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.llm_s += time.monotonic() - started
+
+    def exhausted(self, provider: str) -> CapacityExhausted:
         waited = time.time() - (self.since if self.since is not None else time.time())
         return CapacityExhausted(
             f"waited {waited:.0f} s for capacity on provider {provider!r} "
             f"({self.rate_limited} answers 429 in this delivery); AGENTQ_RATE_LIMIT_WAIT_S is "
-            f"{self.limit_s:.0f} s. Last: {last}")
+            f"{self.limit_s:.0f} s. Last: {self.last}")
+
+
+# What a delivery does after a 429, its pool held: call again once the hold lets it, fail
+# `rate_limited` (its wait budget is spent), or go back to wait in a delay queue.
+AfterRefusal = Literal["again", "exhausted", "give_back"]
+
+
+def after_refusal(clock: CallClock, now: float, in_hand_for_s: float) -> AfterRefusal:
+    """Decide what a delivery in hand for `in_hand_for_s` does after a 429 at epoch `now`."""
+    if clock.left_s(now) <= 0:
+        return "exhausted"
+    if in_hand_for_s >= clock.in_hand_s:
+        return "give_back"  # its wait budget travels in the message's header
+    return "again"
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Capacity for one call: a grant from every limited pool its model entry draws from."""
+
+    entry: ModelEntry
+    grants: tuple[Grant, ...]
+
+    @property
+    def saturated(self) -> bool:
+        return any(g.waited_s > SATURATED_WAIT_S for g in self.grants)
 
 
 class Throttle:
-    """Acquire before a call, settle after it, hold the pool on a 429 and call again."""
+    """Grant a call capacity from its pools, true the grants up after it, hold the pools on a
+    429; the caller makes the call (services.worker.calls)."""
 
     def __init__(self, limiter: SharedLimiter, tpm_counts: Mapping[str, str],
                  learned: LearnedLimits | None = None) -> None:
@@ -113,52 +155,12 @@ class Throttle:
         self._tpm_counts = dict(tpm_counts)  # provider -> "reserved" | "used"
         self._observed: dict[str, float] = {}
 
-    async def call(self, entry: ModelEntry, task: Task,
-                   send: Callable[[], Awaitable[Completion]],
-                   clock: CallClock | None = None) -> Completion:
-        """Run `send` once every pool of `entry` grants it capacity; on a 429 hold the pool
-        and go again, until `clock`'s wait budget is spent (then CapacityExhausted)."""
-        clock = clock or CallClock()
-        delivered = time.monotonic()
+    async def grant(self, entry: ModelEntry, task: Task, clock: CallClock) -> Permit:
+        """Wait until every pool of `entry` grants the call, within what is left of the
+        task's wait budget (else CapacityExhausted)."""
+        # The limits in force, learned ones included, at each try.
+        pools = pools_of(entry, self.limiter.limits)
         tokens = estimate_tokens(task, entry)
-        last = "no capacity granted"
-        while True:
-            # The limits in force, learned ones included, at each try.
-            pools = pools_of(entry, self.limiter.limits)
-            grants = await self._acquire(pools, task.tenant, tokens, clock, entry.provider, last)
-            started = time.monotonic()
-            try:
-                completion = await send()
-            except ProviderRateLimited as exc:
-                clock.llm_s += time.monotonic() - started
-                clock.rate_limited += 1
-                if clock.since is None:
-                    clock.since = time.time()
-                last = str(exc)
-                await self._refused(entry, grants, exc.headers, clock)
-                if clock.left_s(time.time()) <= 0:
-                    raise clock.exhausted(entry.provider, last) from None
-                if time.monotonic() - delivered >= clock.in_hand_s:
-                    raise  # to a delay queue, its wait budget in the message's header
-                continue  # the hold it set makes the next acquire wait as the provider asked
-            except ProviderError:
-                clock.llm_s += time.monotonic() - started
-                await self._settle(grants, 0)  # a failed call used no tokens
-                raise
-            clock.llm_s += time.monotonic() - started
-            break
-        counts = self._tpm_counts.get(entry.provider, "reserved")
-        await self._settle(grants, charged_tokens(task, completion.usage, counts))
-        if self.learned is not None:  # first: the answer may advertise the limits
-            saturated = any(g.waited_s > SATURATED_WAIT_S for g in grants)
-            await self.learned.answered(entry.provider, completion.headers, saturated,
-                                        entry.model)
-        await self._observe(pools_of(entry, self.limiter.limits), completion.headers)
-        return completion
-
-    async def _acquire(self, pools: list[str], tenant: str, tokens: int, clock: CallClock,
-                       provider: str, last: str) -> list[Grant]:
-        """Take a grant from every pool, within what is left of the task's wait budget."""
         began, started = time.time(), time.monotonic()
         grants: list[Grant] = []
         try:
@@ -166,35 +168,57 @@ class Throttle:
             # A budget spent on earlier deliveries still lets a call through that needs no wait.
             async with asyncio.timeout(max(left, 0.01) if math.isfinite(left) else None):
                 for pool in pools:
-                    grants.append(await self.limiter.acquire(pool, tenant, tokens))
+                    grants.append(await self.limiter.acquire(pool, task.tenant, tokens))
         except TimeoutError:
-            await self._settle(grants, 0)
+            await self.true_up(grants, 0)
             if clock.since is None:
                 clock.since = began
-            raise clock.exhausted(provider, last) from None
+            raise clock.exhausted(entry.provider) from None
         finally:
             clock.limiter_s += time.monotonic() - started
-        return grants
+        return Permit(entry, tuple(grants))
 
-    async def _refused(self, entry: ModelEntry, grants: list[Grant],
-                       headers: Mapping[str, Any], clock: CallClock) -> None:
-        """After a 429: learn from it, then hold the pools in force as the provider asks."""
-        await self._settle(grants, 0)
+    async def answered(self, permit: Permit, task: Task, completion: Completion) -> None:
+        """After an answer: charge the grants what the call really used, learn from it."""
+        entry = permit.entry
+        counts = self._tpm_counts.get(entry.provider, "reserved")
+        await self.true_up(permit.grants, charged_tokens(task, completion.usage, counts))
+        if self.learned is not None:  # first: the answer may advertise the limits
+            await self.learned.answered(entry.provider, completion.headers, permit.saturated,
+                                        entry.model)
+        await self._observe(pools_of(entry, self.limiter.limits), completion.headers)
+
+    async def failed(self, permit: Permit) -> None:
+        """After a failed call (not a 429): it used no tokens."""
+        await self.true_up(permit.grants, 0)
+
+    async def refused(self, permit: Permit, exc: ProviderRateLimited, clock: CallClock,
+                      in_hand_for_s: float) -> AfterRefusal:
+        """After a 429: learn from it, hold the pools in force as the provider asks, and
+        decide whether the delivery calls again (`after_refusal`)."""
+        entry = permit.entry
+        clock.rate_limited += 1
+        clock.last = str(exc)
+        if clock.since is None:
+            clock.since = time.time()
+        await self.true_up(permit.grants, 0)
         if self.learned is not None:
-            await self.learned.refused(entry.provider, headers, entry.model)
+            await self.learned.refused(entry.provider, exc.headers, entry.model)
         pools = pools_of(entry, self.limiter.limits)
         for pool in pools:
-            await self.limiter.rate_limited(pool, headers)
+            await self.limiter.rate_limited(pool, exc.headers)
         if not pools:  # nothing to hold (no limiter to learn with): wait here instead
             started = time.monotonic()
-            hint = retry_after_from_headers(headers)
+            hint = retry_after_from_headers(exc.headers)
             await asyncio.sleep(min(clock.left_s(time.time()),
                                     UNPACED_HOLD_S if hint is None else hint))
             clock.limiter_s += time.monotonic() - started
+        return after_refusal(clock, time.time(), in_hand_for_s)
 
-    async def _settle(self, grants: list[Grant], used: int) -> None:
+    async def true_up(self, grants: Iterable[Grant], used: int) -> None:
+        """Charge each grant the tokens the call really used instead of the estimate."""
         for grant in grants:
-            await self.limiter.settle(grant, used)
+            await self.limiter.true_up(grant, used)
 
     async def _observe(self, pools: list[str], headers: Mapping[str, Any]) -> None:
         now = time.monotonic()
@@ -202,4 +226,3 @@ class Throttle:
             if now - self._observed.get(pool, 0.0) >= OBSERVE_INTERVAL_S:
                 self._observed[pool] = now
                 await self.limiter.observe_headers(pool, headers)
-
