@@ -17,7 +17,7 @@ from services.autoscale.policy import (
     Cooldown,
     ScaleDecision,
     apply_cooldown,
-    budget_workers,
+    capacity_workers,
     suggest_workers,
 )
 from services.autoscale.telemetry import WorkerReports
@@ -45,15 +45,15 @@ BASE: dict[str, Any] = dict(ready=0, unacked=0, growth_per_min=0.0, current=2, m
     # shrinking backlogs need no growth workers
     ({"ready": 10, "unacked": 32, "growth_per_min": -4_800.0}, 2, "needed"),
     ({"ready": 100_000, "unacked": 320}, 10, "maximum"),
-    # 600 RPM feeds 10 tasks/s; at 4 tasks/s a worker, 3 workers are all the budget can use
+    # 600 RPM feeds 10 tasks/s; at 4 tasks/s a worker, 3 workers are all the capacity can use
     ({"ready": 100_000, "per_worker_rate": 4.0, "concurrency": 4, "limiter_rpm": 600}, 3,
-     "limiter budget"),
+     "limiter's capacity"),
     # 60,000 TPM at 1,000 tokens a task feeds 1 task/s: one worker
-    ({"ready": 5_000, "limiter_tpm": 60_000, "tokens_per_task": 1_000}, 1, "limiter budget"),
+    ({"ready": 5_000, "limiter_tpm": 60_000, "tokens_per_task": 1_000}, 1, "limiter's capacity"),
     ({"ready": 5_000, "limiter_tpm": 60_000}, 3, "needed"),  # no token size: RPM only
-    # the minimum wins over the budget
-    ({"ready": 50_000, "min_workers": 3, "limiter_rpm": 60}, 3, "limiter budget"),
-    # a budget above the maximum leaves the maximum in charge
+    # the minimum wins over the capacity
+    ({"ready": 50_000, "min_workers": 3, "limiter_rpm": 60}, 3, "limiter's capacity"),
+    # a capacity above the maximum leaves the maximum in charge
     ({"ready": 100_000, "limiter_rpm": 1_000_000}, 10, "maximum"),
 ])
 def test_suggest_workers(changes: dict[str, Any], target: int, why: str) -> None:
@@ -71,9 +71,9 @@ def test_suggest_workers(changes: dict[str, Any], target: int, why: str) -> None
     (1.0, 6_000, 120_000, 1_000, 2),
     (0.0, 600, 0, 0, None),
 ])
-def test_budget_workers(rate: float, rpm: int, tpm: int, tokens: int,
-                        expected: int | None) -> None:
-    assert budget_workers(rate, rpm, tpm, tokens) == expected
+def test_capacity_workers(rate: float, rpm: int, tpm: int, tokens: int,
+                          expected: int | None) -> None:
+    assert capacity_workers(rate, rpm, tpm, tokens) == expected
 
 
 @pytest.mark.parametrize(("target", "current", "last", "now", "acted", "stamped"), [

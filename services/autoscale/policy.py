@@ -1,4 +1,4 @@
-"""The scaling policy: how many workers a queue's depth and growth call for, within budget.
+"""The scaling policy: how many workers a queue's depth and growth call for, within capacity.
 
 Plain functions over plain numbers: the local autoscaler, the dashboard's "suggested workers"
 card and the tests all call the same `suggest_workers`; cool-down is a pure state function.
@@ -23,10 +23,10 @@ class ScaleDecision:
         return self.target
 
 
-def budget_workers(per_worker_rate: float, limiter_rpm: int = 0, limiter_tpm: int = 0,
-                   tokens_per_task: int = 0) -> int | None:
-    """Return how many workers the limiter's budget can keep busy; None when unlimited."""
-    rates = []  # tasks per second each budget allows
+def capacity_workers(per_worker_rate: float, limiter_rpm: int = 0, limiter_tpm: int = 0,
+                     tokens_per_task: int = 0) -> int | None:
+    """Return how many workers the pools' capacity (RPM, TPM) can keep busy; None: unlimited."""
+    rates = []  # tasks per second each limit allows
     if limiter_rpm > 0:
         rates.append(limiter_rpm / 60)
     if limiter_tpm > 0 and tokens_per_task > 0:
@@ -47,8 +47,8 @@ def suggest_workers(ready: int, unacked: int, growth_per_min: float, current: in
     concurrency: tasks one worker holds at once; drain_s: how soon a backlog should be gone.
     The count covers what is in flight now (Little's law: ceil(unacked / concurrency)), the
     workers that clear `ready` within `drain_s`, and those that absorb positive growth. It
-    stays within [min_workers, max_workers] and never exceeds what the limiter's RPM/TPM
-    budget can feed: workers beyond that only wait in the limiter, and cost money.
+    stays within [min_workers, max_workers] and never exceeds what the limiter's capacity
+    (RPM/TPM) can feed: workers beyond that only wait in the limiter, and cost money.
     """
     floor = max(0, min_workers)
     ceiling = max(floor, max_workers)
@@ -62,10 +62,10 @@ def suggest_workers(ready: int, unacked: int, growth_per_min: float, current: in
     need = math.ceil(busy + backlog + growth - 1e-9)
     why = (f"{ready} ready, {unacked} in flight, {growth_per_min:+.0f}/min at "
            f"{per_worker_rate:.1f} tasks/s per worker: {need} needed")
-    budget = budget_workers(per_worker_rate, limiter_rpm, limiter_tpm, tokens_per_task)
-    if budget is not None and need > max(budget, floor) and budget < ceiling:
-        target = max(budget, floor)
-        return ScaleDecision(target, f"{why}; capped at {target} by the limiter budget "
+    capacity = capacity_workers(per_worker_rate, limiter_rpm, limiter_tpm, tokens_per_task)
+    if capacity is not None and need > max(capacity, floor) and capacity < ceiling:
+        target = max(capacity, floor)
+        return ScaleDecision(target, f"{why}; capped at {target} by the limiter's capacity "
                                      f"({limiter_rpm} RPM, {limiter_tpm} TPM)")
     if need > ceiling:
         return ScaleDecision(ceiling, f"{why}; capped at the maximum {ceiling}")

@@ -60,7 +60,7 @@ class Options:
     management: str | None
 
 
-def limiter_budget(config: AgentqConfig, tiers: list[str]) -> tuple[int, int]:
+def limiter_capacity(config: AgentqConfig, tiers: list[str]) -> tuple[int, int]:
     """Return the RPM and TPM the providers behind `tiers` allow together (0 = unlimited)."""
     providers = {config.primary(t).provider for t in tiers}
     limits = [config.providers[p] for p in providers]
@@ -88,13 +88,13 @@ class Autoscaler:
     """One decision per tick: sample, decide, act, tell."""
 
     def __init__(self, options: Options, bus: Bus, probe: DepthProbe, pool: WorkerPool,
-                 reports: WorkerReports, budget: tuple[int, int]) -> None:
+                 reports: WorkerReports, capacity: tuple[int, int]) -> None:
         self.options = options
         self.bus = bus
         self.probe = probe
         self.pool = pool
         self.reports = reports
-        self.budget = budget
+        self.capacity = capacity  # (RPM, TPM) of the pools behind the tiers
         self.cooldown = Cooldown()
 
     async def tick(self) -> None:
@@ -107,7 +107,7 @@ class Autoscaler:
             ready=depth.ready, unacked=depth.unacked, growth_per_min=growth, current=current,
             min_workers=o.min_workers, max_workers=o.max_workers,
             per_worker_rate=o.concurrency / max(self.reports.task_s, 1e-3),
-            limiter_rpm=self.budget[0], limiter_tpm=self.budget[1],
+            limiter_rpm=self.capacity[0], limiter_tpm=self.capacity[1],
             tokens_per_task=o.tokens_per_task, concurrency=o.concurrency, drain_s=o.drain_s)
         if current < o.min_workers:  # a worker died: replace it without waiting
             self.cooldown = Cooldown()
@@ -161,7 +161,7 @@ async def _scale(clients: Clients, stop: asyncio.Event, options: Options) -> Non
         await declare_topology(await bus.connection.channel(), names)
         await watch_workers(bus, reports)
         scaler = Autoscaler(options, bus, probe, pool, reports,
-                            limiter_budget(config, options.tiers))
+                            limiter_capacity(config, options.tiers))
         log.info("autoscaling %s between %d and %d workers", options.tiers,
                  options.min_workers, options.max_workers)
         while not stop.is_set():
@@ -194,7 +194,7 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--task-seconds", type=float, default=1.0,
                         help="task time assumed until workers report their own")
     parser.add_argument("--tokens-per-task", type=int, default=0,
-                        help="tokens per task for the TPM budget (0: judge by RPM only)")
+                        help="tokens per task for the TPM capacity (0: judge by RPM only)")
     parser.add_argument("--management-url", default=None,
                         help="RabbitMQ management API (default: the broker's host, port "
                              "15672); 'none' to estimate unacked messages")
