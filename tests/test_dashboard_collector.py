@@ -22,12 +22,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bench.stack import ROOT, free_port, http, wait_until
+from services.common.events import EVENTS
 from services.common.models import Event, Latency, Result
 from services.common.settings import Settings
-from services.common.topology import Names
+from services.common.topology import DASHBOARD_EVENTS, Names
 from services.dashboard import alert_store, create_app
 from services.dashboard.collector import Options, open_engine, serve
 from services.dashboard.models import AlertState, QueueSample, Rollup, Worker, db
+from services.dashboard.rollup import Delta, fold_event
 from services.dashboard.thresholds import RULES
 from tests.conftest import Rabbit
 
@@ -63,6 +65,18 @@ class Running:
             raise self.error
 
 
+# Every field any folded event reads, so that an event type the rollup uses shows in the Delta.
+_EVERY_FIELD = {"tier": "cheap", "kind": "extract", "worker_id": "w-1", "pool": "mock",
+                "from": 1, "to": 2, "agreed": True, "grants": 1}
+
+
+@pytest.mark.parametrize("type_", [*sorted(EVENTS), "brand.new.kind"])
+def test_the_dashboard_queue_gets_exactly_the_events_the_rollup_folds(type_: str) -> None:
+    delta = Delta()
+    fold_event(delta, Event(type=type_, tenant="acme", data=_EVERY_FIELD))
+    assert (not delta.is_empty()) == (type_ in DASHBOARD_EVENTS)
+
+
 def _result(n: int, status: str = "succeeded") -> Result:
     return Result(task_id=f"c-{n}", tenant="acme", status=status, kind="extract", tier="cheap",
                   cost_usd=0.002, latency_ms=Latency(queue=20, llm=300, total=330))
@@ -75,8 +89,7 @@ def test_collector_rolls_up_messages_and_samples_queues(
         result = _result(n, "failed" if n == 4 else "succeeded")
         rabbit.publish(names.results, f"acme.{result.status}", result.model_dump_json())
     for event in (Event(type="task.retry", tenant="acme", data={"tier": "cheap"}),
-                  Event(type="worker.heartbeat", data={"worker_id": "w-1", "concurrency": 4}),
-                  Event(type="brand.new.kind", data={"anything": [1, 2]})):
+                  Event(type="worker.heartbeat", data={"worker_id": "w-1", "concurrency": 4})):
         rabbit.publish(names.events, event.type, event.model_dump_json())
     rabbit.publish(names.results, "acme.succeeded", b"not a result")
     for n in range(3):  # nobody consumes the tasks queue here: its depth stays 3

@@ -149,9 +149,14 @@ class Harness:
     async def events(self, kind: str) -> list[dict[str, Any]]:
         """Return the events of type `kind` published so far."""
         found = []
-        while (read := await self._read(self.names.dashboard_events)) is not None:
+        while (read := await self._read(events_queue(self.names))) is not None:
             found.append(read.body)
         return [event for event in found if event["type"] == kind]
+
+
+def events_queue(names: Names) -> str:
+    """Return the test's own queue of every event (the dashboard's gets only those it folds)."""
+    return f"{names.ns}.test.events"
 
 
 @asynccontextmanager
@@ -159,6 +164,8 @@ async def memory_side(names: Names) -> AsyncIterator[tuple[Broker, Any, Any]]:
     broker = MemoryBroker(names)
     channel = cast(AbstractChannel, broker.channel())
     await declare_topology(channel, names)
+    broker.declare_queue(events_queue(names))
+    broker.bind(events_queue(names), names.events, "#")
 
     async def read(queue: str) -> Read | None:
         message = broker.get(queue)
@@ -176,6 +183,8 @@ async def rabbit_side(names: Names, amqp_url: str) -> AsyncIterator[tuple[Broker
     connection: AbstractRobustConnection = bus.connection
     await declare_topology(await connection.channel(), names)
     reader = await connection.channel()
+    events = await reader.declare_queue(events_queue(names), exclusive=True)
+    await events.bind(names.events, routing_key="#")
 
     async def read(queue: str) -> Read | None:
         declared = await reader.declare_queue(queue, passive=True)

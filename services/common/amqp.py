@@ -147,7 +147,7 @@ class Broker(Protocol):
                       headers: Mapping[str, Any] | None = None, priority: int | None = None,
                       reply_to: str | None = None, correlation_id: str | None = None,
                       expiration: float | None = None, message_id: str | None = None,
-                      mandatory: bool = True) -> None: ...
+                      mandatory: bool = True, confirm: bool = True) -> None: ...
 
     async def send_to_queue(self, queue: str, body: BaseModel | bytes | Mapping[str, Any],
                             **kwargs: Any) -> None: ...
@@ -167,7 +167,10 @@ class Bus:
         self.connection = connection
         self.names = names
         self._publish_channel = publish_channel
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._exchanges: dict[tuple[str, bool], AbstractExchange] = {}
+        # Telemetry goes out on a channel without confirms: nobody waits for it (it may be lost).
+        self._loose_channel: AbstractChannel | None = None
+        self._loose_lock = asyncio.Lock()
         # queue name -> its consumer (queue, tag) and the channel it has to itself
         self._consumers: dict[str, tuple[AbstractQueue, str, AbstractChannel,
                                          tuple[str, int]]] = {}
@@ -187,13 +190,25 @@ class Bus:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(connection, channel, names)
 
-    async def _exchange(self, name: str) -> AbstractExchange:
+    async def _channel(self, confirm: bool) -> AbstractChannel:
+        if confirm:
+            return self._publish_channel
+        if self._loose_channel is not None and not self._loose_channel.is_closed:
+            return self._loose_channel
+        async with self._loose_lock:
+            if self._loose_channel is None or self._loose_channel.is_closed:
+                self._loose_channel = await self.connection.channel(publisher_confirms=False)
+                self._exchanges = {k: v for k, v in self._exchanges.items() if k[1]}
+            return self._loose_channel
+
+    async def _exchange(self, name: str, confirm: bool = True) -> AbstractExchange:
+        channel = await self._channel(confirm)
         if name == "":
-            return self._publish_channel.default_exchange
-        exchange = self._exchanges.get(name)
+            return channel.default_exchange
+        exchange = self._exchanges.get((name, confirm))
         if exchange is None:
-            exchange = await self._publish_channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
+            exchange = await channel.get_exchange(name, ensure=False)
+            self._exchanges[name, confirm] = exchange
         return exchange
 
     async def publish(self, exchange: str, routing_key: str,
@@ -201,15 +216,17 @@ class Bus:
                       headers: Mapping[str, Any] | None = None, priority: int | None = None,
                       reply_to: str | None = None, correlation_id: str | None = None,
                       expiration: float | None = None, message_id: str | None = None,
-                      mandatory: bool = True) -> None:
-        """Publish persistently and wait for the broker's confirm."""
+                      mandatory: bool = True, confirm: bool = True) -> None:
+        """Publish persistently and wait for the broker's confirm; `confirm=False`: transient
+        and not waited for (telemetry only: the broker may drop it, nothing says so)."""
+        mode = aio_pika.DeliveryMode.PERSISTENT if confirm else \
+            aio_pika.DeliveryMode.NOT_PERSISTENT
         message = aio_pika.Message(
-            encode(body), content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers=dict(headers or {}),
-            priority=priority, reply_to=reply_to, correlation_id=correlation_id,
-            expiration=expiration, message_id=message_id)
+            encode(body), content_type="application/json", delivery_mode=mode,
+            headers=dict(headers or {}), priority=priority, reply_to=reply_to,
+            correlation_id=correlation_id, expiration=expiration, message_id=message_id)
         try:
-            target = await self._exchange(exchange)
+            target = await self._exchange(exchange, confirm)
             await target.publish(message, routing_key, mandatory=mandatory)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise PublishFailed(f"publish to {exchange or '(default)'}/{routing_key}: {exc!r}") \

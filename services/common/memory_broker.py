@@ -117,6 +117,11 @@ class _Declared:
         self._broker.bind(self.name, str(getattr(exchange, "name", exchange)), routing_key,
                           arguments)
 
+    async def unbind(self, exchange: Any, routing_key: str = "", **_: Any) -> None:
+        bindings = self._broker.exchanges[str(getattr(exchange, "name", exchange))].bindings
+        bindings[:] = [b for b in bindings
+                       if (b.queue, b.routing_key) != (self.name, routing_key)]
+
 
 class _DefaultExchange:
     """A channel's default exchange: publishes straight to the queue named by the key."""
@@ -192,8 +197,9 @@ class MemoryBroker:
                       headers: Mapping[str, Any] | None = None, priority: int | None = None,
                       reply_to: str | None = None, correlation_id: str | None = None,
                       expiration: float | None = None, message_id: str | None = None,
-                      mandatory: bool = True) -> None:
-        """Route a message to its queues; unroutable and mandatory fails as `Bus` does."""
+                      mandatory: bool = True, confirm: bool = True) -> None:
+        """Route a message to its queues; unroutable and mandatory fails as `Bus` does
+        (`confirm` changes nothing here: every publish is delivered at once)."""
         message = MemoryMessage(encode(body), routing_key, exchange, dict(headers or {}),
                                 reply_to, correlation_id, message_id, priority, expiration)
         if exchange and exchange not in self.exchanges:

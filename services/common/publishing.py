@@ -27,7 +27,15 @@ async def publish_result(bus: Broker, result: Result, reply_to: str | None = Non
 
 async def emit(bus: Broker, type_: str, service: str, *, tenant: str | None = None,
                task_id: str | None = None, **data: Any) -> None:
-    """Publish a telemetry Event (routing key = its type), its data checked by its model."""
+    """Publish a telemetry Event (routing key = its type), its data checked by its model.
+
+    Transient and not confirmed: an event is a dashboard figure, never a task's result, so it
+    costs the broker no disk write and its sender no round trip, and one the broker drops
+    (or a channel that just closed) is logged, never raised into the task's handler.
+    """
     events.checked(type_, data)
     event = Event(type=type_, service=service, tenant=tenant, task_id=task_id, data=data)
-    await bus.publish(bus.names.events, type_, event, mandatory=False)
+    try:
+        await bus.publish(bus.names.events, type_, event, mandatory=False, confirm=False)
+    except PublishFailed as exc:
+        log.warning("event %s of %s not published: %s", type_, task_id or service, exc)

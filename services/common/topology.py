@@ -16,6 +16,12 @@ from services.common.models import TIERS
 RETRY_LEVELS_MS: tuple[int, ...] = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)
 DELIVERY_LIMIT = 20  # a message redelivered this often (crash loop) is dead-lettered
 TELEMETRY_MAX_LENGTH = 1_000_000  # telemetry queues drop their oldest rather than grow forever
+# The event types the dashboard's collector folds into rollups (`dashboard/rollup.py`
+# `fold_event`; a test keeps the two in step): its queue gets only these, so the per-task
+# `task.started` and `task.completed` cost it no delivery it would throw away.
+DASHBOARD_EVENTS: tuple[str, ...] = ("task.routed", "task.retry", "task.dead", "cache.verify",
+                                     "limiter.stats", "worker.heartbeat", "scale.up",
+                                     "scale.down")
 SUBMIT_ROUTING_KEY = "task"
 STARTED_EVENT = "task.started"
 
@@ -184,10 +190,12 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     }
 
     async def queue(name: str, arguments: dict[str, Any], exchange: str | None = None,
-                    key: str = "#") -> None:
+                    *keys: str) -> Any:
         declared = await channel.declare_queue(name, durable=True, arguments=arguments)
         if exchange is not None:
-            await declared.bind(ex[exchange], routing_key=key)
+            for key in keys or ("#",):
+                await declared.bind(ex[exchange], routing_key=key)
+        return declared
 
     await queue(names.submit, _quorum(names), names.submit, SUBMIT_ROUTING_KEY)
     await queue(names.tasks, _quorum(names), names.tasks, SUBMIT_ROUTING_KEY)
@@ -196,7 +204,10 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     await queue(names.results_store, _quorum(names), names.results)
     telemetry = {"x-queue-type": "classic", "x-max-length": TELEMETRY_MAX_LENGTH,
                  "x-overflow": "drop-head"}
-    await queue(names.dashboard_events, telemetry, names.events)
+    dashboard_events = await queue(names.dashboard_events, telemetry, names.events,
+                                   *DASHBOARD_EVENTS)
+    # Namespaces declared before DASHBOARD_EVENTS bound it to every event.
+    await dashboard_events.unbind(ex[names.events], routing_key="#")
     # "running" is a courtesy to people watching a task: lossy under overload, never blocking.
     await queue(names.started_store, telemetry, names.events, STARTED_EVENT)
     await queue(names.dashboard_results, telemetry, names.results)
