@@ -53,9 +53,6 @@ class CostControls:
             error is None)
         self.breakers.outcome(entry, time.monotonic(), healthy)
 
-    # The old name, kept while callers move to `outcome` ("settle" is the broker's word).
-    settle = outcome
-
     # -- facts for the decisions ----------------------------------------------------------
 
     async def budget_level(self, tenant: str) -> BudgetLevel:

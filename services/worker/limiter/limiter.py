@@ -276,9 +276,6 @@ class SharedLimiter:
                 return
         self._local.true_up(grant.pool, limits.divided(self._link.workers), delta)
 
-    # The old name, kept while callers move to `true_up` ("settle" is the broker's word).
-    settle = true_up
-
     async def pause(self, pool: str, seconds: float) -> None:
         """Pause every worker's calls on the pool for `seconds` (never shortens a pause)."""
         self._limits(pool)
