@@ -163,13 +163,14 @@ def _walk_through(dash: Dashboard, page: Page) -> None:
     page.fill("#queue_depth", "1")
     page.fill("#queue_depth_for_s", "0")
     page.check("#queue_depth_enabled")
+    page.fill("#self_host_gpu_hour_usd", "2")  # and price self-hosting on the overview
     page.click("#save")
     page.wait_for_selector(".flash.ok >> text=Thresholds saved")
     assert page.input_value("#queue_depth") == "1"
     assert page.locator("#error-queue_depth").count() == 0
     saved = _thresholds(dash)
     assert (saved["queue_depth"], saved["queue_depth_for_s"]) == (1, 0)
-    assert saved["queue_depth_enabled"] is True
+    assert saved["queue_depth_enabled"] is True and saved["self_host_gpu_hour_usd"] == 2
     shot(page, "settings.png")
 
     # More work queues up than one slow worker takes: the banner shows the alert.
@@ -181,6 +182,9 @@ def _walk_through(dash: Dashboard, page: Page) -> None:
     assert "Queue depth" in text and "threshold 1 " in text, text  # the new threshold
     assert page.locator("#alert-banner").is_visible()
     assert "bad" in (page.get_attribute("#card-backlog", "class") or "")
+    # One $2/h GPU around the clock, beside what the API costs at this volume.
+    assert page.inner_text("#card-self-hosting .value") == "$1,460/month"
+    assert "deferred waiting" in page.inner_text("#card-batches .sub")
     shot(page, "alert.png")
 
 

@@ -68,6 +68,43 @@ def _wrong_hits(totals: Mapping[str, Any]) -> str:
             f"{num(totals['semantic_verified'])} sampled")
 
 
+def _batching(totals: Mapping[str, Any]) -> str:
+    return f" · batching {money(totals['saved_batching_usd'])}" \
+        if "saved_batching_usd" in totals else ""
+
+
+def _batch_month(totals: Mapping[str, Any]) -> str:
+    """Say what the month would cost without batches, once they save anything."""
+    if not totals.get("projected_monthly_batching_saving_usd"):
+        return ""
+    return (f", {money(totals['projected_monthly_without_batching_usd'])} without "
+            "batching")
+
+
+def batches_card(batches: Mapping[str, Any]) -> Card:
+    """Return the card of deferred work: waiting, in flight, answered and what it saved."""
+    unpriced = f" · {num(batches['unpriced'])} unpriced" if batches["unpriced"] else ""
+    return Card("batches", "Batches", f"{num(batches['in_flight'])} in flight",
+                f"{num(batches['deferred_waiting'])} deferred waiting · "
+                f"{num(batches['results'])} batched results · saved "
+                f"{money(batches['saved_usd'])}{unpriced}",
+                "good" if batches["saved_usd"] > 0 else "")
+
+
+def self_hosting_card(figures: Mapping[str, Any]) -> Card:
+    """Return the self-hosting answer: its monthly cost, the API's, and the break-even."""
+    if not figures["configured"]:
+        return Card("self-hosting", "Self-hosted", DASH,
+                    "enter a GPU price in Settings to compare")
+    even = figures["break_even_tasks_per_day"]
+    break_even = "never breaks even" if even is None else f"break-even {num(even)} tasks/day"
+    return Card("self-hosting", "Self-hosted",
+                f"{money(figures['self_hosted_monthly_usd'])}/month",
+                f"{num(figures['gpus'])} GPU{'s' if figures['gpus'] != 1 else ''} · API "
+                f"{money(figures['api_monthly_usd'])}/month now · {break_even}",
+                "good" if figures["cheaper"] == "self-hosted" else "")
+
+
 def build_cards(doc: Mapping[str, Any]) -> list[Card]:
     """Return the overview's headline cards for a metrics document."""
     t = doc["totals"]
@@ -92,19 +129,23 @@ def build_cards(doc: Mapping[str, Any]) -> list[Card]:
              f"{num(workers['in_flight'])} of {num(workers['concurrency'])} slots busy",
              "warn" if workers["online"] == 0 else ""),
         Card("cost-hour", "Cost per hour", money(t["cost_per_hour_usd"]),
-             f"≈ {money(t['projected_monthly_usd'])}/month at this rate",
+             f"≈ {money(t['projected_monthly_usd'])}/month at this rate" + _batch_month(t),
              _tone(firing, "cost_per_hour")),
         Card("cost-task", "Cost per task", money(t["cost_per_task_usd"]),
              f"{money(t['cost_usd'])} in this window"),
         Card("savings", "Saved", money(t["saved_usd"]),
              f"cache {money(t['saved_cache_usd'])} · tiering {money(t['saved_tiering_usd'])}"
-             + _wrong_hits(t),
+             + _batching(t) + _wrong_hits(t),
              "bad" if "semantic_wrong_hits" in firing else "good" if t["saved_usd"] > 0 else ""),
         Card("cache", "Cache hit rate", pct(t["cache_hit_rate_pct"]),
              f"exact {num(t['cache_exact'])} · semantic {num(t['cache_semantic'])}"),
         Card("limiter", "Limiter use", pct(max(pools)) if pools else DASH,
              f"429s {num(t['rate_limited_per_min'], 1)}/min", _tone(firing, "rate_limited")),
     ]
+    if "batches" in doc:
+        cards.insert(len(cards) - 1, batches_card(doc["batches"]))
+    if "self_hosting" in doc:
+        cards.append(self_hosting_card(doc["self_hosting"]))
     if "suggested_workers" in doc:
         cards.append(Card("suggested", "Suggested workers", num(doc["suggested_workers"]),
                           f"now {num(workers['online'])} online"))

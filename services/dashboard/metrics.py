@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from services.common.models import TIERS
 from services.common.topology import Names
-from services.dashboard import queries, snapshot
+from services.dashboard import batch_metrics, queries, snapshot
 from services.dashboard.cards import card_dicts
 from services.dashboard.db_session import DbSession
 from services.dashboard.queries import Window
+from services.dashboard.self_hosting import GpuPlan
 from services.dashboard.suggestion import suggest
 
 
@@ -23,7 +25,9 @@ def backlog_queues(names: Names) -> list[str]:
 
 
 def window_metrics(session: DbSession, names: Names, window: Window, now: float,
-                   tenant: str | None = None, limiter_rpm: int = 0) -> dict[str, Any]:
+                   tenant: str | None = None, limiter_rpm: int = 0,
+                   batch_discounts: Mapping[str, float] | None = None,
+                   gpu_plan: GpuPlan | None = None) -> dict[str, Any]:
     """Return the `/api/metrics` document for `window` ending at `now`."""
     start = window.start(now)
     displayed = names.monitored_queues()
@@ -44,5 +48,7 @@ def window_metrics(session: DbSession, names: Names, window: Window, now: float,
     suggested = suggest(doc, limiter_rpm)
     if suggested is not None:
         doc["suggested_workers"] = suggested
+    batch_metrics.add_batching(doc, session, start, tenant, batch_discounts or {})
+    batch_metrics.add_self_hosting(doc, gpu_plan)
     doc["cards"] = card_dicts(doc)
     return doc

@@ -34,7 +34,8 @@ def _finite(field: str, value: float) -> float:
     return float(value)
 
 
-def _not_negative(field: str, value: float) -> float:
+def non_negative(field: str, value: float) -> float:
+    """Return `value` as a float, or raise PlanError naming `field` (negative, NaN, ∞)."""
     if _finite(field, value) < 0:
         raise PlanError(field, f"must be 0 or more (got {value:g})")
     return float(value)
@@ -49,7 +50,7 @@ class GpuPlan:
     self_host_tokens_per_s: float
 
     def __post_init__(self) -> None:
-        _not_negative("self_host_gpu_hour_usd", self.self_host_gpu_hour_usd)
+        non_negative("self_host_gpu_hour_usd", self.self_host_gpu_hour_usd)
         gpus = _finite("self_host_gpus", self.self_host_gpus)
         if gpus < 1 or not gpus.is_integer():
             raise PlanError("self_host_gpus", f"must be a whole number of 1 or more (got {gpus:g})")
@@ -86,7 +87,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         for name in ("tasks_per_day", "tokens_per_day", "api_usd_per_day"):
-            _not_negative(name, getattr(self, name))
+            non_negative(name, getattr(self, name))
 
     @classmethod
     def observed(cls, tasks: float, tokens: float, cost_usd: float, span_s: float) -> Volume:
@@ -103,7 +104,7 @@ class Volume:
 
 def replicas_needed(plan: GpuPlan, tokens_per_day: float) -> int:
     """Return how many replicas serve `tokens_per_day` (always at least one)."""
-    _not_negative("tokens_per_day", tokens_per_day)
+    non_negative("tokens_per_day", tokens_per_day)
     return max(1, math.ceil(tokens_per_day / plan.replica_tokens_per_day))
 
 

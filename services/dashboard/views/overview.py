@@ -8,9 +8,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from services.common.topology import Names
+from services.dashboard import alert_store
+from services.dashboard.batch_metrics import batch_discounts
 from services.dashboard.metrics import window_metrics
 from services.dashboard.models import db
 from services.dashboard.queries import DEFAULT_WINDOW, WINDOWS
+from services.dashboard.self_hosting import plan_from_settings
 from services.dashboard.views.access import settings
 from services.dashboard.views.chrome import api_error
 
@@ -19,8 +22,13 @@ REFRESH_S = 5
 
 
 def _metrics(window: str, tenant: str | None) -> dict[str, Any]:
+    extensions = current_app.extensions
+    if "agentq.batch_discounts" not in extensions:  # the tier table is read once per process
+        extensions["agentq.batch_discounts"] = batch_discounts(settings())
     return window_metrics(db.session, Names(settings().namespace), WINDOWS[window], time.time(),
-                          tenant or None, current_app.extensions["agentq.limiter_rpm"])
+                          tenant or None, extensions["agentq.limiter_rpm"],
+                          extensions["agentq.batch_discounts"],
+                          plan_from_settings(alert_store.load_values(db.session)))
 
 
 @bp.get("/")
