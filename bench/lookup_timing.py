@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from services.common.embedder import Embedder
 from services.common.models import Task
+from services.common.pair_check import PairChecker
 from services.common.semantic_cache import SemanticCache, scope_of
 from services.common.semantic_index import SemanticIndex
 from services.common.topology import Names
@@ -29,7 +30,8 @@ def quantile(seconds: list[float], q: int) -> float:
 
 async def timed_lookups(embedder: Embedder, embed_now: Callable[[list[str]], Any],
                         fill: Callable[[SemanticCache], Awaitable[None]],
-                        queries: Iterable[str], threshold: float) -> dict[str, float]:
+                        queries: Iterable[str], threshold: float,
+                        checker: PairChecker | None = None) -> dict[str, float]:
     """Fill one scope through `fill(writer)`, load it into a fresh index from Redis, and
     time a full lookup (embed, search, entry fetch, guard) and a bare index search of each
     query; the run's Redis keys are deleted afterwards."""
@@ -38,7 +40,7 @@ async def timed_lookups(embedder: Embedder, embed_now: Callable[[list[str]], Any
     try:
         await fill(SemanticCache(redis, names, embedder, ttl_s=3600))
         reader = SemanticCache(redis, names, embedder, ttl_s=3600,
-                               index=SemanticIndex(embedder.dimensions))
+                               index=SemanticIndex(embedder.dimensions), checker=checker)
         started = time.perf_counter()
         await reader.sync(force=True)
         load_s = time.perf_counter() - started

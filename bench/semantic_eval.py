@@ -7,8 +7,8 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from services.common.cost_config import ALL_KINDS
 from services.common.guard import same_question
+from services.common.pair_check import PairChecker
 
 PAIRS_DIR = Path(__file__).resolve().parent / "data" / "semantic_pairs"
 TARGET_PRECISION = 0.98
@@ -34,6 +35,7 @@ class Scored:
     row: dict[str, Any]
     similarity: float
     guard_ok: bool
+    check: float = 0.0  # the pair check's probability (0 where it was not asked)
 
     @property
     def same(self) -> bool:
@@ -76,14 +78,36 @@ class Outcome:
         return self.wrong / self.hits if self.hits else 0.0
 
 
+def check_pairs(checker: PairChecker, scored: list[Scored], batch: int = 32
+                ) -> tuple[list[Scored], float]:
+    """Ask the pair check about every guard-passing pair above its floor (as a lookup
+    would); return the pairs with their probabilities and the ms of one check alone."""
+    asked = [i for i, p in enumerate(scored) if p.guard_ok and p.similarity >= checker.floor]
+    probabilities: dict[int, float] = {}
+    for start in range(0, len(asked), batch):
+        chunk = asked[start:start + batch]
+        got = checker.scores_now([(scored[i].row["a"], scored[i].row["b"]) for i in chunk])
+        probabilities.update(zip(chunk, map(float, got), strict=True))
+    sample = asked[:60]
+    started = time.perf_counter()
+    for i in sample:
+        checker.same_now(scored[i].row["a"], scored[i].row["b"])
+    ms = (time.perf_counter() - started) * 1000 / max(1, len(sample))
+    return [replace(p, check=probabilities.get(i, 0.0)) for i, p in enumerate(scored)], ms
+
+
 def outcome(scored: list[Scored], thresholds: Callable[[str], float | None],
-            use_guard: bool = True) -> Outcome:
-    """Count hits, wrong hits and misses when each pair's task kind uses `thresholds`."""
+            use_guard: bool = True, second: tuple[float, float] | None = None) -> Outcome:
+    """Count hits, wrong hits and misses when each pair's task kind uses `thresholds`;
+    `second` = (floor, cutoff): a guarded pair between floor and threshold is a hit when
+    its pair-check probability reaches the cutoff (as `SemanticCache.lookup` decides)."""
     result = Outcome()
     for pair in scored:
         threshold = thresholds(pair.row["task"])
-        hit = (threshold is not None and pair.similarity >= threshold
-               and (pair.guard_ok or not use_guard))
+        guarded = pair.guard_ok or not use_guard
+        checked = (second is not None and threshold is not None and guarded
+                   and pair.similarity >= second[0] and pair.check >= second[1])
+        hit = checked or (threshold is not None and pair.similarity >= threshold and guarded)
         result.must_match += pair.same
         if hit:
             result.hits += 1
@@ -103,17 +127,25 @@ def lowest_safe_threshold(scored: list[Scored], target: float = TARGET_PRECISION
     Requiring every higher threshold to pass too keeps a lucky dip in the curve from being
     picked: the chosen value sits in a stretch where precision is reliably above target.
     """
-    passing = sorted((p.similarity, p.same) for p in scored if p.guard_ok)
+    best = safe_cutoff(((p.similarity, p.same) for p in scored if p.guard_ok), target,
+                       min_hits)
+    return None if best is None else math.ceil(best * 100) / 100  # rounded up: safe side
+
+
+def safe_cutoff(points: Iterable[tuple[float, bool]], target: float = TARGET_PRECISION,
+                min_hits: int = MIN_HITS) -> float | None:
+    """Return the lowest score at which the (score, same) points at or above it, and at or
+    above every higher score, reach `target` precision with at least `min_hits`; or None."""
     best: float | None = None
     right = wrong = 0
-    for similarity, same in reversed(passing):  # from the highest cosine down
+    for score, same in sorted(points, reverse=True):  # from the highest score down
         right += same
         wrong += not same
         if right + wrong >= min_hits:
             if right / (right + wrong) < target:
                 break
-            best = similarity
-    return None if best is None else math.ceil(best * 100) / 100  # rounded up: safe side
+            best = score
+    return best
 
 
 def tune(scored: list[Scored]) -> dict[str, float]:

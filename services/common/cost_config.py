@@ -77,6 +77,10 @@ class CacheConfig(BaseModel):
     embedder_model: str = ""  # sentence: model directory; provider: "provider/model"
     dimensions: int | None = Field(default=None, ge=16, le=4096)  # local: 256; provider: sent
     verify_share: float = Field(default=0.02, ge=0, le=1)  # semantic hits re-asked for real
+    # auto: a guard-passing candidate below the threshold but above the pair check's floor is
+    # served if the learned pair check agrees (services/common/pair_check.py). Off by
+    # default: on the held-out pairs it does not reach the precision target (docs/cache.md).
+    second_check: Literal["auto", "off"] = "off"
     inflight_wait_s: float = Field(default=60.0, gt=0)  # dedup: how long twins wait
 
     def embedder_in_use(self) -> str:

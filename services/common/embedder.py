@@ -152,10 +152,8 @@ class SentenceEmbedder:
         self.dimensions = int(self._session.get_outputs()[0].shape[-1])
         self._batcher = EmbedBatcher(self.embed_now)
 
-    def embed_now(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed in the calling thread (blocking): one model run for all texts."""
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
+    def _run(self, texts: Sequence[str]) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Run the model once: (encodings, hidden states, attention mask)."""
         encoded = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
@@ -166,9 +164,26 @@ class SentenceEmbedder:
                                               if k in self._inputs})[0]
         except Exception as exc:  # onnxruntime's own error types
             raise EmbedderError(f"the sentence model failed: {exc}") from None
+        return encoded, hidden, mask
+
+    def embed_now(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed in the calling thread (blocking): one model run for all texts."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        _, hidden, mask = self._run(texts)
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return unit_rows(pooled)
+
+    def tokens_now(self, texts: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
+        """Return each text's word pieces and their contextual vectors (padding dropped),
+        from one model run: what the pair check aligns word by word."""
+        if not texts:
+            return []
+        encoded, hidden, mask = self._run(texts)
+        lengths = mask.sum(axis=1)
+        return [(list(e.tokens[:n]), np.asarray(hidden[i, :n], dtype=np.float32))
+                for i, (e, n) in enumerate(zip(encoded, lengths, strict=True))]
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await self._batcher.embed(texts)

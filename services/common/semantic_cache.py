@@ -26,6 +26,7 @@ from services.common.cache import CachedAnswer, cacheable
 from services.common.embedder import BAD_VECTORS, Embedder, EmbedderError, LocalEmbedder
 from services.common.guard import same_question
 from services.common.models import Task
+from services.common.pair_check import MAX_CHECKS, PairChecker
 from services.common.semantic_index import SemanticIndex
 from services.common.topology import Names
 from services.common.wording import normalise
@@ -49,6 +50,7 @@ class SemanticHit:
     key: str
     similarity: float
     answer: CachedAnswer
+    checked: bool = False  # served below the threshold because the pair check agreed
 
 
 def semantic_cacheable(task: Task) -> bool:
@@ -90,12 +92,14 @@ class SemanticCache:
     """Write and look up semantic entries; `index` is needed only for lookups."""
 
     def __init__(self, redis: Redis, names: Names, embedder: Embedder, ttl_s: int,
-                 index: SemanticIndex | None = None) -> None:
+                 index: SemanticIndex | None = None,
+                 checker: PairChecker | None = None) -> None:
         self._redis = redis
         self._names = names
         self._embedder = embedder
         self._ttl_s = ttl_s
         self.index = index
+        self.checker = checker
         self._stream = names.redis_key("cache", "semantic", "log")
         self._last_id = "0-0"
         self._last_sync = 0.0
@@ -158,17 +162,21 @@ class SemanticCache:
 
     async def lookup(self, task: Task, tier: str, threshold: float,
                      now: float | None = None) -> SemanticHit | None:
-        """Return the answer of the closest same-scope prompt that asks the same question."""
+        """Return the answer of the closest same-scope prompt that asks the same question:
+        at or above `threshold` the guard decides; between the pair check's floor and the
+        threshold (when there is a checker) the pair check must agree too."""
         assert self.index is not None, "lookups need an index"
         now = time.time() if now is None else now
         await self.sync(now)
         text = query_text(task)
         scope = scope_of(task, tier)
         vector = (await self._embed([text]))[0]
-        candidates = self.index.search(scope, vector, now, threshold, CANDIDATES)
+        floor = threshold if self.checker is None else min(threshold, self.checker.floor)
+        candidates = self.index.search(scope, vector, now, floor, CANDIDATES)
         if not candidates:
             return None
         raws = await self._redis.mget([key for key, _ in candidates])
+        checks = 0
         for (key, similarity), raw in zip(candidates, raws, strict=True):
             if raw is None:  # expired or evicted in Redis: forget it here too
                 self.index.remove(scope, key)
@@ -176,9 +184,16 @@ class SemanticCache:
             entry = SemanticEntry.model_validate_json(raw)
             if entry.tenant != task.tenant or entry.scope != scope:
                 continue  # never serve another tenant's answer, whatever the index says
-            if normalise(entry.text) == normalise(text) or same_question(
-                    entry.text, text, strict=self._strict_guard).same:
+            if normalise(entry.text) == normalise(text):
                 return SemanticHit(key, similarity, entry.answer)
+            if not same_question(entry.text, text, strict=self._strict_guard).same:
+                continue
+            if similarity >= threshold:
+                return SemanticHit(key, similarity, entry.answer)
+            if self.checker is not None and checks < MAX_CHECKS:
+                checks += 1  # each check is a model run: a lookup pays for a few at most
+                if await self.checker.same(entry.text, text):
+                    return SemanticHit(key, similarity, entry.answer, checked=True)
         return None
 
     async def sync(self, now: float | None = None, force: bool = False) -> None:
