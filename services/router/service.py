@@ -17,6 +17,7 @@ from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
 from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Result, Task
+from services.common.pair_check import make_pair_checker
 from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras
 from services.common.results import from_cache
@@ -144,7 +145,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         clients.closing(embedder.close)
         await declare_topology(await bus.connection.channel(), names)
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s,
-                                 SemanticIndex(embedder.dimensions))
+                                 SemanticIndex(embedder.dimensions),
+                                 make_pair_checker(config.cache, embedder))
         await semantic.sync(force=True)  # load every live entry before the first lookup
         gc.freeze()  # full collections skip what start-up built (the index among it): short pauses
         exact = ExactCache(redis, names, config.cache.exact_ttl_s or settings.cache_ttl_s)
