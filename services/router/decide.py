@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from services.batcher.plan import goes_to_batch
+from services.common.actions import Emit, Reject
 from services.common.budget import BudgetLevel
 from services.common.cache import CachedAnswer, cacheable
 from services.common.config import AgentqConfig
@@ -44,13 +45,6 @@ from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
 from services.router.policy import RouteDecision, choose_tier
 
 CacheOutcome = Literal["miss", "exact", "semantic"]
-
-
-@dataclass(frozen=True)
-class Reject:
-    """The message is not a Task: park it in `rejected` with the reason."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -80,16 +74,6 @@ class Defer:
     tier: str
     task: Task
     headers: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Publish a telemetry event about the task."""
-
-    type: str
-    tenant: str
-    task_id: str
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 Action = Reject | Answer | Route | Defer | Emit

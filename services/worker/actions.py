@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.actions import Emit, Reject
 from services.common.cache import CachedAnswer
 from services.common.models import Result, Task
 from services.common.topology import ROUTE_HEADER
@@ -35,13 +36,6 @@ class WorkOrder:
     def routed_tier(self) -> str:
         """The tier the router chose: caches and the dedup lock are keyed by it."""
         return header_text(self.headers, ROUTED_TIER_HEADER) or self.tier
-
-
-@dataclass(frozen=True)
-class Reject:
-    """The message can never be processed: park it in `rejected` with the reason."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -131,16 +125,6 @@ class Verify:
 
     key: str
     agreed: bool
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Publish a telemetry event about the task."""
-
-    type: str
-    tenant: str
-    task_id: str
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 Action = (Reject | Call | Publish | Hold | Retry | Escalate | Dead | Charge | Release | Remember
