@@ -106,3 +106,24 @@ def test_without_tiktoken_the_approximation_counts(monkeypatch: pytest.MonkeyPat
     assert count_messages([{"role": "user", "content": text}]) == 3 + 3 + 1 + 13
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "tiktoken is not installed" in warnings[0]
+
+
+def test_the_bench_compares_the_estimate_with_usage() -> None:
+    from bench.limiter.estimate import Sample, sample, summarise
+    from services.mockllm.usage import billed_prompt_tokens
+
+    messages = [{"role": "user", "content": "Where is my parcel?"}]
+    billed = billed_prompt_tokens(messages, "gpt-4o-mini")
+    compared = sample(messages, 100, "gpt-4o-mini",
+                      {"prompt_tokens": billed, "completion_tokens": 20})
+    # The worker's estimate of the prompt is the bill; the reservation holds max_tokens.
+    assert compared == Sample(billed, billed + 100, billed, billed + 20,
+                              count_messages(messages, tokenizer="approx"))
+    assert sample(messages, 100, "gpt-4o-mini", {}) is None  # nothing to compare with
+    error = summarise([Sample(110, 200, 100, 100, 130), Sample(100, 150, 100, 100, 100)])
+    assert error is not None
+    assert (error.calls, round(error.prompt_mean, 3), round(error.total_mean, 3)) == (
+        2, 0.05, 0.75)
+    assert round(error.prompt_p95, 3) == 0.095 and round(error.total_p95, 3) == 0.975
+    assert (round(error.approx_mean, 3), round(error.approx_p95, 3)) == (0.15, 0.285)
+    assert summarise([]) is None

@@ -8,11 +8,13 @@ import json
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pika
 
+from bench.limiter.estimate import EstimateError, Sample, sample, summarise
 from bench.limiter.measure import limiter_figures
 from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
@@ -49,6 +51,8 @@ class Collector(threading.Thread):
         channel.basic_consume(results, self._result, auto_ack=True)
         channel.basic_consume(events, self._event, auto_ack=True)
         self.records: list[Record] = []
+        self.sent: dict[str, Spec] = {}  # task id -> what was asked, until its Result
+        self.samples: list[Sample] = []
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -62,6 +66,12 @@ class Collector(threading.Thread):
         with self.lock:
             self.records.append(Record(time.time(), r["tenant"], tokens,
                                        r["status"] == "succeeded"))
+            spec = self.sent.pop(r["task_id"], None)
+        if spec is not None and r["status"] == "succeeded":
+            compared = sample(spec.messages, spec.max_tokens, r["model"], usage)
+            if compared is not None:
+                with self.lock:
+                    self.samples.append(compared)
 
     def _event(self, _ch: Any, _m: Any, _p: Any, body: bytes) -> None:
         with self.lock:
@@ -119,8 +129,12 @@ class AgentqSystem:
 
     def publish(self, specs: list[Spec]) -> None:
         for s in specs:
-            body = {"tenant": s.tenant, "messages": s.messages, "max_tokens": s.max_tokens,
-                    "tier": "cheap", "cache": "off", "metadata": {"bench": "limiter"}}
+            task_id = str(uuid.uuid4())
+            with self.collector.lock:
+                self.collector.sent[task_id] = s
+            body = {"id": task_id, "tenant": s.tenant, "messages": s.messages,
+                    "max_tokens": s.max_tokens, "tier": "cheap", "cache": "off",
+                    "metadata": {"bench": "limiter"}}
             self.channel.basic_publish(f"{self.ns}.submit", "task", json.dumps(body).encode(),
                                        self.props)
 
@@ -142,6 +156,10 @@ class AgentqSystem:
         if not self.window_events_from:
             self.window_events_from = time.time()
         return total
+
+    def estimate_error(self) -> EstimateError | None:
+        with self.collector.lock:
+            return summarise(self.collector.samples)
 
     def events_p99(self) -> float | None:
         with self.collector.lock:

@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 import redis
 
+from bench.limiter.estimate import EstimateError
 from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
 from bench.stack import AMQP_URL, REDIS_URL, ROOT, Stack, free_port, http, wait_until
@@ -116,3 +117,6 @@ class CelerySystem:
 
     def events_p99(self) -> float | None:
         return None
+
+    def estimate_error(self) -> EstimateError | None:
+        return None  # Celery's rate_limit counts requests, not tokens: nothing to compare

@@ -78,6 +78,7 @@ def run_one(make: Maker, opts: Options, label: str) -> Result:
             print(f"  [{label}] starting", flush=True)
             system = make(opts, exit_stack, tmp)
             result = measure(system, Workload(opts), opts, floor)
+            result.estimate = system.estimate_error()
             result.decision_alone = alone
             print(f"  [{label}] stopping and cleaning up", flush=True)
         ok = True

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.limiter.decision import Latency
+from bench.limiter.estimate import EstimateError
 from bench.limiter.system import Record
 from bench.limiter.workload import TENANTS, Options
 
@@ -96,6 +97,7 @@ class Result:
     events_p99: float | None = None
     per_5s: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # cores used in the window, by group
+    estimate: EstimateError | None = None  # the TPM estimate against the provider's usage
 
     @property
     def decision(self) -> dict[float, float] | None:

@@ -123,6 +123,23 @@ def limiter_rows(results: list[Result]) -> None:
     row("limiter waits per grant", "", [waits(r) for r in results])
 
 
+def _error(mean: float, p95: float) -> str:
+    return f"mean {mean * 100:.1f} %, p95 {p95 * 100:.1f} %"
+
+
+def estimate_rows(results: list[Result]) -> None:
+    """The TPM estimate's error against the provider's usage, |estimate - usage| / usage."""
+    errors = [r.estimate for r in results]
+    row("TPM estimate vs usage: calls", "", ["n/a" if e is None else f"{e.calls:,}"
+                                              for e in errors])
+    row("  prompt tokens", "", ["n/a" if e is None else _error(e.prompt_mean, e.prompt_p95)
+                                for e in errors])
+    row("  prompt, by the approximation", "", [
+        "n/a" if e is None else _error(e.approx_mean, e.approx_p95) for e in errors])
+    row("  reserved (prompt+max_tokens)", "", [
+        "n/a" if e is None else _error(e.total_mean, e.total_p95) for e in errors])
+
+
 def fairness_rows(results: list[Result]) -> None:
     fair = [fairness(r) for r in results]
     for tenant in TENANTS:
@@ -193,6 +210,7 @@ def report(results: list[Result], opts: Options, workload: Workload) -> None:
     header(opts, workload)
     provider_rows(results, opts)
     limiter_rows(results)
+    estimate_rows(results)
     fairness_rows(results)
     series_and_cpu(results)
     print(HOW_MEASURED)
