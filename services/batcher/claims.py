@@ -50,9 +50,10 @@ def claim_tasks(engine: Engine, new: Sequence[NewClaim], now: float | None = Non
     now = time.time() if now is None else now
     keys = {(n.task.tenant, n.task.id) for n in new}
     with engine.begin() as conn:
-        known = set(conn.execute(select(batch_claims.c.tenant, batch_claims.c.task_id).where(
-            tuple_(batch_claims.c.tenant, batch_claims.c.task_id).in_(keys))).tuples())
-        rows, seen = [], set(known)
+        seen: set[tuple[str, str]] = {(tenant, task_id) for tenant, task_id in conn.execute(
+            select(batch_claims.c.tenant, batch_claims.c.task_id).where(
+                tuple_(batch_claims.c.tenant, batch_claims.c.task_id).in_(keys)))}
+        rows = []
         for n in new:
             key = (n.task.tenant, n.task.id)
             if key in seen:
