@@ -12,6 +12,7 @@ import openai
 
 from services.common.config import AgentqConfig, ModelEntry, ProviderConfig
 from services.common.models import Task, Usage
+from services.common.tokens import counter, tokenizer_for
 
 
 class ProviderError(Exception):
@@ -137,6 +138,7 @@ class Providers:
                 default_headers=provider.extra_headers or None,
                 default_query=provider.extra_query or None,
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+        load_tokenizers(config)
 
     async def complete(self, entry: ModelEntry, task: Task) -> Completion:
         """Run one chat completion for a task on a model entry."""
@@ -160,6 +162,15 @@ class Providers:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def load_tokenizers(config: AgentqConfig) -> None:
+    """Load the tokenizer of every model now, at start-up: each call's TPM estimate counts
+    with it, and the first would otherwise pay for loading it (o200k: ~1.7 s of CPU) in the
+    middle of the first tasks' latency."""
+    for tier in config.tiers.values():
+        for entry in tier.models:
+            counter(entry.tokenizer or tokenizer_for(entry.model))
 
 
 def call_options(provider: ProviderConfig, entry: ModelEntry, task: Task) -> dict[str, Any]:
