@@ -21,9 +21,11 @@ pytestmark = pytest.mark.database
 
 ACME_KEY, BETA_KEY = "acme-batch-key-0123456789", "beta-batch-key-0123456789"
 MAX_FILE_BYTES = 200_000
-# Once the batcher exists, deferrable tasks may go out through mockllm's Batch API: run it.
+# Every line is a deferrable task, which may go out through mockllm's Batch API: run the
+# batcher, sending batches out and polling them often.
 SERVICES = PIPELINE_SERVICES + (
     ("batcher",) if importlib.util.find_spec("services.batcher.service") else ())
+QUICK_BATCHES = "\n[batches]\nmax_age_s = 0.5\npoll_s = 0.5\n"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     with running_pipeline(tmp_path_factory.mktemp("batches"), workers=1, services=SERVICES,
                           env={"AGENTQ_API_KEYS": keys,
                                "AGENTQ_BATCH_FILE_MAX_BYTES": str(MAX_FILE_BYTES)},
-                          mock_args=("--batch-completion-s", "0.5")) as running:
+                          mock_args=("--batch-completion-s", "0.5"),
+                          extra_config=QUICK_BATCHES) as running:
         yield running
 
 
