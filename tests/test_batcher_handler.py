@@ -1,0 +1,118 @@
+"""The router's and the batcher's handlers on the in-memory broker: where a deferrable task
+goes, and what the batcher does with a message it cannot batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from services.batcher.provider import BatchApi
+from services.batcher.service import Batcher
+from services.common.amqp import RejectMessage
+from services.common.cache import ExactCache
+from services.common.config import AgentqConfig, load_config
+from services.common.memory_broker import MemoryBroker
+from services.common.models import Task
+from services.common.store import make_engine
+from services.common.topology import ROUTE_HEADER, Names, declare_topology
+from services.router.service import Router
+
+
+@dataclass
+class Message:
+    """The parts of a delivered message the handlers read."""
+
+    body: bytes
+    routing_key: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    exchange: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    message_id: str | None = None
+
+
+def table(batch: bool = True) -> AgentqConfig:
+    raw = load_config(None).model_dump()
+    raw["providers"]["mock"]["batch"] = batch
+    return AgentqConfig.model_validate(raw)
+
+
+def on_memory(scenario: Callable[[MemoryBroker], Awaitable[None]]) -> None:
+    """Run a scenario on a fresh in-memory broker with agentq's topology declared."""
+    async def run() -> None:
+        memory = MemoryBroker(Names("batchertest"))
+        await declare_topology(cast(AbstractChannel, memory.channel()), memory.names)
+        try:
+            await scenario(memory)
+        finally:
+            await memory.close()
+
+    asyncio.run(run())
+
+
+def body(**fields: Any) -> bytes:
+    task = Task(prompt="Classify: late. labels: a, b", kind="classify", cache="off", **fields)
+    return task.stamped().model_dump_json().encode()
+
+
+async def route(broker: MemoryBroker, config: AgentqConfig, **fields: Any) -> None:
+    # cache="off": the exact cache (Redis) is never asked.
+    router = Router(broker, cast(ExactCache, None), config)
+    await router.handle(Message(body(**fields)))
+
+
+def test_the_router_sends_a_deferrable_task_to_the_batch_queue() -> None:
+    async def scenario(broker: MemoryBroker) -> None:
+        await route(broker, table(), deferrable=True, deadline="3h")
+        deferred = broker.get(broker.names.batch)
+        assert deferred is not None and deferred.routing_key == "cheap"
+        assert deferred.headers[ROUTE_HEADER] == "kind:classify"
+        assert json.loads(deferred.body)["deferrable"] is True
+        assert broker.get(broker.names.work_queue("cheap")) is None
+
+    on_memory(scenario)
+
+
+@pytest.mark.parametrize(("config", "fields"), [
+    (table(), {}),
+    (table(), {"deferrable": True, "deadline": "10m"}),  # no room for turnaround + margin
+    (table(batch=False), {"deferrable": True}),
+])
+def test_the_router_keeps_the_rest_live(config: AgentqConfig, fields: dict[str, Any]) -> None:
+    async def scenario(broker: MemoryBroker) -> None:
+        await route(broker, config, **fields)
+        assert broker.get(broker.names.batch) is None
+        assert broker.get(broker.names.work_queue("cheap")) is not None
+
+    on_memory(scenario)
+
+
+def test_the_batcher_sends_live_what_its_provider_cannot_batch(tmp_path: Path) -> None:
+    async def scenario(broker: MemoryBroker) -> None:
+        config = table(batch=False)
+        engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+        api = BatchApi(config)
+        try:
+            batcher = Batcher(broker, engine, api, config)
+            await batcher.handle(Message(body(deferrable=True), "cheap",
+                                         {ROUTE_HEADER: "kind:classify"}))
+            live = broker.get(broker.names.work_queue("cheap"))
+            assert live is not None
+            assert json.loads(live.body)["deferrable"] is False
+            assert live.headers[ROUTE_HEADER] == "kind:classify;live:no_batch_api"
+            with pytest.raises(RejectMessage, match="not a tier"):
+                await batcher.handle(Message(body(deferrable=True), "gold"))
+            with pytest.raises(RejectMessage, match="not a Task"):
+                await batcher.handle(Message(b'{"kind": 1}', "cheap"))
+        finally:
+            await api.close()
+            engine.dispose()
+
+    on_memory(scenario)
