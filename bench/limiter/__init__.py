@@ -31,7 +31,8 @@ scraped from every worker's metrics port at both ends of the window; the workers
 its max-min fair share, with Jain's fairness index over share ÷ fair share.
 
 Modules: workload (tenants, prompts, the backlog), window (one system's run and window),
-measure (the arithmetic of the figures), cpu, agentq_run and celery_run (the two systems),
+measure (the arithmetic of the figures), estimate (the TPM estimate against the provider's
+usage), cpu, agentq_run and celery_run (the two systems),
 celery_peer (the Celery app its workers run), report (the table), cli (options and main).
 """
 
