@@ -1,8 +1,13 @@
-"""The Celery settings both benchmark peers share (pure: importable without Celery)."""
+"""What both Celery benchmark peers share: settings and the provider client (importable
+without Celery)."""
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
+
+import openai
 
 
 def peer_conf(queue: str) -> dict[str, Any]:
@@ -15,3 +20,12 @@ def peer_conf(queue: str) -> dict[str, Any]:
         "task_send_sent_event": False, "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
+
+
+@functools.cache
+def provider_client(max_retries: int) -> openai.OpenAI:
+    """The worker process's one `openai` client of the simulated provider (BENCH_MOCK_URL),
+    as users keep one: its threads or greenlets share it, and prefork children, which call
+    this only after the fork, make their own."""
+    return openai.OpenAI(base_url=os.environ["BENCH_MOCK_URL"], api_key="bench",
+                         max_retries=max_retries, timeout=60)

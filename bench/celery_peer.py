@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import openai
 import pika
 import pika.exceptions
 import redis
 from celery import Celery
 
-from bench.celery_conf import peer_conf
+from bench.celery_conf import peer_conf, provider_client
 from bench.limiter.system import kill_groups
 from bench.proc_cpu import Meter
 from bench.redis_calls import RedisCalls
@@ -64,22 +63,12 @@ def make_app(queue: str, redis_url: str, key_prefix: str) -> Celery:
 app = make_app(os.environ.get("BENCH_CELERY_QUEUE", "agentq_bench.celery"),
                os.environ.get("BENCH_REDIS_URL", REDIS_URL),
                os.environ.get("BENCH_KEY_PREFIX", "agentq_bench:"))
-_openai: openai.OpenAI | None = None
-
-
-def _client() -> openai.OpenAI:
-    # One client per worker process (threads share it; prefork children make their own).
-    global _openai
-    if _openai is None:
-        _openai = openai.OpenAI(base_url=os.environ["BENCH_MOCK_URL"], api_key="bench",
-                                max_retries=2, timeout=60)
-    return _openai
 
 
 @app.task(name=TASK_NAME)  # type: ignore[misc]
 def answer(prompt: str, submitted: float) -> dict[str, Any]:
     """Ask the provider once; the returned dict is the stored result."""
-    response = _client().chat.completions.create(
+    response = provider_client(max_retries=2).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=64,
         temperature=0)
     usage = response.usage

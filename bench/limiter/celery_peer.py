@@ -32,7 +32,7 @@ import openai
 import redis
 from celery import Celery, Task
 
-from bench.celery_conf import peer_conf
+from bench.celery_conf import peer_conf, provider_client
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 TASK_NAME = "bench.call_llm"
@@ -51,17 +51,7 @@ def make_app(queue: str) -> Celery:
 
 
 app = make_app(QUEUE)
-_openai: openai.OpenAI | None = None
 _recorder: redis.Redis | None = None
-
-
-def _client() -> openai.OpenAI:
-    # One client per worker process, shared by its greenlets, as users keep one.
-    global _openai
-    if _openai is None:
-        _openai = openai.OpenAI(base_url=os.environ["BENCH_MOCK_URL"], api_key="bench",
-                                max_retries=0, timeout=60)
-    return _openai
 
 
 def _record(tenant: str, tokens: int, status: str) -> None:
@@ -85,7 +75,7 @@ class _Recorded(Task):  # type: ignore[misc]
           retry_jitter=True, max_retries=MAX_RETRIES)
 def call_llm(self: Task, tenant: str, messages: list[dict[str, str]], max_tokens: int) -> None:
     """Call the provider once; a 429 raises RateLimitError, which Celery retries later."""
-    response = _client().chat.completions.create(
+    response = provider_client(max_retries=0).chat.completions.create(
         model=MODEL, messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
         temperature=0)
     usage = response.usage
