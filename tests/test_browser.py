@@ -183,7 +183,7 @@ def _walk_through(dash: Dashboard, page: Page) -> None:
     assert page.locator("#alert-banner").is_visible()
     assert "bad" in (page.get_attribute("#card-backlog", "class") or "")
     # One $2/h GPU around the clock, beside what the API costs at this volume.
-    assert page.inner_text("#card-self-hosting .value") == "$1,460/month"
+    assert page.inner_text("#card-self-hosting .value") == "$1,460"
     assert "deferred waiting" in page.inner_text("#card-batches .sub")
     shot(page, "alert.png")
 

@@ -28,7 +28,7 @@ from services.dashboard.batch_saving import (
     per_month,
     tiering_apart,
 )
-from services.dashboard.cards import batches_card, self_hosting_card
+from services.dashboard.cards import batch_cards, money, self_hosting_cards
 from services.dashboard.models import db
 from services.dashboard.rollup import aggregate
 from services.dashboard.writer import apply_delta
@@ -86,27 +86,31 @@ def test_per_month_scales_a_window_to_730_hours() -> None:
 
 
 def test_cards_say_what_is_waiting_in_flight_and_saved() -> None:
-    card = batches_card({"deferred_waiting": 1234, "in_flight": 2, "results": 50,
-                         "saved_usd": 1.5, "unpriced": 3})
-    assert (card.value, card.tone) == ("2 in flight", "good")
-    assert card.sub == "1,234 deferred waiting · 50 batched results · saved $1.50 · 3 unpriced"
-    idle = batches_card({"deferred_waiting": 0, "in_flight": 0, "results": 0,
-                         "saved_usd": 0.0, "unpriced": 0})
-    assert (idle.value, idle.sub, idle.tone) == (
-        "0 in flight", "0 deferred waiting · 0 batched results · saved $0", "")
+    busy, saved = batch_cards({"deferred_waiting": 1234, "in_flight": 2, "results": 50,
+                               "saved_usd": 1.5, "unpriced": 3},
+                              {"projected_monthly_batching_saving_usd": 730.0})
+    assert (busy.value, busy.sub) == ("2 in flight", "1,234 deferred waiting")
+    assert (saved.value, saved.tone) == ("$1.50", "good")
+    assert saved.sub == "50 batched · ≈ $730.00/month · 3 unpriced"
+    idle = batch_cards({"deferred_waiting": 0, "in_flight": 0, "results": 0,
+                        "saved_usd": 0.0, "unpriced": 0}, {})
+    assert [(c.value, c.sub, c.tone) for c in idle] == [
+        ("0 in flight", "0 deferred waiting", ""), ("$0", "0 batched · ≈ $0/month", "")]
 
 
-def test_self_hosting_card_asks_for_a_price_then_answers() -> None:
-    assert "enter a GPU price" in self_hosting_card({"configured": False}).sub
-    card = self_hosting_card({"configured": True, "self_hosted_monthly_usd": 1460.0,
-                              "api_monthly_usd": 3041.67, "gpus": 2,
-                              "break_even_tasks_per_day": 4800.2, "cheaper": "self-hosted"})
-    assert (card.value, card.tone) == ("$1,460/month", "good")
-    assert card.sub == "2 GPUs · API $3,042/month now · break-even 4,800 tasks/day"
-    never = self_hosting_card({"configured": True, "self_hosted_monthly_usd": 1460.0,
-                               "api_monthly_usd": 5.0, "gpus": 1,
-                               "break_even_tasks_per_day": None, "cheaper": "api"})
-    assert never.sub.endswith("never breaks even") and never.tone == ""
+def test_self_hosting_cards_ask_for_a_price_then_answer() -> None:
+    [unset] = self_hosting_cards({"configured": False})
+    assert (unset.id, unset.sub) == ("self-hosting", "GPU price: see Settings")
+    cost, even = self_hosting_cards({
+        "configured": True, "self_hosted_monthly_usd": 1460.0, "api_monthly_usd": 3041.67,
+        "gpus": 2, "break_even_tasks_per_day": 4800.2, "tasks_per_day": 10_000,
+        "cheaper": "self-hosted"})
+    assert (cost.value, cost.sub, cost.tone) == ("$1,460", "2 GPUs · API $3,042/month", "good")
+    assert (even.id, even.value, even.sub) == ("break-even", "4,800", "now 10,000 tasks/day")
+    _, never = self_hosting_cards({
+        "configured": True, "self_hosted_monthly_usd": 1460.0, "api_monthly_usd": 5.0,
+        "gpus": 1, "break_even_tasks_per_day": None, "tasks_per_day": 3, "cheaper": "api"})
+    assert (never.value, never.sub, never.tone) == ("never", "busy GPU dearer than API", "")
 
 
 # --- store rows to /api/metrics and the page -------------------------------------------------
@@ -200,12 +204,13 @@ def test_api_metrics_shows_batches_and_the_saving_apart(app: Flask, engine: Engi
     assert totals["projected_monthly_without_batching_usd"] == pytest.approx(
         totals["projected_monthly_usd"] + monthly_saving, abs=0.01)
     cards = {c["id"]: c for c in doc["cards"]}
-    assert cards["batches"]["value"] == "2 in flight"
-    assert "4 deferred waiting · 6 batched results" in cards["batches"]["sub"]
+    assert (cards["batches"]["value"], cards["batches"]["sub"]) == ("2 in flight",
+                                                                    "4 deferred waiting")
+    assert (cards["batch-saving"]["value"], cards["batch-saving"]["sub"]) == (
+        "$0.06", f"6 batched · ≈ {money(totals['projected_monthly_batching_saving_usd'])}/month")
     assert "batching $0.06" in cards["savings"]["sub"]
-    assert "without batching" in cards["cost-hour"]["sub"]
     assert doc["self_hosting"] == {"configured": False}
-    assert "enter a GPU price" in cards["self-hosting"]["sub"]
+    assert "break-even" not in cards and "Settings" in cards["self-hosting"]["sub"]
 
     only = client.get("/api/metrics?window=15m&tenant=t1").get_json()["batches"]
     assert (only["deferred_waiting"], only["results"]) == (2, 3)
@@ -239,8 +244,7 @@ def test_self_hosting_card_uses_the_gpu_price_set_in_settings(app: Flask,
     # Tasks of 110,000 tokens at ~$0.015: a GPU busy all day (785 tasks) would replace
     # ~$350 of API calls a month and costs $1,460: no volume ever breaks even.
     assert doc["self_hosting"]["break_even_tasks_per_day"] is None
-    assert {c["id"]: c for c in doc["cards"]}["self-hosting"]["sub"].endswith(
-        "never breaks even")
+    assert {c["id"]: c for c in doc["cards"]}["break-even"]["value"] == "never"
     client.put("/api/thresholds", headers=AUTH, json={"self_host_tokens_per_s": 10_000})
     doc = client.get("/api/metrics?window=1h").get_json()
     figures, totals = doc["self_hosting"], doc["totals"]
@@ -253,5 +257,7 @@ def test_self_hosting_card_uses_the_gpu_price_set_in_settings(app: Flask,
     assert figures["break_even_tasks_per_day"] == pytest.approx(
         1460.0 / (cost_per_task * 730 / 24), rel=1e-3)
     page = client.get("/?window=1h").get_data(as_text=True)
-    assert 'id="card-self-hosting"' in page and "$1,460/month" in page
+    assert 'id="card-self-hosting"' in page and "Self-hosted per month" in page
+    assert ">$1,460<" in page
+    assert 'id="card-break-even"' in page
     assert 'id="card-batches"' in page and "2 in flight" in page

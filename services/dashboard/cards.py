@@ -73,36 +73,34 @@ def _batching(totals: Mapping[str, Any]) -> str:
         if "saved_batching_usd" in totals else ""
 
 
-def _batch_month(totals: Mapping[str, Any]) -> str:
-    """Say what the month would cost without batches, once they save anything."""
-    if not totals.get("projected_monthly_batching_saving_usd"):
-        return ""
-    return (f", {money(totals['projected_monthly_without_batching_usd'])} without "
-            "batching")
-
-
-def batches_card(batches: Mapping[str, Any]) -> Card:
-    """Return the card of deferred work: waiting, in flight, answered and what it saved."""
+def batch_cards(batches: Mapping[str, Any], totals: Mapping[str, Any]) -> list[Card]:
+    """Return the cards of deferred work: waiting and in flight, then what batches saved."""
     unpriced = f" · {num(batches['unpriced'])} unpriced" if batches["unpriced"] else ""
-    return Card("batches", "Batches", f"{num(batches['in_flight'])} in flight",
-                f"{num(batches['deferred_waiting'])} deferred waiting · "
-                f"{num(batches['results'])} batched results · saved "
-                f"{money(batches['saved_usd'])}{unpriced}",
-                "good" if batches["saved_usd"] > 0 else "")
+    monthly = totals.get("projected_monthly_batching_saving_usd", 0.0)
+    return [
+        Card("batches", "Batches", f"{num(batches['in_flight'])} in flight",
+             f"{num(batches['deferred_waiting'])} deferred waiting"),
+        Card("batch-saving", "Saved by batching", money(batches["saved_usd"]),
+             f"{num(batches['results'])} batched · ≈ {money(monthly)}/month{unpriced}",
+             "good" if batches["saved_usd"] > 0 else ""),
+    ]
 
 
-def self_hosting_card(figures: Mapping[str, Any]) -> Card:
-    """Return the self-hosting answer: its monthly cost, the API's, and the break-even."""
+def self_hosting_cards(figures: Mapping[str, Any]) -> list[Card]:
+    """Return the self-hosting answer: its monthly cost beside the API's, and the break-even."""
     if not figures["configured"]:
-        return Card("self-hosting", "Self-hosted", DASH,
-                    "enter a GPU price in Settings to compare")
+        return [Card("self-hosting", "Self-hosted per month", DASH, "GPU price: see Settings")]
+    gpus = figures["gpus"]
+    cheaper = "good" if figures["cheaper"] == "self-hosted" else ""
     even = figures["break_even_tasks_per_day"]
-    break_even = "never breaks even" if even is None else f"break-even {num(even)} tasks/day"
-    return Card("self-hosting", "Self-hosted",
-                f"{money(figures['self_hosted_monthly_usd'])}/month",
-                f"{num(figures['gpus'])} GPU{'s' if figures['gpus'] != 1 else ''} · API "
-                f"{money(figures['api_monthly_usd'])}/month now · {break_even}",
-                "good" if figures["cheaper"] == "self-hosted" else "")
+    return [
+        Card("self-hosting", "Self-hosted per month", money(figures["self_hosted_monthly_usd"]),
+             f"{num(gpus)} GPU{'' if gpus == 1 else 's'} · API "
+             f"{money(figures['api_monthly_usd'])}/month", cheaper),
+        Card("break-even", "Break-even tasks/day", "never" if even is None else num(even),
+             "busy GPU dearer than API" if even is None
+             else f"now {num(figures['tasks_per_day'])} tasks/day", cheaper),
+    ]
 
 
 def build_cards(doc: Mapping[str, Any]) -> list[Card]:
@@ -129,7 +127,7 @@ def build_cards(doc: Mapping[str, Any]) -> list[Card]:
              f"{num(workers['in_flight'])} of {num(workers['concurrency'])} slots busy",
              "warn" if workers["online"] == 0 else ""),
         Card("cost-hour", "Cost per hour", money(t["cost_per_hour_usd"]),
-             f"≈ {money(t['projected_monthly_usd'])}/month at this rate" + _batch_month(t),
+             f"≈ {money(t['projected_monthly_usd'])}/month at this rate",
              _tone(firing, "cost_per_hour")),
         Card("cost-task", "Cost per task", money(t["cost_per_task_usd"]),
              f"{money(t['cost_usd'])} in this window"),
@@ -143,9 +141,9 @@ def build_cards(doc: Mapping[str, Any]) -> list[Card]:
              f"429s {num(t['rate_limited_per_min'], 1)}/min", _tone(firing, "rate_limited")),
     ]
     if "batches" in doc:
-        cards.insert(len(cards) - 1, batches_card(doc["batches"]))
+        cards[-1:-1] = batch_cards(doc["batches"], t)  # beside the cache, before the limiter
     if "self_hosting" in doc:
-        cards.append(self_hosting_card(doc["self_hosting"]))
+        cards += self_hosting_cards(doc["self_hosting"])
     if "suggested_workers" in doc:
         cards.append(Card("suggested", "Suggested workers", num(doc["suggested_workers"]),
                           f"now {num(workers['online'])} online"))
