@@ -91,7 +91,7 @@ def self_hosting_cards(figures: Mapping[str, Any]) -> list[Card]:
     if not figures["configured"]:
         return [Card("self-hosting", "Self-hosted per month", DASH, "GPU price: see Settings")]
     gpus = figures["gpus"]
-    cheaper = "good" if figures["cheaper"] == "self-hosted" else ""
+    cheaper: Tone = "good" if figures["cheaper"] == "self-hosted" else ""
     even = figures["break_even_tasks_per_day"]
     return [
         Card("self-hosting", "Self-hosted per month", money(figures["self_hosted_monthly_usd"]),
