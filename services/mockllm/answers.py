@@ -45,8 +45,8 @@ class Answer:
 def answer(messages: Sequence[Message], model: str, max_tokens: int | None = None) -> Answer:
     """Answer a conversation, cut to `max_tokens` tokens like the real API."""
     text = compose(messages, model)
-    if max_tokens is not None and count_text(text) > max_tokens:
-        return Answer(truncate(text, max_tokens), "length")
+    if max_tokens is not None and count_text(text, model) > max_tokens:
+        return Answer(truncate(text, max_tokens, model), "length")
     return Answer(text, "stop")
 
 
@@ -88,19 +88,20 @@ def parse_labels(prompt: str) -> list[str]:
     return [label for label in labels if label]
 
 
-def truncate(text: str, max_tokens: int) -> str:
-    """Return the longest prefix of `text` that fits in `max_tokens` tokens."""
+def truncate(text: str, max_tokens: int, model: str | None = None) -> str:
+    """Return the longest prefix of `text` that fits in `max_tokens` tokens (in `model`'s
+    vocabulary, the one its usage is counted in)."""
     # A BPE count hardly ever decreases as a prefix grows, so the cut point can be
     # bisected; the few merges that break that rule are stepped back over at the end.
     low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if count_text(text[:middle]) <= max_tokens:
+        if count_text(text[:middle], model) <= max_tokens:
             low = middle
         else:
             high = middle - 1
     cut = text[:low].rstrip()
-    while cut and count_text(cut) > max_tokens:
+    while cut and count_text(cut, model) > max_tokens:
         cut = cut[:-1].rstrip()
     return cut
 
