@@ -3,6 +3,7 @@ the acceptance of a batch's lines against the real store and broker, through a f
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import UTC, datetime
@@ -17,9 +18,11 @@ from services.common.settings import Settings
 from services.common.store import get_task, make_engine
 from services.common.topology import Names
 from services.ingest import batch_accept, batch_store
+from services.ingest.app import create_app
 from services.ingest.batch_requests import BatchSpec, batch_tasks, check_input, line_task
 from services.ingest.batch_results import Progress, current_status, is_output, line_record
 from services.ingest.publisher import Publisher
+from services.ingest.routes import EXTENSION
 
 if TYPE_CHECKING:
     from conftest import Rabbit
@@ -185,3 +188,33 @@ def test_a_batch_interrupted_midway_is_accepted_in_full_once(settings: Settings,
     finally:
         publisher.close()
         engine.dispose()
+
+
+def test_a_batch_file_may_exceed_a_task_body_but_not_its_own_limit(settings: Settings) -> None:
+    limit = 3 * settings.max_body_bytes
+    app = create_app(settings.model_copy(update={"batch_file_max_bytes": limit}))
+    try:
+        http = app.test_client()
+        filler = "x" * 1000
+        content = jsonl([line(f"c{i}", body={"model": "m", "messages": [
+            {"role": "user", "content": filler}]}) for i in range(2 * settings.max_body_bytes
+                                                              // 1100)])
+        assert settings.max_body_bytes < len(content) < limit
+        ok = http.post("/v1/files", data={"purpose": "batch",
+                                          "file": (io.BytesIO(content), "big.jsonl")})
+        assert ok.status_code == 200, ok.get_json()
+        assert ok.get_json()["bytes"] == len(content)
+        stored = http.get(f"/v1/files/{ok.get_json()['id']}/content")
+        assert stored.data == content
+        too_big = http.post("/v1/files", data={"purpose": "batch",
+                                               "file": (io.BytesIO(b"x" * limit), "b.jsonl")})
+        assert too_big.status_code == 413
+        # A task body keeps its own, smaller limit.
+        task = http.post("/v1/tasks", data=b"x" * (settings.max_body_bytes + 1),
+                         content_type="application/json")
+        assert task.status_code == 413
+    finally:
+        ingest = app.extensions[EXTENSION]
+        ingest.publisher.close()
+        ingest.engine.dispose()
+        ingest.redis.close()

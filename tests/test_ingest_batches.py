@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,11 +18,13 @@ from openai.types import Batch
 
 from bench.stack import PIPELINE_SERVICES, Pipeline, running_pipeline, wait_until
 from services.common.api_keys import digest_of
+from services.common.store import make_engine
+from services.ingest import batch_store
 
 pytestmark = pytest.mark.database
 
 ACME_KEY, BETA_KEY = "acme-batch-key-0123456789", "beta-batch-key-0123456789"
-MAX_FILE_BYTES = 200_000
+MAX_FILE_BYTES = 600_000
 # Every line is a deferrable task, which may go out through mockllm's Batch API: run the
 # batcher, sending batches out and polling them often.
 SERVICES = PIPELINE_SERVICES + (
@@ -208,3 +212,32 @@ def test_files_live_in_the_shared_store_not_in_one_process(pipeline: Pipeline) -
     wait_until(lambda: httpx.get(f"{pipeline.ingest}/healthz").status_code == 200, 60,
                "ingest to come back")
     assert acme.files.content(uploaded.id).content == jsonl([request("a", "x")])
+
+
+def test_a_batch_survives_ingest_killed_while_accepting_its_lines(pipeline: Pipeline) -> None:
+    acme = client(pipeline, ACME_KEY)
+    total = 1000
+    lines = [request(f"k{i}", f"Classify line {i} of the kill test. labels: a, b")
+             for i in range(total)]
+    uploaded = acme.files.create(file=("k.jsonl", jsonl(lines)), purpose="batch")
+    batch = acme.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                completion_window="24h")
+    engine = make_engine(pipeline.stack.env["AGENTQ_DATABASE_URL"])
+    try:
+        wait_until(lambda: batch_store.progress(engine, batch.id).accepted > 0, 30,
+                   "the first lines to be accepted", interval=0.02)
+        process = pipeline.stack.processes.pop("ingest")
+        os.killpg(process.pid, signal.SIGKILL)  # gunicorn and its workers, mid-acceptance
+        process.wait()
+        at_kill = batch_store.progress(engine, batch.id).accepted
+        assert 0 < at_kill < total, at_kill
+        pipeline.stack.start("ingest", "ingest")
+        wait_until(lambda: httpx.get(f"{pipeline.ingest}/healthz").status_code == 200, 60,
+                   "ingest to come back")
+        ended = until_ended(acme, batch.id, timeout=150)
+        assert ended.status == "completed" and ended.request_counts is not None
+        assert ended.request_counts.completed == total
+        answered = [r["custom_id"] for r in records(acme, ended.output_file_id)]
+        assert sorted(answered) == sorted(f"k{i}" for i in range(total))  # each exactly once
+    finally:
+        engine.dispose()

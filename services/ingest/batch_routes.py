@@ -126,8 +126,11 @@ def create_batch() -> ResponseReturnValue:
     if not (0 < len(kind.encode()) <= 64 and all(c.isalnum() or c in "_.-" for c in kind)):
         return openai_error(400, f"metadata.{KIND_KEY}: not a valid kind: {kind!r}",
                             f"metadata.{KIND_KEY}", "invalid_value")
-    batch = _service().create(caller(), body.input_file_id, body.completion_window,
-                              body.metadata, kind)
+    try:
+        batch = _service().create(caller(), body.input_file_id, body.completion_window,
+                                  body.metadata, kind)
+    except BatchFileError as exc:  # checked at upload; only a change of the rules gets here
+        return openai_error(400, f"input_file_id: {exc.message}", "input_file_id", exc.code)
     if batch is None:
         return openai_error(400, f"Invalid input_file_id {body.input_file_id!r}: no batch "
                             "input file has it.", "input_file_id", "invalid_file")
