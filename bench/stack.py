@@ -184,10 +184,10 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
     import aio_pika
     from redis.asyncio import Redis as AsyncRedis
 
-    from services.common.lane_roster import roster_lanes
-    from services.common.lanes import registered_lanes
     from services.common.models import TIERS
     from services.common.topology import Names, delete_topology
+    from services.lanes.registry import registered_lanes
+    from services.lanes.roster import roster_lanes
 
     names = Names(namespace)
 

@@ -109,10 +109,10 @@ async def _delete_topology(connection: AbstractConnection, names: Names,
     from redis.exceptions import RedisError
 
     from services.common.clients import redis_client
-    from services.common.lane_roster import roster_lanes
-    from services.common.lanes import registered_lanes, registry_keys
     from services.common.models import TIERS
     from services.common.topology import delete_topology
+    from services.lanes.registry import registered_lanes, registry_keys
+    from services.lanes.roster import roster_lanes
 
     lanes = await roster_lanes(connection, names)
     redis = redis_client(redis_url)

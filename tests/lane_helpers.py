@@ -10,12 +10,11 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
 
-from services.common.lanes import LaneRegistry
 from services.common.models import TIERS
-from services.common.queue_depth import read_passive
 from services.common.settings import Settings
 from services.common.topology import Names
-from services.worker.lanes import LaneSweeper, StrandedFinder
+from services.lanes.registry import LaneRegistry
+from services.lanes.sweeper import BrokerQueues, LaneSweeper, StrandedFinder
 
 T = TypeVar("T")
 
@@ -36,12 +35,4 @@ async def with_broker(names: Names, action: Callable[[AbstractRobustConnection, 
 def lane_sweeper(registry: LaneRegistry, connection: AbstractRobustConnection, owner: str,
                  stranded: StrandedFinder | None = None) -> LaneSweeper:
     """A sweeper that reads depths and deletes queues on `connection`, as a worker does."""
-    async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
-        return {r.queue: (r.ready, r.consumers) for r in await read_passive(connection, queues)}
-
-    async def delete(queue: str) -> None:
-        channel = await connection.channel()
-        await channel.queue_delete(queue)
-        await channel.close()
-
-    return LaneSweeper(registry, TIERS, depths, delete, owner, stranded)
+    return LaneSweeper(registry, TIERS, BrokerQueues(connection), owner, stranded)

@@ -21,11 +21,12 @@ from services.autoscale.policy import (
     suggest_workers,
 )
 from services.autoscale.telemetry import WorkerReports
-from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Event
 from services.common.settings import Settings
 from services.common.topology import Names as TopologyNames
 from services.common.topology import declare, lane_route
+from services.lanes.directory import LaneDirectory
+from services.lanes.registry import LaneRegistry
 
 # One worker: 32 slots, 0.8 s per task -> 40 tasks/s.
 BASE: dict[str, Any] = dict(ready=0, unacked=0, growth_per_min=0.0, current=2, min_workers=1,

@@ -1,12 +1,12 @@
-"""The pure decisions behind idle lanes (services.common.lane_idle): no broker, no Redis."""
+"""The pure decisions behind idle lanes (services.lanes.plans): no broker, no Redis."""
 
 from __future__ import annotations
 
 import pydantic
 import pytest
 
-from services.common.lane_idle import LaneView, plan, sweep_plan
 from services.common.settings import Settings
+from services.lanes.plans import LaneView, plan, sweep_plan
 
 IDLE_S = 600.0
 NOW = 10_000.0

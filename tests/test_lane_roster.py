@@ -1,4 +1,4 @@
-"""The broker's lane roster (services.common.lane_roster): lanes that Redis forgot are found
+"""The broker's lane roster (services.lanes.roster): lanes that Redis forgot are found
 from the broker, so their tasks are not stranded. The compaction rule alone, then against
 the real RabbitMQ and Redis in the test's namespace (deleted afterwards, lanes too)."""
 
@@ -14,17 +14,18 @@ from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
 
 from bench.stack import delete_namespace
-from services.common.lane_roster import (
+from services.common.models import TIERS
+from services.common.settings import Settings
+from services.common.topology import Names
+from services.lanes.directory import LaneDirectory
+from services.lanes.registry import LaneRegistry, registered_lanes, registry_keys
+from services.lanes.roster import (
     LaneRoster,
     RosterSweep,
     compact,
     roster_lanes,
 )
-from services.common.lanes import LaneDirectory, LaneRegistry, registered_lanes, registry_keys
-from services.common.models import TIERS
-from services.common.settings import Settings
-from services.common.topology import Names
-from services.worker.lanes import LaneSweeper
+from services.lanes.sweeper import LaneSweeper
 from tests.conftest import Rabbit
 from tests.lane_helpers import lane_sweeper, with_broker
 

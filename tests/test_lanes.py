@@ -1,4 +1,4 @@
-"""Tenant lanes (services.common.lanes): the names, and against the real RabbitMQ and Redis in
+"""Tenant lanes (services.lanes): the names, and against the real RabbitMQ and Redis in
 a namespace of their own (the `namespace` fixture: `agentq_test_<uuid8>`, deleted afterwards
 with its lanes): declaring and registering lanes, watching the registry, counting a tier's
 backlog over its lanes, and deleting them with the namespace."""
@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -27,21 +27,25 @@ from bench.stack import (
 )
 from services.autoscale.depth import Depth, DepthProbe
 from services.cli import main as agentq
-from services.common import lanes as lanes_module
 from services.common.amqp import Bus
-from services.common.lane_idle import Lane
-from services.common.lanes import (
-    LaneDirectory,
-    LaneRegistry,
-    registered_lanes,
-    registry_keys,
-)
+from services.common.memory_broker import MemoryBroker
 from services.common.models import TIERS, Task
 from services.common.queue_depth import QueueDepth, WorkQueues, read_passive, tier_totals
 from services.common.settings import Settings
-from services.common.topology import Names, declare_lane, lane_route, tier_of
+from services.common.topology import (
+    Names,
+    declare_lane,
+    declare_topology,
+    lane_route,
+    tier_of,
+)
 from services.dashboard.sampler import QueueSampler
-from services.worker.lanes import LaneFailed, LaneWatcher
+from services.lanes import plans as lane_plans
+from services.lanes.directory import LaneDirectory
+from services.lanes.plans import Lane
+from services.lanes.registry import LaneRegistry, registered_lanes, registry_keys
+from services.lanes.state import LaneState
+from services.lanes.watcher import LaneFailed, LaneWatcher
 from tests.conftest import Rabbit
 from tests.lane_helpers import lane_sweeper, with_broker
 
@@ -192,7 +196,7 @@ def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
         dead = _dead_redis()
         directory.registry = LaneRegistry(dead, names, IDLE_S)
         routes.append(await directory.route("standard", "acme"))  # registered just now
-        monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)
+        monkeypatch.setattr(lane_plans, "REGISTER_EVERY_S", 0.0)
         routes.append(await directory.route("standard", "acme"))  # re-registering fails
         await dead.aclose()
         return routes
@@ -200,55 +204,110 @@ def test_a_registered_lane_keeps_its_route_through_a_registry_outage(
     assert asyncio.run(with_broker(names, scenario)) == ["standard.acme"] * 3
 
 
+class LaneBroker(MemoryBroker):
+    """The in-memory broker, saying which lanes it started and stopped consuming; it cannot
+    consume the lanes in `failing` (yet)."""
+
+    def __init__(self, names: Names, failing: set[Lane] | None = None) -> None:
+        super().__init__(names)
+        self.failing = failing if failing is not None else set()
+        self.calls: list[str] = []
+        self._lanes: dict[str, Lane] = {}
+
+    def _lane(self, queue: str) -> Lane:
+        tier, tenant = queue.removeprefix(f"{self.names.work}.").split(".", 1)
+        return tier, tenant
+
+    async def consume(self, queue: str, handler: Callable[[Any], Awaitable[None]],
+                      prefetch: int) -> str:
+        lane = self._lane(queue)
+        if lane in self.failing:
+            raise ConnectionError("cannot consume it yet")
+        tag = await super().consume(queue, handler, prefetch)
+        self._lanes[tag] = lane
+        self.calls.append(f"start {lane[0]}/{lane[1]}")
+        return tag
+
+    async def cancel(self, tag: str) -> None:
+        lane = self._lanes[tag]
+        self.calls.append(f"stop {lane[0]}/{lane[1]}")
+        await super().cancel(tag)
+
+
+async def _watcher(registry: LaneRegistry, tiers: list[str], broker: MemoryBroker,
+                   handler: Callable[[Any], Awaitable[None]] | None = None,
+                   resync_s: float | None = None) -> LaneWatcher:
+    """A watcher consuming lanes from the in-memory broker, as a worker does from RabbitMQ."""
+    await declare_topology(cast(AbstractChannel, broker.channel()), broker.names)
+    return LaneWatcher(registry, tiers, LaneState(broker),
+                       cast(AbstractChannel, broker.channel()), handler or _ignore, 4,
+                       resync_s=resync_s)
+
+
 def test_watcher_starts_each_new_lane_once(names: Names) -> None:
-    async def scenario(connection: AbstractRobustConnection, cache: Redis
-                       ) -> list[list[tuple[str, str]]]:
-        seen: list[tuple[str, str]] = []
-        failing = {("premium", "flaky")}
-
-        async def on_start(tier: str, tenant: str) -> None:
-            if (tier, tenant) in failing:
-                raise ConnectionError("cannot consume it yet")
-            seen.append((tier, tenant))
-
+    async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[list[str]]:
+        broker = LaneBroker(names, failing={("premium", "flaky")})
         registry = LaneRegistry(cache, names, IDLE_S)
-        watcher = LaneWatcher(registry, ["cheap", "premium"], on_start, _never, _none_in_hand)
+        watcher = await _watcher(registry, ["cheap", "premium"], broker)
         rounds = []
         await watcher.poll()  # nothing registered
-        rounds.append(list(seen))
+        rounds.append(list(broker.calls))
         await registry.touch("cheap", "acme")
         # A lane registered by a version that kept no times is consumed like any other.
         await cache.sadd(names.lanes_key("cheap"), "beta")
         await registry.touch("standard", "other-tier")  # not watched
         await watcher.poll()
         await watcher.poll()  # nothing new: no call
-        rounds.append(list(seen))
+        rounds.append(list(broker.calls))
         await registry.touch("premium", "flaky")
         await registry.touch("cheap", "gamma")
         with pytest.raises(LaneFailed, match="flaky"):
             await watcher.poll()  # one lane failing does not hold up the others
-        rounds.append(list(seen))
-        failing.clear()  # the failed lane is started again, the others are not
+        rounds.append(list(broker.calls))
+        broker.failing.clear()  # the failed lane is started again, the others are not
         await watcher.poll()
         await watcher.poll()
-        rounds.append(list(seen))
+        rounds.append(list(broker.calls))
+        await broker.close()
         return rounds
 
     rounds = asyncio.run(with_broker(names, scenario))
     assert rounds == [
         [],
-        [("cheap", "acme"), ("cheap", "beta")],
-        [("cheap", "acme"), ("cheap", "beta"), ("cheap", "gamma")],
-        [("cheap", "acme"), ("cheap", "beta"), ("cheap", "gamma"), ("premium", "flaky")],
+        ["start cheap/acme", "start cheap/beta"],
+        ["start cheap/acme", "start cheap/beta", "start cheap/gamma"],
+        ["start cheap/acme", "start cheap/beta", "start cheap/gamma", "start premium/flaky"],
     ]
 
 
-async def _never(tier: str, tenant: str) -> None:
-    raise AssertionError(f"the lane of {tenant} in {tier} was stopped")
+def test_lane_state_consumes_a_lane_once_and_counts_what_it_holds() -> None:
+    names = Names("state")
 
+    async def scenario() -> list[object]:
+        broker = LaneBroker(names)
+        await declare_topology(cast(AbstractChannel, broker.channel()), names)
+        await declare_lane(cast(AbstractChannel, broker.channel()), names, "cheap", "acme")
+        lanes, release = LaneState(broker), asyncio.Event()
 
-def _none_in_hand(lane: tuple[str, str]) -> int:
-    return 0
+        async def hold(message: object) -> None:
+            await release.wait()
+
+        lane = ("cheap", "acme")
+        await lanes.consume(lane, hold, prefetch=2)
+        await lanes.consume(lane, hold, prefetch=2)  # consumed already: no second consumer
+        for n in range(3):
+            await broker.publish(names.work, "cheap.acme", {"n": n})
+        await _eventually(lambda: lanes.in_hand(lane) == 2)  # the prefetch
+        out: list[object] = [sorted(lanes.consumed), list(broker.calls)]
+        await lanes.let_go(lane)
+        out += [lanes.consumed, lanes.in_hand(lane)]  # no longer its lane to count
+        release.set()
+        await asyncio.sleep(0.05)
+        out.append(len(broker.messages(names.lane_queue(*lane))))  # the third was not taken
+        await broker.close()
+        return out
+
+    assert asyncio.run(scenario()) == [[("cheap", "acme")], ["start cheap/acme"], set(), 0, 1]
 
 
 async def _age(cache: Redis, names: Names, tier: str, tenant: str, seconds: float) -> None:
@@ -293,53 +352,51 @@ def test_touch_records_use_by_redis_time_and_bumps_the_version_on_new_or_waking_
 def test_watcher_stops_an_idle_lane_once_nothing_is_in_hand_and_restarts_it_when_it_wakes(
         names: Names) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis) -> list[str]:
-        calls: list[str] = []
-        in_hand = {("cheap", "acme"): 2}
+        broker, release = LaneBroker(names), asyncio.Event()
 
-        async def on_start(tier: str, tenant: str) -> None:
-            calls.append(f"start {tenant}")
-
-        async def on_stop(tier: str, tenant: str) -> None:
-            calls.append(f"stop {tenant}")
+        async def hold(message: object) -> None:
+            await release.wait()
 
         registry = LaneRegistry(cache, names, IDLE_S)
-        watcher = LaneWatcher(registry, ["cheap"], on_start, on_stop,
-                              lambda lane: in_hand.get(lane, 0), resync_s=0.0)
+        watcher = await _watcher(registry, ["cheap"], broker, hold, resync_s=0.0)
         await registry.touch("cheap", "acme")
         await registry.touch("cheap", "beta")
         await watcher.poll()
+        for n in range(2):  # two of acme's tasks in hand
+            await broker.publish(names.work, "cheap.acme", {"n": n})
+        await _eventually(lambda: watcher.lanes.in_hand(("cheap", "acme")) == 2)
         await _age(cache, names, "cheap", "acme", IDLE_S + 1)
         await _age(cache, names, "cheap", "beta", IDLE_S + 1)
         await watcher.poll()  # beta stops; acme's two tasks in hand keep it
-        calls.append("|")
-        in_hand.clear()
+        broker.calls.append("|")
+        release.set()
+        await _eventually(lambda: watcher.lanes.in_hand(("cheap", "acme")) == 0)
         await watcher.poll()  # now acme stops too
         await watcher.poll()  # idle and stopped: nothing more
-        calls.append("|")
+        broker.calls.append("|")
         await registry.touch("cheap", "acme")  # its tenant's next task
         await watcher.poll()
-        return calls
+        await broker.close()
+        return broker.calls
 
     assert asyncio.run(with_broker(names, scenario)) == [
-        "start acme", "start beta", "stop beta", "|", "stop acme", "|", "start acme"]
+        "start cheap/acme", "start cheap/beta", "stop cheap/beta", "|", "stop cheap/acme", "|",
+        "start cheap/acme"]
 
 
 def test_watcher_keeps_consuming_lanes_a_restarted_registry_lost(names: Names) -> None:
     async def scenario(connection: AbstractRobustConnection, cache: Redis) -> set[Lane]:
+        broker = LaneBroker(names)
         registry = LaneRegistry(cache, names, IDLE_S)
-        watcher = LaneWatcher(registry, ["cheap"], _started, _never, _none_in_hand,
-                              resync_s=0.0)
+        watcher = await _watcher(registry, ["cheap"], broker, resync_s=0.0)
         await registry.touch("cheap", "acme")
         await watcher.poll()
         await cache.delete(*registry_keys(names, TIERS))  # Redis restarted, empty
         await watcher.poll()
-        return watcher.consumed
+        await broker.close()
+        return watcher.lanes.consumed
 
     assert asyncio.run(with_broker(names, scenario)) == {("cheap", "acme")}
-
-
-async def _started(tier: str, tenant: str) -> None:
-    pass
 
 
 def test_sweeper_wakes_idle_lanes_that_hold_messages_and_adopts_untimed_ones(
@@ -412,7 +469,7 @@ def test_sweeper_retires_long_idle_lanes_that_hold_nothing(names: Names, rabbit:
 def test_a_retiring_lane_sends_work_to_the_tier_and_a_retired_one_is_declared_again(
         names: Names, rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch) -> None:
     lane = names.lane_queue("cheap", "acme")
-    monkeypatch.setattr(lanes_module, "REGISTER_EVERY_S", 0.0)  # every route registers
+    monkeypatch.setattr(lane_plans, "REGISTER_EVERY_S", 0.0)  # every route registers
 
     async def retire(connection: AbstractRobustConnection, registry: LaneRegistry) -> None:
         token = await registry.begin_retiring("cheap", "acme")
@@ -462,7 +519,7 @@ def test_publish_falls_back_to_the_tier_when_a_lane_vanished_under_a_fresh_regis
     assert rabbit.depth(names.lane_queue("cheap", "acme")) == (0, 0)
 
 
-def test_bus_stops_a_queue_after_its_messages_in_hand_are_settled(
+def test_bus_cancels_a_consumer_and_closes_its_channel_once_its_messages_are_settled(
         names: Names, rabbit: Rabbit) -> None:
     lane = names.lane_queue("cheap", "acme")
     _fill(names, rabbit)  # 3 tasks in acme's lane
@@ -478,30 +535,31 @@ def test_bus_stops_a_queue_after_its_messages_in_hand_are_settled(
             await release.wait()
 
         try:
-            await bus.consume(lane, handle, prefetch=2)
-            await _eventually(lambda: bus.in_hand(lane) == 2)
-            await bus.stop_queue(lane)
+            tag = await bus.consume(lane, handle, prefetch=2)
+            await _eventually(lambda: bus.in_hand(tag) == 2)
+            await bus.cancel(tag)
             await asyncio.sleep(0.3)  # the third task is not delivered: nobody consumes it
             readings: list[tuple[int, int] | None | int | bool] = [
-                bus.consuming(lane), bus.in_hand(lane), len(handled)]
+                bus.in_hand(tag), len(handled)]
             release.set()  # the two in hand finish and are acked on their open channel
-            await _eventually(lambda: bus.in_hand(lane) == 0)
+            await _eventually(lambda: bus.in_hand(tag) == 0)
             await asyncio.sleep(0.3)
             readings += [len(handled), await _depth(connection, lane)]
-            await bus.consume(lane, handle, prefetch=2)  # woken again: a channel of its own
+            again = await bus.consume(lane, handle, prefetch=2)  # a channel of its own
+            assert again != tag
             await _eventually(lambda: len(handled) == 3)
-            await _eventually(lambda: bus.in_hand(lane) == 0)
+            await _eventually(lambda: bus.in_hand(again) == 0)
             await asyncio.sleep(0.3)
             readings.append(await _depth(connection, lane))
             return readings
         finally:
             await bus.close()
 
-    stopped, in_hand, during, handled, after, drained = asyncio.run(
-        with_broker(names, scenario))
-    assert (stopped, in_hand, during) == (False, 2, 2)
+    in_hand, during, handled, after, drained = asyncio.run(with_broker(names, scenario))
+    assert (in_hand, during) == (2, 2)
     assert handled == 2
-    assert after == (1, 0)  # the two were acked, not given back
+    # The two were acked, not given back; the third stayed: nobody consumes the lane now.
+    assert after == (1, 0)
     assert drained == (0, 1)
 
 

@@ -30,7 +30,6 @@ from services.common.amqp import (
 from services.common.budget import SpendLedger
 from services.common.cache import CachedAnswer, ExactCache
 from services.common.config import AgentqConfig
-from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.memory_broker import MemoryBroker, headers_match, topic_matches
 from services.common.models import TIERS, Task, Usage
 from services.common.settings import Settings
@@ -44,6 +43,8 @@ from services.common.topology import (
     declare_topology,
 )
 from services.common.work_headers import HELD_HEADER, ROUTED_TIER_HEADER, VERIFY_HEADER
+from services.lanes.directory import LaneDirectory
+from services.lanes.registry import LaneRegistry
 from services.router.service import Router
 from services.worker.controls import CostControls
 from services.worker.limiter import SharedLimiter, pools_from_config, tenants_from_config

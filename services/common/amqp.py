@@ -153,7 +153,14 @@ class Broker(Protocol):
                             **kwargs: Any) -> None: ...
 
     async def consume(self, queue: str, handler: Callable[[Any], Awaitable[None]],
-                      prefetch: int) -> None: ...
+                      prefetch: int) -> str:
+        """Start a consumer of `queue`; return its tag."""
+
+    async def cancel(self, tag: str) -> None:
+        """Stop the consumer `tag`; the messages it holds are still settled."""
+
+    def in_hand(self, tag: str) -> int:
+        """Return how many messages the consumer `tag` holds, not yet acked or nacked."""
 
     async def stop_consuming(self, grace_s: float,
                              then: Callable[[], None] | None = None) -> None: ...
@@ -171,14 +178,12 @@ class Bus:
         # Telemetry goes out on a channel without confirms: nobody waits for it (it may be lost).
         self._loose_channel: AbstractChannel | None = None
         self._loose_lock = asyncio.Lock()
-        # queue name -> its consumer (queue, tag) and the channel it has to itself
-        self._consumers: dict[str, tuple[AbstractQueue, str, AbstractChannel,
-                                         tuple[str, int]]] = {}
+        # consumer tag -> its queue and the channel it has to itself
+        self._consumers: dict[str, tuple[AbstractQueue, AbstractChannel]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
-        # Messages taken and not yet settled, per (queue, consumer): the acks of a consumer's
+        # Messages taken and not yet settled, per consumer tag: the acks of a consumer's
         # messages need its channel, so it closes only when its own count is back to 0.
-        self._in_hand: Counter[tuple[str, int]] = Counter()
-        self._in_hand_by_queue: Counter[str] = Counter()
+        self._in_hand: Counter[str] = Counter()
         self._consumer_ids = itertools.count()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -237,66 +242,61 @@ class Bus:
         """Publish straight to a queue through the default exchange."""
         await self.publish("", queue, body, **kwargs)
 
-    async def consume(self, queue: str, handler: Handler, prefetch: int) -> None:
-        """Start consuming with manual acks and at most `prefetch` messages in hand."""
-        if queue in self._consumers:
-            return
+    async def consume(self, queue: str, handler: Handler, prefetch: int) -> str:
+        """Start consuming with manual acks and at most `prefetch` messages in hand; return
+        the consumer's tag (for `cancel` and `in_hand`)."""
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         # Declared (passively) on the robust channel, not just named: only the queues it
-        # declared get their consumers back when the connection is restored.
+        # declared get their consumers back when the connection is restored (with this tag).
         declared = await channel.declare_queue(queue, passive=True)
-        key = (queue, next(self._consumer_ids))
-        tag = await declared.consume(functools.partial(self._track, handler, key))
-        self._consumers[queue] = (declared, tag, channel, key)
+        tag = f"agentq-{next(self._consumer_ids)}"
+        await declared.consume(functools.partial(self._track, handler, tag), consumer_tag=tag)
+        self._consumers[tag] = (declared, channel)
+        return tag
 
-    def consuming(self, queue: str) -> bool:
-        return queue in self._consumers
+    def in_hand(self, tag: str) -> int:
+        """Return how many of consumer `tag`'s messages are not yet acked or nacked."""
+        return self._in_hand[tag]
 
-    def in_hand(self, queue: str) -> int:
-        """Return how many of `queue`'s messages this process holds, not yet acked or nacked."""
-        return self._in_hand_by_queue[queue]
-
-    async def stop_queue(self, queue: str) -> None:
-        """Stop consuming `queue`; its channel closes once the messages in hand are settled
+    async def cancel(self, tag: str) -> None:
+        """Stop the consumer `tag`; its channel closes once the messages it holds are settled
         (their acks need it)."""
-        consumer = self._consumers.pop(queue, None)
+        consumer = self._consumers.pop(tag, None)
         if consumer is None:
             return
-        declared, tag, channel, key = consumer
+        declared, channel = consumer
         try:
             await declared.cancel(tag)
         except Exception:  # a closed channel has no consumer left to cancel
             log.debug("cancel of %s failed", tag, exc_info=True)
-        closing = asyncio.create_task(self._close_when_settled(key, channel),
-                                      name=f"close-{queue}")
+        closing = asyncio.create_task(self._close_when_settled(tag, channel),
+                                      name=f"close-{declared.name}")
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
 
-    async def _close_when_settled(self, key: tuple[str, int], channel: AbstractChannel) -> None:
+    async def _close_when_settled(self, tag: str, channel: AbstractChannel) -> None:
         # A delivery that raced the cancel starts its handler a loop turn later.
         await asyncio.sleep(0.05)
-        while self._in_hand[key]:
+        while self._in_hand[tag]:
             await asyncio.sleep(0.05)
-        self._in_hand.pop(key, None)
+        self._in_hand.pop(tag, None)
         try:
             await channel.close()
         except Exception:
-            log.debug("closing the channel of %s failed", key[0], exc_info=True)
+            log.debug("closing the channel of consumer %s failed", tag, exc_info=True)
 
-    async def _track(self, handler: Handler, key: tuple[str, int],
+    async def _track(self, handler: Handler, tag: str,
                      message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
-        self._in_hand[key] += 1
-        self._in_hand_by_queue[key[0]] += 1
+        self._in_hand[tag] += 1
         try:
             await self._settle(handler, message)
         finally:
             self._in_flight.discard(task)
-            self._in_hand[key] -= 1
-            self._in_hand_by_queue[key[0]] -= 1
+            self._in_hand[tag] -= 1
 
     async def _settle(self, handler: Handler, message: AbstractIncomingMessage) -> None:
         try:
@@ -357,7 +357,7 @@ class Bus:
                              then: Callable[[], None] | None = None) -> None:
         """Take no new messages, call `then`, and let the ones in hand finish, for at most
         `grace_s`."""
-        for queue, tag, _, _ in self._consumers.values():
+        for tag, (queue, _) in self._consumers.items():
             try:
                 await queue.cancel(tag)
             except Exception:  # a closed channel has no consumer left to cancel

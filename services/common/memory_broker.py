@@ -12,8 +12,9 @@ queues); `x-delivery-count` and `x-delivery-limit` as quorum queues keep them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -97,7 +98,6 @@ class MemoryQueue:
     name: str
     arguments: Mapping[str, Any]
     ready: deque[MemoryMessage] = field(default_factory=deque)
-    in_hand: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -163,7 +163,9 @@ class MemoryBroker:
         self.pause_s = pause_s  # how long a message given back waits (Bus: 1 s)
         self.exchanges: dict[str, MemoryExchange] = {}
         self.queues: dict[str, MemoryQueue] = {}
-        self._consumers: dict[str, asyncio.Task[None]] = {}
+        self._consumers: dict[str, asyncio.Task[None]] = {}  # tag -> the consumer's pump
+        self._in_hand: Counter[str] = Counter()  # tag -> messages handed over, not settled
+        self._consumer_ids = itertools.count()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -245,31 +247,41 @@ class MemoryBroker:
 
     # -- consume -----------------------------------------------------------------------------
 
-    async def consume(self, queue: str, handler: MemoryHandler, prefetch: int) -> None:
-        """Hand `queue`'s messages to `handler`, at most `prefetch` at once."""
-        if queue in self._consumers:
-            return
+    async def consume(self, queue: str, handler: MemoryHandler, prefetch: int) -> str:
+        """Hand `queue`'s messages to `handler`, at most `prefetch` at once; return the
+        consumer's tag."""
         if queue not in self.queues:
             raise KeyError(f"consume {queue}: no such queue (declare it first)")
-        self._consumers[queue] = asyncio.create_task(
-            self._pump(self.queues[queue], handler, asyncio.Semaphore(prefetch)),
+        tag = f"memory-{next(self._consumer_ids)}"
+        self._consumers[tag] = asyncio.create_task(
+            self._pump(self.queues[queue], handler, asyncio.Semaphore(prefetch), tag),
             name=f"consume-{queue}")
+        return tag
+
+    async def cancel(self, tag: str) -> None:
+        """Stop the consumer `tag`; the messages it holds are still settled."""
+        pump = self._consumers.pop(tag, None)
+        if pump is not None:
+            pump.cancel()
+
+    def in_hand(self, tag: str) -> int:
+        return self._in_hand[tag]
 
     async def _pump(self, queue: MemoryQueue, handler: MemoryHandler,
-                    slots: asyncio.Semaphore) -> None:
+                    slots: asyncio.Semaphore, tag: str) -> None:
         while True:
             await slots.acquire()
             while not queue.ready:
                 queue.wake.clear()
                 await queue.wake.wait()
             message = queue.ready.popleft()
-            queue.in_hand += 1
-            run = asyncio.create_task(self._settle(queue, handler, message, slots))
+            self._in_hand[tag] += 1
+            run = asyncio.create_task(self._settle(queue, handler, message, slots, tag))
             self._in_flight.add(run)
             run.add_done_callback(self._in_flight.discard)
 
     async def _settle(self, queue: MemoryQueue, handler: MemoryHandler, message: MemoryMessage,
-                      slots: asyncio.Semaphore) -> None:
+                      slots: asyncio.Semaphore, tag: str) -> None:
         try:
             try:
                 await handler(message)
@@ -279,7 +291,7 @@ class MemoryBroker:
             except Exception as exc:
                 await self._after(queue, message, exc)
         finally:
-            queue.in_hand -= 1
+            self._in_hand[tag] -= 1
             slots.release()
 
     async def _after(self, queue: MemoryQueue, message: MemoryMessage, exc: Exception) -> None:
@@ -318,9 +330,6 @@ class MemoryBroker:
         """Take the oldest waiting message of `queue` (auto-ack), or None."""
         ready = self.queues[queue].ready
         return ready.popleft() if ready else None
-
-    def in_hand(self, queue: str) -> int:
-        return self.queues[queue].in_hand if queue in self.queues else 0
 
     @property
     def in_flight(self) -> int:

@@ -1,7 +1,7 @@
 """Read RabbitMQ queue depths: passive declares give ready messages and consumers (always,
 and fresh), the management API adds unacknowledged counts when it answers in time.
 
-A tier's backlog is spread over its own queue and one lane per tenant (services.common.lanes):
+A tier's backlog is spread over its own queue and one lane per tenant (services.lanes):
 `WorkQueues` lists them from the lane registry, `tier_totals` folds their readings into one
 per tier.
 """
@@ -21,9 +21,9 @@ from aio_pika.abc import AbstractConnection
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.common.lanes import registered_lanes
 from services.common.passive_declare import passive_depths
 from services.common.topology import Names
+from services.lanes.registry import registered_lanes
 
 log = logging.getLogger(__name__)
 MANAGEMENT_PORT = 15672

@@ -122,7 +122,7 @@ class Names:
 
     @property
     def lane_roster(self) -> str:
-        """The broker's own list of tenant lanes (services.common.lane_roster)."""
+        """The broker's own list of tenant lanes (services.lanes.roster)."""
         return f"{self.ns}.lanes"
 
     def redis_key(self, *parts: str) -> str:

@@ -15,7 +15,6 @@ from services.common.cache import CachedAnswer, ExactCache
 from services.common.clients import open_clients
 from services.common.config import AgentqConfig
 from services.common.embedder import EmbedderError, make_embedder
-from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import Result, Task
 from services.common.pair_check import make_pair_checker
 from services.common.publishing import emit, publish_result
@@ -25,6 +24,8 @@ from services.common.semantic_cache import SemanticCache, SemanticHit
 from services.common.semantic_index import SemanticIndex
 from services.common.settings import Settings
 from services.common.topology import declare_topology
+from services.lanes.directory import LaneDirectory
+from services.lanes.registry import LaneRegistry
 from services.router.decide import (
     Answer,
     Defer,

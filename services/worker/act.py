@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.common.amqp import Broker, RejectMessage
-from services.common.lanes import LaneDirectory
 from services.common.publishing import emit, publish_result
+from services.lanes.directory import LaneDirectory
 from services.worker.actions import (
     Action,
     Call,

@@ -18,14 +18,18 @@ from services.common.clients import open_clients
 from services.common.config import AgentqConfig
 from services.common.config_check import check_providers
 from services.common.embedder import make_embedder
-from services.common.lane_roster import RosterSweep
-from services.common.lanes import LaneDirectory, LaneRegistry
 from services.common.models import TIERS, Latency, Task
 from services.common.publishing import emit
-from services.common.queue_depth import read_passive
 from services.common.semantic_cache import SemanticCache
 from services.common.settings import Settings
-from services.common.topology import Names, declare_lane, declare_topology
+from services.common.topology import Names, declare_topology
+from services.lanes.directory import LaneDirectory
+from services.lanes.registry import LaneRegistry
+from services.lanes.roster import RosterSweep
+from services.lanes.state import LaneState
+from services.lanes.sweeper import BrokerQueues, LaneSweeper
+from services.lanes.watcher import WATCH_INTERVAL_S as LANE_WATCH_S
+from services.lanes.watcher import LaneWatcher, repeat
 from services.worker.act import Executor
 from services.worker.actions import Call, Plan, Reject, WorkOrder
 from services.worker.calls import ProviderCalls
@@ -46,8 +50,6 @@ from services.worker.decide import (
     release,
     twin_plan,
 )
-from services.worker.lanes import WATCH_INTERVAL_S as LANE_WATCH_S
-from services.worker.lanes import LaneSweeper, LaneWatcher, repeat
 from services.worker.limiter import (
     SharedLimiter,
     pools_from_config,
@@ -218,43 +220,23 @@ async def serve(settings: Settings, stop: asyncio.Event, tiers: list[str] | None
         semantic = SemanticCache(redis, names, embedder, config.cache.semantic_ttl_s)
         lanes_channel = await bus.connection.channel()
         registry = LaneRegistry(redis, names, settings.lane_idle_s, settings.lane_retire_s)
+        # One record of this process's lanes: those it publishes to and those it consumes.
+        lanes = LaneState(bus)
         worker = Worker(bus, providers, config, settings,
                         CostControls(names, config, redis, exact, semantic),
                         Throttle(limiter, {name: provider.tpm_counts for name, provider
                                            in config.providers.items()}, learned),
-                        concurrency, LaneDirectory(lanes_channel, registry))
+                        concurrency, LaneDirectory(lanes_channel, registry, lanes))
         # Full collections skip what start-up built (SDK clients, config, the embedder):
         # their pauses land on the limiter's awaits as latency.
         gc.freeze()
         for tier in tiers:
             await bus.consume(names.work_queue(tier), worker.handle, prefetch=prefetch)
 
-        async def consume_lane(tier: str, tenant: str) -> None:
-            await declare_lane(lanes_channel, names, tier, tenant)
-            await bus.consume(names.lane_queue(tier, tenant), worker.handle, prefetch=prefetch)
-            log.info("worker %s consuming the lane of %s in %s", worker_id, tenant, tier)
-
-        async def idle_lane(tier: str, tenant: str) -> None:
-            await bus.stop_queue(names.lane_queue(tier, tenant))
-            log.info("worker %s: the lane of %s in %s is idle; no longer consumed", worker_id,
-                     tenant, tier)
-
-        async def depths(queues: list[str]) -> dict[str, tuple[int, int]]:
-            return {r.queue: (r.ready, r.consumers)
-                    for r in await read_passive(bus.connection, queues)}
-
-        async def delete(queue: str) -> None:
-            channel = await bus.connection.channel()  # an error closes it, not a shared one
-            try:
-                await channel.queue_delete(queue)
-            finally:
-                await channel.close()
-
         log.info("worker %s consuming %s and their lanes, prefetch %d each", worker_id, tiers,
                  prefetch)
-        watcher = LaneWatcher(registry, tiers, consume_lane, idle_lane,
-                              lambda lane: bus.in_hand(names.lane_queue(*lane)))
-        sweeper = LaneSweeper(registry, tiers, depths, delete, worker_id,
+        watcher = LaneWatcher(registry, tiers, lanes, lanes_channel, worker.handle, prefetch)
+        sweeper = LaneSweeper(registry, tiers, BrokerQueues(bus.connection), worker_id,
                               RosterSweep(bus.connection, names, tiers).stranded)
         watching = asyncio.gather(
             repeat(watcher.poll, LANE_WATCH_S, stop, "watching the lane registry"),

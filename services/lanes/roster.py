@@ -1,11 +1,11 @@
 """The broker's own list of tenant lanes, so that losing Redis strands no lane's tasks.
 
-The lane registry lives in Redis (services.common.lanes.LaneRegistry), and workers consume
+The lane registry lives in Redis (services.lanes.registry.LaneRegistry), and workers consume
 only the lanes it lists. Redis restarted without its data, restarted workers would never
 consume a lane that still holds tasks. So whoever declares a lane also appends an entry to a
 durable queue, `<ns>.lanes` (the roster): one persistent message per lane, on the broker
 that holds the lane itself. AMQP cannot list queues, but it can read a queue: the sweep
-(services.worker.lanes.LaneSweeper) reads every entry without acknowledging it, checks the
+(services.lanes.sweeper.LaneSweeper) reads every entry without acknowledging it, checks the
 lanes the registry has forgotten, wakes those that hold messages, and lets the channel's
 close put the entries back. Duplicates (a lane declared again after a restart) and entries
 whose queue was deleted (a retired lane) are acknowledged, which removes them.
@@ -22,9 +22,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
-from services.common.lane_idle import Lane
 from services.common.passive_declare import passive_depths
 from services.common.topology import ROSTER_ARGUMENTS, Names
+from services.lanes.plans import Lane
 
 log = logging.getLogger(__name__)
 # Read at most this many entries a sweep: a roster far longer is mostly duplicates, which

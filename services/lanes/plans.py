@@ -5,7 +5,7 @@ tenants most lanes are empty most of the time, yet each would hold a consumer an
 in every worker. So a lane nothing was published to for `idle_s` is idle: workers stop
 consuming it (once they hold none of its messages), and it wakes, everywhere at once, with
 the tenant's next task. Idle far longer (`retire_s`), its queue is deleted by the sweep
-(services.worker.lanes.LaneSweeper.retire) and declared again with the tenant's next task.
+(services.lanes.sweeper.LaneSweeper.retire) and declared again with the tenant's next task.
 
 Nothing here touches Redis or the broker: `LaneView` is what the registry said, read in one
 round trip with Redis's clock.
@@ -13,10 +13,29 @@ round trip with Redis's clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 Lane = tuple[str, str]  # (tier, tenant)
+
+# A publisher re-registers a lane it publishes to at most this often: that keeps the lane
+# awake, and rebuilds a registry that Redis lost (a restart without persistence) with each
+# tenant's next task.
+REGISTER_EVERY_S = 30.0
+# What AMQP (and pamqp, which refuses anything else) accepts as a queue name.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9\-_.:]{1,255}")
+
+
+def can_name_a_queue(name: str) -> bool:
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def refresh_s(idle_s: float) -> float:
+    """How often publishers register a lane in use, workers look for idle lanes, and the sweep
+    runs: often enough that a lane in use never looks idle, and a quarter of the idle time at
+    most."""
+    return min(REGISTER_EVERY_S, idle_s / 4)
 
 
 @dataclass(frozen=True)

@@ -1,59 +1,22 @@
-"""Tenant lanes: one work queue per (tier, tenant), so one tenant's flood waits in its own.
+"""The lane registry: which lanes of a namespace exist, and when each was last published to.
 
-With one FIFO queue per tier, a tenant that floods it stands in front of everyone: the
-workers must take its tasks to reach the others'. With a lane per tenant every worker
-consumes every awake lane of its tiers, each with the worker's prefetch, so each tenant's
-next tasks are always in hand and the shared limiter decides who goes first. The
-tier's own queue (`<ns>.work.<tier>`) stays bound and consumed: it takes work published by
-tier alone, and the router's tasks whenever the lane registry (Redis) is unreachable.
-
-Which lanes exist, and when each was last published to, is kept in Redis (`LaneRegistry`),
-written by whoever publishes to a lane (the router; a worker escalating a task) and polled
-by the workers (services.worker.lanes), which stop consuming idle lanes
-(services.common.lane_idle). The broker keeps its own list too (services.common.lane_roster),
-from which the sweep recovers lanes that Redis lost.
+Kept in Redis (a set per tier, a sorted set of last uses, a version), written by whoever
+publishes to a lane (services.lanes.directory) and polled by the workers
+(services.lanes.watcher). Times are Redis's own, so every process judges idleness by one
+clock. A lane being retired carries a mark that sends publishers to the tier's queue.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
-import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
-from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import AMQPError
-from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from services.common.amqp import Broker, PublishFailed
-from services.common.lane_idle import Lane, LaneView
-from services.common.lane_roster import LaneRoster
-from services.common.models import Task
-from services.common.topology import DELAY_HEADER, Names, declare_lane, lane_route, retry_level
-
-log = logging.getLogger(__name__)
-# A publisher re-registers a lane it publishes to at most this often: that keeps the lane
-# awake, and rebuilds a registry that Redis lost (a restart without persistence) with each
-# tenant's next task.
-REGISTER_EVERY_S = 30.0
-# What AMQP (and pamqp, which refuses anything else) accepts as a queue name.
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9\-_.:]{1,255}")
-
-
-def can_name_a_queue(name: str) -> bool:
-    return _QUEUE_NAME.fullmatch(name) is not None
-
-
-def refresh_s(idle_s: float) -> float:
-    """How often publishers register a lane in use, workers look for idle lanes, and the sweep
-    runs: often enough that a lane in use never looks idle, and a quarter of the idle time at
-    most."""
-    return min(REGISTER_EVERY_S, idle_s / 4)
+from services.common.topology import Names
+from services.lanes.plans import Lane, LaneView
 
 # KEYS: registry set, seen zset, version counter, the lane's retiring mark. ARGV: tenant,
 # idle_s, ahead_s. Unless the lane is being retired ('busy'), registers it, records its use
@@ -196,102 +159,6 @@ class LaneRegistry:
         """Take a namespace-wide job for `seconds` unless another process has it."""
         key = self.names.redis_key("lanes", "job", job)
         return bool(await self.redis.set(key, owner, nx=True, px=max(1, int(seconds * 1000))))
-
-
-
-class LaneDirectory:
-    """Say where to publish a tenant's work: its lane, declared and registered on first use."""
-
-    def __init__(self, channel: AbstractChannel, registry: LaneRegistry) -> None:
-        self.channel = channel
-        self.registry = registry
-        self.roster = LaneRoster(registry.names)
-        self._registered: dict[Lane, float] = {}
-        self._announced: set[Lane] = set()
-        self._roster_declared = False
-
-    async def route(self, tier: str, tenant: str) -> str:
-        """Return the routing key for `tenant`'s work in `tier`: its lane, or the tier's queue
-        while the lane cannot be declared and registered, or is being retired."""
-        registered = self._registered.get((tier, tenant), -math.inf)
-        if time.monotonic() - registered < refresh_s(self.registry.idle_s):
-            return lane_route(tier, tenant)
-        return await self._register(tier, tenant, 0.0)
-
-    async def reserve(self, tier: str, tenant: str, ahead_s: float) -> str:
-        """Return where to send work that reaches its lane only in `ahead_s` (a retry, a
-        budget hold): the lane, with its use recorded then so that it is not retired before;
-        the tier's queue if that cannot be recorded."""
-        return await self._register(tier, tenant, ahead_s)
-
-    async def _register(self, tier: str, tenant: str, ahead_s: float) -> str:
-        if not can_name_a_queue(self.registry.names.lane_queue(tier, tenant)):
-            return tier  # a tenant `\w` admits that AMQP does not (é, 漢): the tier's queue
-        key = (tier, tenant)
-        now = time.monotonic()
-        registered = self._registered.get(key, -math.inf)
-        try:
-            touched = await self.registry.touch(tier, tenant, ahead_s)
-            if touched == "busy":  # its queue is being deleted: the tier's queue takes the work
-                return tier
-            # Every registration declares (idempotent, once per refresh_s): work that lands
-            # later (a retry) is dead-lettered to the lane, dropped if its queue were missing.
-            await declare_lane(self.channel, self.registry.names, tier, tenant)
-            if touched == "new" or key not in self._announced:
-                await self._announce(tier, tenant)
-        except (RedisError, AMQPError, OSError, RuntimeError) as exc:
-            # Registered lately, so not retired since (that takes retire_s of disuse).
-            if not ahead_s and now - registered < self.registry.retire_s / 2:
-                return lane_route(tier, tenant)
-            log.warning("lane %s/%s not ready (%r): publishing to the tier's queue",
-                        tier, tenant, exc)
-            return tier
-        self._registered[key] = now
-        return lane_route(tier, tenant)
-
-    async def _announce(self, tier: str, tenant: str) -> None:
-        # The roster is how a lane is found once Redis has forgotten it; a lane it misses is
-        # announced at its next registration, so this failing must not hold up the task.
-        try:
-            if not self._roster_declared:
-                await self.roster.declare(self.channel)
-                self._roster_declared = True
-            await self.roster.announce(self.channel, tier, tenant)
-        except (AMQPError, OSError, RuntimeError) as exc:
-            log.warning("lane %s/%s not entered in the roster (%r): tried again later", tier,
-                        tenant, exc)
-            return
-        self._announced.add((tier, tenant))
-
-    def forget(self, tier: str, tenant: str) -> None:
-        """Declare and register the lane again before its next use (its queue went away)."""
-        self._registered.pop((tier, tenant), None)
-
-    async def publish(self, bus: Broker, tier: str, tenant: str, body: BaseModel,
-                      **kwargs: Any) -> None:
-        """Publish work for `tenant` in `tier` to its lane; to the tier's queue if the lane's
-        queue turned out to be gone (deleted under a stale registration)."""
-        route = await self.route(tier, tenant)
-        try:
-            await bus.publish(bus.names.work, route, body, **kwargs)
-        except PublishFailed:
-            if route == tier:
-                raise
-            self.forget(tier, tenant)
-            log.warning("lane %s/%s unroutable: publishing to the tier's queue", tier, tenant)
-            await bus.publish(bus.names.work, tier, body, **kwargs)
-
-    async def publish_later(self, bus: Broker, tier: str, task: Task, headers: dict[str, Any],
-                            delay_ms: float) -> None:
-        """Send a task back to the tail of its lane after about `delay_ms` (a retry, a budget
-        hold), through the delay queue of that length; the lane's use is recorded for when
-        the task lands back, so that the lane is not retired meanwhile."""
-        level = retry_level(delay_ms)
-        wait_ms = max(1.0, min(delay_ms, level))
-        route = await self.reserve(tier, task.tenant, wait_ms / 1000)
-        await bus.publish(bus.names.retry, route, task, priority=task.priority,
-                          message_id=task.id, headers={**headers, DELAY_HEADER: level},
-                          expiration=wait_ms / 1000)
 
 
 def registry_keys(names: Names, tiers: Iterable[str]) -> list[str]:
