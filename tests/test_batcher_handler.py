@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from services.batcher import claims
 from services.batcher.provider import BatchApi
 from services.batcher.service import Batcher
 from services.common.amqp import RejectMessage
@@ -116,3 +117,27 @@ def test_the_batcher_sends_live_what_its_provider_cannot_batch(tmp_path: Path) -
             engine.dispose()
 
     on_memory(scenario)
+
+
+def test_a_claim_keeps_its_deadline_and_a_task_is_claimed_once(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        config = table()
+        entry = config.primary("cheap")
+        # Never through ingest: no deadline_at, so its deadline counts from submitted_at.
+        raw = Task(id="a", prompt="x", deferrable=True, deadline="1h", submitted_at=1.8e9)
+        stamped = Task(id="b", prompt="x", deferrable=True, deadline="2h").stamped()
+        claims.claim_tasks(engine, [claims.NewClaim(raw, "cheap", entry, "r1"),
+                                    claims.NewClaim(stamped, "cheap", entry, "r1")])
+        again = raw.model_copy(update={"submitted_at": 1.9e9})
+        claims.claim_tasks(engine, [claims.NewClaim(again, "standard", entry, "r2"),
+                                    claims.NewClaim(again, "standard", entry, "r2")])
+        held = {c.task_id: c for c in claims.held_claims(engine)}
+        assert set(held) == {"a", "b"}
+        assert held["a"].deadline_at == 1.8e9 + 3600
+        assert (held["a"].tier, held["a"].route_reason) == ("cheap", "r1")  # the first claim
+        assert held["b"].deadline_at == stamped.deadline_at
+        assert {c.state for c in held.values()} == {"waiting"}
+        assert claims.tasks_of(engine, held.values())["default/a"] == raw
+    finally:
+        engine.dispose()

@@ -62,11 +62,18 @@ def claim_tasks(engine: Engine, new: Sequence[NewClaim], now: float | None = Non
             rows.append({"tenant": n.task.tenant, "task_id": n.task.id,
                          "custom_id": custom_id_of(n.task), "provider": n.entry.provider,
                          "model": n.entry.model, "tier": n.tier, "state": "waiting",
-                         "deadline_at": n.task.deadline_at, "claimed_at": now,
+                         "deadline_at": _epoch(n.task), "claimed_at": now,
                          "updated_at": now, "route_reason": n.route_reason,
                          "task_json": n.task.model_dump_json()})
         if rows:
             conn.execute(insert(batch_claims), rows)
+
+
+def _epoch(task: Task) -> float | None:
+    # deadline_at, or for a task that never went through ingest, its deadline from
+    # submitted_at: a deadline is never lost on the way (it would never come due).
+    moment = task.deadline_moment()
+    return moment.timestamp() if moment is not None else None
 
 
 def _claim(row: Any) -> Claim:

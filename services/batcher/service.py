@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from services.batcher import claims as store
 from services.batcher.lines import LineAnswer, batch_result, jsonl, read_lines, request_line
+from services.batcher.metrics import BATCHES, CLAIMED, LINES
 from services.batcher.plan import (
     ENDED_STATUSES,
     Claim,
@@ -96,6 +97,7 @@ class Batcher:
             await self.send_live(task, tier, reason, "no_batch_api")
             return
         await self.claims.add(store.NewClaim(task, tier, entry, reason))
+        CLAIMED.inc()
 
     async def cycle(self) -> None:
         """Run one round: deadlines, lost uploads, batches in flight, new batches."""
@@ -117,6 +119,7 @@ class Batcher:
         await self._chunked([self.send_live(tasks[c.custom_id], c.tier, c.route_reason, why)
                              for c in claims if c.custom_id in tasks])
         await self._db(store.set_state, claims, "live")
+        LINES.labels(outcome=f"live:{why}").inc(len(claims))
         log.info("%d deferred tasks sent live (%s)", len(claims), why)
 
     async def send_live(self, task: Task, tier: str, reason: str, why: str) -> None:
@@ -144,6 +147,7 @@ class Batcher:
                 log.info("batch %s of group %s found at %s: polling it",
                          batch_id, group_id, provider)
                 await self._db(store.group_submitted, group_id, batch_id, None)
+                BATCHES.labels(outcome="adopted").inc()
             for group_id in plan.upload:
                 members = [c for c in await self._db(store.group_members, group_id)
                            if c.state == "uploading"]
@@ -176,8 +180,10 @@ class Batcher:
             log.error("batch %s refused (%s): its %d tasks go live", group_id, exc, len(members))
             await self.go_live(members, "batch_refused")
             await self._db(store.end_group, group_id, "refused", 0, len(members))
+            BATCHES.labels(outcome="refused").inc()
             return
         await self._db(store.group_submitted, group_id, batch_id, file_id)
+        BATCHES.labels(outcome="submitted").inc()
         log.info("batch %s (%d lines, %s/%s) submitted as %s", group_id, len(members),
                  first.provider, first.model, batch_id)
 
@@ -212,6 +218,8 @@ class Batcher:
             batch_seconds=batch_seconds, now=now)) for c in settled.answered]
         await self._chunked([self.deliver(c, task, result) for c, task, result in results])
         await self._db(store.set_state, settled.answered, "done")
+        LINES.labels(outcome="answered").inc(len(settled.answered))
+        BATCHES.labels(outcome=status).inc()
         await self.go_live(settled.live, f"batch_{status}")
         await self._db(store.end_group, group.group_id, status, len(settled.answered),
                        len(settled.live))
