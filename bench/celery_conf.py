@@ -1,13 +1,15 @@
-"""What both Celery benchmark peers share: settings and the provider client (importable
-without Celery)."""
+"""What both Celery benchmark peers share: settings, the provider client, the clean-up
+(importable without Celery)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
 
 import openai
+import pika
 
 
 def peer_conf(queue: str) -> dict[str, Any]:
@@ -29,3 +31,16 @@ def provider_client(max_retries: int) -> openai.OpenAI:
     this only after the fork, make their own."""
     return openai.OpenAI(base_url=os.environ["BENCH_MOCK_URL"], api_key="bench",
                          max_retries=max_retries, timeout=60)
+
+
+def delete_peer_queue(amqp_url: str, queue: str) -> None:
+    """Delete a peer's queue and its exchange of the same name; the run is over, so a broker
+    that does not answer is let be."""
+    with contextlib.suppress(Exception):
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = connection.channel()
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)
+        finally:
+            connection.close()

@@ -39,7 +39,7 @@ import pika.exceptions
 import redis
 from celery import Celery
 
-from bench.celery_conf import peer_conf, provider_client
+from bench.celery_conf import delete_peer_queue, peer_conf, provider_client
 from bench.limiter.system import kill_groups
 from bench.proc_cpu import Meter
 from bench.redis_calls import RedisCalls
@@ -165,12 +165,7 @@ class _Peer:
         kill_groups(self.nodes, grace_s=10.0)
         with contextlib.suppress(Exception):
             self.app.close()
-        with contextlib.suppress(Exception):
-            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-            channel = connection.channel()
-            channel.queue_delete(self.queue)
-            channel.exchange_delete(self.queue)
-            connection.close()
+        delete_peer_queue(AMQP_URL, self.queue)
         with contextlib.suppress(Exception):
             delete_redis_keys(REDIS_URL, self.ns)
         self.redis.close()

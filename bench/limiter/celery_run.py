@@ -14,10 +14,20 @@ import pika
 import pika.exceptions
 import redis
 
+from bench.celery_conf import delete_peer_queue
 from bench.limiter.estimate import EstimateError
 from bench.limiter.system import Record, connect, kill_groups
 from bench.limiter.workload import Options, Spec
-from bench.stack import AMQP_URL, REDIS_URL, ROOT, Stack, free_port, http, wait_until
+from bench.stack import (
+    AMQP_URL,
+    REDIS_URL,
+    ROOT,
+    Stack,
+    delete_redis_keys,
+    free_port,
+    http,
+    wait_until,
+)
 
 PEER = "bench.limiter.celery_peer"  # the Celery app, as `celery -A` finds it
 
@@ -81,17 +91,10 @@ class CelerySystem:
             self.app.close()
 
     def _clean_broker_and_redis(self) -> None:
+        delete_peer_queue(AMQP_URL, self.queue)
         with contextlib.suppress(Exception):
-            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-            channel = connection.channel()
-            channel.queue_delete(self.queue)
-            channel.exchange_delete(self.queue)
-            connection.close()
-        with contextlib.suppress(Exception):
-            keys = list(self.redis.scan_iter(match=f"{self.ns}:*"))
-            if keys:
-                self.redis.delete(*keys)
-            self.redis.close()
+            delete_redis_keys(REDIS_URL, self.ns)
+        self.redis.close()
 
     def publish(self, specs: list[Spec]) -> None:
         with self.app.producer_or_acquire() as producer:
