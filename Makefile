@@ -29,8 +29,19 @@ compose-deps:
 up: install
 	$(BIN)/agentq up
 
+# The llmock_slow group (minutes of waiting on a 30-RPM provider: tests/test_llmock_e2e.py)
+# runs as a second pytest beside the rest, so it adds almost no wall time; its output is
+# shown when both ended, and either failing fails the target. The group runs in its own
+# process group (set -m), so Ctrl-C is passed on to it and its pipelines are torn down.
+test: SHELL := /bin/bash
 test: install browser-deps compose-deps
-	$(BIN)/pytest -q
+	@mkdir -p tests/artifacts; log=tests/artifacts/llmock_slow.log; \
+	set -m; $(BIN)/pytest -q -p no:cacheprovider -m llmock_slow </dev/null >$$log 2>&1 & \
+	slow=$$!; set +m; trap 'kill -INT -- -$$slow 2>/dev/null; wait $$slow' INT TERM; \
+	$(BIN)/pytest -q -m 'not llmock_slow'; main=$$?; \
+	wait $$slow; rc=$$?; trap - INT TERM; \
+	printf '\n== pytest -m llmock_slow (ran beside the above; %s)\n' $$log; cat $$log; \
+	test $$main -eq 0 && test $$rc -eq 0
 
 # The database-facing tests again, against PostgreSQL (database `test` on localhost).
 test-postgres: install
