@@ -19,6 +19,7 @@ from services.batcher.lines import (
 )
 from services.batcher.plan import (
     Claim,
+    affordable,
     batch_entry,
     custom_id_of,
     due_claims,
@@ -87,6 +88,12 @@ def test_groups_are_per_provider_and_model_oldest_first() -> None:
     claims = [claim(1, NOW - 5, "b"), claim(2, NOW - 9, "a"), claim(3, NOW - 7, "b")]
     groups = ready_groups(claims, NOW, max_lines=10, max_age_s=0)
     assert [[c.task_id for c in g] for g in groups] == [["id2"], ["id3", "id1"]]
+
+
+def test_a_tenant_at_its_hard_budget_waits() -> None:
+    claims = [claim(1, NOW), replace(claim(2, NOW), tenant="broke"), claim(3, NOW)]
+    kept = affordable(claims, {"broke": "hard", "t": "soft"})
+    assert [c.task_id for c in kept] == ["id1", "id3"]
 
 
 def test_due_claims_are_the_held_ones_near_their_deadline() -> None:

@@ -84,6 +84,12 @@ def ready_groups(waiting: Iterable[Claim], now: float, max_lines: int,
     return ready
 
 
+def affordable(waiting: Iterable[Claim], levels: Mapping[str, str]) -> list[Claim]:
+    """Return the waiting claims whose tenant is not at a hard budget limit: those wait (as a
+    worker holds a live task) until the budget allows them or their deadline sends them live."""
+    return [c for c in waiting if levels.get(c.tenant, "ok") != "hard"]
+
+
 def due_claims(claims: Iterable[Claim], now: float, live_margin_s: float) -> list[Claim]:
     """Return the claims still without a Result whose deadline is now too near to wait."""
     return [c for c in claims if c.state in HELD and c.deadline_at is not None

@@ -31,6 +31,7 @@ from services.batcher.metrics import BATCHES, CLAIMED, LINES
 from services.batcher.plan import (
     ENDED_STATUSES,
     Claim,
+    affordable,
     batch_entry,
     due_claims,
     ready_groups,
@@ -156,10 +157,21 @@ class Batcher:
     async def form(self) -> None:
         rules = self.config.batches
         waiting = [c for c in await self._db(store.held_claims) if c.state == "waiting"]
+        waiting = affordable(waiting, await self.budget_levels({c.tenant for c in waiting}))
         for members in ready_groups(waiting, self.clock(), rules.max_lines, rules.max_age_s):
             group_id = uuid.uuid4().hex
             await self._db(store.open_group, group_id, members)  # durable before the upload
             await self.upload(group_id, members)
+
+    async def budget_levels(self, tenants: set[str]) -> dict[str, str]:
+        """Read each tenant's budget level (`ok` without a ledger or while Redis is down)."""
+        levels: dict[str, str] = {}
+        for tenant in tenants:
+            budget = self.config.tenant(tenant).budget
+            if self.ledger is not None and budget is not None:
+                levels[tenant] = await self.extras.attempt(
+                    "budget", self.ledger.level(tenant, budget), "ok")
+        return levels
 
     async def upload(self, group_id: str, members: Sequence[Claim]) -> None:
         """Write the group's JSONL, upload it and create the batch."""
