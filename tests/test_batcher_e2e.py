@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from bench.stack import ROOT
+from bench.stack import PIPELINE_SERVICES, ROOT, running_pipeline
 from services.batcher import claims
 from services.batcher.lines import jsonl, request_line
 from services.batcher.provider import GROUP_KEY
@@ -285,3 +285,27 @@ def test_failed_lines_and_an_expired_batch_retry_live(
     for task in live.values():
         assert task["deferrable"] is False
     assert_submitted_once(provider, {t.id for t in tasks})
+
+
+def test_through_the_whole_pipeline_deferrable_tasks_are_stored_with_their_batch(
+        tmp_path: Path) -> None:
+    """HTTP in, router, batcher, recorder: `GET /v1/tasks/<id>` shows the batch's Result."""
+    rules = "".join(f"{k} = {v}\n" for k, v in BATCH_RULES.items())
+    with running_pipeline(tmp_path, workers=1, services=(*PIPELINE_SERVICES, "batcher"),
+                          mock_args=("--batch-completion-s", "0.5"),
+                          extra_config=f"\n[batches]\n{rules}") as pipeline:
+        deferred = [pipeline.submit({"prompt": f"Classify {i}: late. labels: a, b",
+                                     "kind": "classify", "deferrable": True,
+                                     "deadline": "2h"}) for i in range(30)]
+        live = [pipeline.submit({"prompt": f"Classify {i}: fine. labels: a, b",
+                                 "kind": "classify"}) for i in range(5)]
+        done = pipeline.wait_done(deferred + live, timeout=60)
+        lines = pipeline.stats()["batch_lines"]
+    for task_id in deferred:
+        result = done[task_id]["result"]
+        assert done[task_id]["status"] == "succeeded" and result["batch_id"]
+        assert lines[f"default/{task_id}"] == 1
+    for task_id in live:
+        assert done[task_id]["status"] == "succeeded"
+        assert done[task_id]["result"]["batch_id"] is None
+        assert f"default/{task_id}" not in lines
