@@ -76,6 +76,12 @@ def _epoch(task: Task) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+def _claim_columns() -> Any:
+    # Not task_json: a cycle reads every held claim, and the prompts are read only for the
+    # claims a step acts on (`tasks_of`).
+    return select(*(batch_claims.c[name] for name in _CLAIM_COLUMNS))
+
+
 def _claim(row: Any) -> Claim:
     return Claim(**{name: row[name] for name in _CLAIM_COLUMNS})
 
@@ -83,7 +89,7 @@ def _claim(row: Any) -> Claim:
 def held_claims(engine: Engine) -> list[Claim]:
     """Return every claim still without a Result (waiting, uploading or submitted)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(batch_claims).where(batch_claims.c.state.in_(HELD))
+        rows = conn.execute(_claim_columns().where(batch_claims.c.state.in_(HELD))
                             .order_by(batch_claims.c.claimed_at)).mappings().all()
     return [_claim(row) for row in rows]
 
@@ -91,7 +97,7 @@ def held_claims(engine: Engine) -> list[Claim]:
 def group_members(engine: Engine, group_id: str) -> list[Claim]:
     """Return the claims put in one batch, in the order of its file."""
     with engine.connect() as conn:
-        rows = conn.execute(select(batch_claims).where(batch_claims.c.group_id == group_id)
+        rows = conn.execute(_claim_columns().where(batch_claims.c.group_id == group_id)
                             .order_by(batch_claims.c.claimed_at, batch_claims.c.custom_id)
                             ).mappings().all()
     return [_claim(row) for row in rows]
