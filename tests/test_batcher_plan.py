@@ -1,4 +1,4 @@
-"""The batcher's pure parts: who may wait, grouping, deadlines, reconcile, settle, lines."""
+"""The batcher's pure parts: who may wait, grouping, deadlines, reconcile, a batch's end, lines."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from services.batcher.lines import (
 from services.batcher.plan import (
     Claim,
     affordable,
+    batch_end,
     batch_entry,
     custom_id_of,
     due_claims,
     goes_to_batch,
     ready_groups,
     reconcile,
-    settle,
 )
 from services.common.cache import CachedAnswer
 from services.common.config import AgentqConfig, load_config
@@ -109,12 +109,12 @@ def test_reconcile_adopts_found_batches_and_uploads_the_rest_once() -> None:
     assert plan.upload == ["g1", "g3"]
 
 
-def test_settle_publishes_answers_sends_the_rest_live_and_leaves_settled_alone() -> None:
+def test_settle_publishes_answers_sends_the_rest_live_and_leaves_ended_alone() -> None:
     members = [claim(1, NOW, state="submitted"), claim(2, NOW, state="submitted"),
                claim(3, NOW, state="live"), claim(4, NOW, state="done")]
-    settled = settle(members, ["t/id1", "t/id3", "t/id4"])
-    assert [c.task_id for c in settled.answered] == ["id1"]
-    assert [c.task_id for c in settled.live] == ["id2"]
+    ended = batch_end(members, ["t/id1", "t/id3", "t/id4"])
+    assert [c.task_id for c in ended.answered] == ["id1"]
+    assert [c.task_id for c in ended.live] == ["id2"]
 
 
 def test_request_line_is_the_live_body() -> None:

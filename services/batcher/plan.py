@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from services.common.config import AgentqConfig, ModelEntry
-from services.common.deadlines import due_live, route_deferrable
+from services.common.deadlines import due_live
+from services.common.deferral import batch_entry, goes_to_batch
 from services.common.models import Task
+
+__all__ = ["batch_entry", "goes_to_batch"]  # re-exported: the batcher reads them from its plan
 
 ClaimState = Literal["waiting", "uploading", "submitted", "done", "live"]
 HELD: tuple[ClaimState, ...] = ("waiting", "uploading", "submitted")  # no Result yet
@@ -45,27 +47,6 @@ def custom_id_of(task: Task) -> str:
     """Return a task's `custom_id` in a batch: `<tenant>/<id>` (ids are unique per tenant;
     neither holds a `/`)."""
     return f"{task.tenant}/{task.id}"
-
-
-def batch_entry(config: AgentqConfig, tier: str) -> ModelEntry | None:
-    """Return the model a tier's batches go to (its first), or None when its provider has no
-    Batch API (`batch = false`)."""
-    entry = config.primary(tier)
-    return entry if config.providers[entry.provider].batch else None
-
-
-def goes_to_batch(task: Task, tier: str, config: AgentqConfig, now: float) -> bool:
-    """Say whether a routed task (cache missed, tier chosen) waits for a provider batch.
-
-    A validator's failed check escalates through live calls of the next tier, so a task that
-    carries one goes live from the start.
-    """
-    if not task.deferrable or task.validator is not None or batch_entry(config, tier) is None:
-        return False
-    rules = config.batches
-    route = route_deferrable(_moment(now), task.deadline_moment(), True,
-                             rules.turnaround_s, rules.live_margin_s)
-    return route == "batch"
 
 
 def ready_groups(waiting: Iterable[Claim], now: float, max_lines: int,
@@ -117,14 +98,14 @@ def reconcile(uploading: Iterable[str], found: Mapping[str, str]) -> Reconciled:
 
 
 @dataclass(frozen=True)
-class Settlement:
+class BatchEnd:
     """What becomes of a batch's claims once it has ended."""
 
     answered: list[Claim]  # a line answered: publish its Result
     live: list[Claim]  # failed, expired, cancelled or missing: send it to its tier live
 
 
-def settle(members: Iterable[Claim], answered_ids: Iterable[str]) -> Settlement:
+def batch_end(members: Iterable[Claim], answered_ids: Iterable[str]) -> BatchEnd:
     """Split an ended batch's claims: answered lines get a Result, every other one goes live.
 
     Claims already `done` or `live` (sent live as their deadline neared) are left alone, so
@@ -132,7 +113,7 @@ def settle(members: Iterable[Claim], answered_ids: Iterable[str]) -> Settlement:
     """
     answers = set(answered_ids)
     held = [c for c in members if c.state in HELD]
-    return Settlement([c for c in held if c.custom_id in answers],
+    return BatchEnd([c for c in held if c.custom_id in answers],
                       [c for c in held if c.custom_id not in answers])
 
 

@@ -32,11 +32,11 @@ from services.batcher.plan import (
     ENDED_STATUSES,
     Claim,
     affordable,
+    batch_end,
     batch_entry,
     due_claims,
     ready_groups,
     reconcile,
-    settle,
 )
 from services.batcher.provider import BatchApi, BatchApiError
 from services.common.amqp import Broker, IncomingMessage, RejectMessage
@@ -49,13 +49,13 @@ from services.common.models import TIERS, Result, Task
 from services.common.publishing import publish_result
 from services.common.redis_extras import Extras
 from services.common.runtime import every, until_stopped
-from services.common.settings import Settings
+from services.common.settings import METRICS_PORTS, Settings
 from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, declare_topology
 from services.common.work_headers import ROUTED_TIER_HEADER
 
 log = logging.getLogger(__name__)
 SERVICE = "batcher"
-METRICS_PORT = 9107
+METRICS_PORT = METRICS_PORTS["batcher"]
 PREFETCH = 1000
 CLAIM_BATCH, CLAIM_WAIT_S = 200, 0.05
 PUBLISH_CHUNK = 100  # confirms awaited together when a batch's Results go out
@@ -221,22 +221,22 @@ class Batcher:
         """Publish the Results of an ended batch's answered lines; send the rest live."""
         answers = {o.custom_id: o for o in read_lines(text) if isinstance(o, LineAnswer)}
         members = await self._db(store.group_members, group.group_id)
-        settled = settle(members, answers)
-        tasks = await self._db(store.tasks_of, settled.answered)
+        ended = batch_end(members, answers)
+        tasks = await self._db(store.tasks_of, ended.answered)
         now = self.clock()
         results = [(c, tasks[c.custom_id], batch_result(
             tasks[c.custom_id], answers[c.custom_id], entry=self._entry(c), tier=c.tier,
             route_reason=c.route_reason, batch_id=group.batch_id or "", config=self.config,
-            batch_seconds=batch_seconds, now=now)) for c in settled.answered]
+            batch_seconds=batch_seconds, now=now)) for c in ended.answered]
         await self._chunked([self.deliver(c, task, result) for c, task, result in results])
-        await self._db(store.set_state, settled.answered, "done")
-        LINES.labels(outcome="answered").inc(len(settled.answered))
+        await self._db(store.set_state, ended.answered, "done")
+        LINES.labels(outcome="answered").inc(len(ended.answered))
         BATCHES.labels(outcome=status).inc()
-        await self.go_live(settled.live, f"batch_{status}")
-        await self._db(store.end_group, group.group_id, status, len(settled.answered),
-                       len(settled.live))
+        await self.go_live(ended.live, f"batch_{status}")
+        await self._db(store.end_group, group.group_id, status, len(ended.answered),
+                       len(ended.live))
         log.info("batch %s %s: %d results, %d sent live", group.batch_id, status,
-                 len(settled.answered), len(settled.live))
+                 len(ended.answered), len(ended.live))
 
     async def deliver(self, claim: Claim, task: Task, result: Result) -> None:
         """Publish a batch Result, count its spend and remember the answer, as a worker does."""

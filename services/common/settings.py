@@ -22,7 +22,7 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({
 # Each loop service's default Prometheus port (AGENTQ_METRICS_PORT overrides it).
 METRICS_PORTS: Mapping[str, int] = MappingProxyType({
     "intake": 9101, "router": 9102, "recorder": 9103, "autoscale": 9104,
-    "dashboard-collector": 9105, "worker": 9110})
+    "dashboard-collector": 9105, "batcher": 9107, "worker": 9110})
 # `agentq up` and the autoscaler give worker slot N the metrics port base + N, so that every
 # worker on one host can be scraped.
 WORKER_METRICS_BASE = METRICS_PORTS["worker"]

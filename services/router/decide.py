@@ -12,7 +12,7 @@ The table, in the order a task meets it (step: function -> outcome):
   - a semantic hit sampled: `Route` with the verify header (reason `...;verify`): the worker
     asks the model for real and compares
   - no hit: `dispatch` -> `Route` to the tier's work queue (the tenant's lane), or `Defer`
-    to the batcher for a deferrable task whose deadline leaves room (`plan.goes_to_batch`)
+    to the batcher for a deferrable task whose deadline leaves room (`deferral.goes_to_batch`)
   - then `Emit` task.routed with the cache outcome.
 
 `Router.act` (`service.py`) carries a Plan out; nothing here touches the broker, Redis or a clock.
@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.batcher.plan import goes_to_batch
 from services.common.actions import Emit, Reject
 from services.common.budget import BudgetLevel
 from services.common.cache import CachedAnswer, cacheable
 from services.common.config import AgentqConfig
+from services.common.deferral import goes_to_batch
 from services.common.models import Result, Task
 from services.common.results import from_cache
 from services.common.semantic_cache import (
