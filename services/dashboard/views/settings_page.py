@@ -105,7 +105,7 @@ def login() -> BaseResponse | tuple[str, int]:
     if edit_access() == "locked":
         return render_template("login.html", form=form, locked=True), 200
     if request.method == "POST" and (wait := login_wait_s()) > 0:
-        return _throttled(form, wait)  # the password is not even looked at
+        return _locked_out(form, wait)  # the password is not even looked at
     if form.validate_on_submit():
         if attempt_login(form.password.data or ""):
             session.clear()
@@ -119,7 +119,7 @@ def login() -> BaseResponse | tuple[str, int]:
         400 if request.method == "POST" else 200
 
 
-def _throttled(form: LoginForm, wait: float) -> BaseResponse:
+def _locked_out(form: LoginForm, wait: float) -> BaseResponse:
     seconds = max(1, math.ceil(wait))
     message = (f"Too many failed logins from your address: try again in "
                f"{math.ceil(seconds / 60)} min.")
@@ -128,7 +128,7 @@ def _throttled(form: LoginForm, wait: float) -> BaseResponse:
         response = api_error(429, "too_many_attempts", message)
     else:
         response = make_response(render_template("login.html", form=form, locked=False,
-                                                 throttled=message), 429)
+                                                 locked_out=message), 429)
     response.headers["Retry-After"] = str(seconds)
     return response
 
