@@ -26,7 +26,7 @@ from services.dashboard.models import db
 from services.dashboard.thresholds import RULES, ThresholdError, validate
 from services.dashboard.views.access import attempt_login, edit_access, login_wait_s
 from services.dashboard.views.chrome import api_error
-from services.dashboard.views.guard import unauthorized, wants_json
+from services.dashboard.views.admin_gate import unauthorized, wants_json
 
 bp = Blueprint("settings", __name__)
 GENERAL_KEYS = ("cost_spike_factor", "hysteresis", "webhook_url")

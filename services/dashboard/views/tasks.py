@@ -11,7 +11,7 @@ from sqlalchemy import Select, select
 from services.common.store import QUEUED_STATUSES, visible_status
 from services.common.store import tasks as tasks_table
 from services.dashboard.models import db
-from services.dashboard.views.guard import admin_required, no_store
+from services.dashboard.views.admin_gate import admin_required, no_store
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(admin_required)  # prompts and outputs: the admin's, once a password is set
