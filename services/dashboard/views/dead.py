@@ -31,8 +31,8 @@ from services.common.topology import Names
 from services.dashboard.forms import ReplayForm
 from services.dashboard.models import db
 from services.dashboard.views.access import edit_access
-from services.dashboard.views.chrome import api_error
 from services.dashboard.views.admin_gate import admin_required, no_store
+from services.dashboard.views.chrome import api_error
 
 bp = Blueprint("dead", __name__)
 bp.before_request(admin_required)  # task ids and reasons: the admin's once a password is set

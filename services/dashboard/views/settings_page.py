@@ -25,8 +25,8 @@ from services.dashboard.forms import LoginForm, LogoutForm, thresholds_form
 from services.dashboard.models import db
 from services.dashboard.thresholds import RULES, ThresholdError, validate
 from services.dashboard.views.access import attempt_login, edit_access, login_wait_s
-from services.dashboard.views.chrome import api_error
 from services.dashboard.views.admin_gate import unauthorized, wants_json
+from services.dashboard.views.chrome import api_error
 
 bp = Blueprint("settings", __name__)
 GENERAL_KEYS = ("cost_spike_factor", "hysteresis", "webhook_url")
