@@ -181,6 +181,38 @@ def test_a_thousand_deferrable_tasks_come_back_as_results_at_the_batch_price(
     assert_submitted_once(provider, set(results))
 
 
+def test_twins_waiting_together_take_one_line_and_each_gets_its_result(
+        provider: str, batcher_for: Callable[..., Batcher], rabbit: Rabbit,
+        names: Names) -> None:
+    twins = [Task(id=f"twin-{i}", tenant="acme", kind="classify", deferrable=True,
+                  # spaced and cased apart: the same request once normalised
+                  prompt=("Classify: the parcel never arrived." if i % 2
+                          else "classify:  the parcel NEVER arrived."),
+                  metadata={"n": i}).stamped() for i in range(5)]
+    others = deferrable(3, "other")
+    batcher_for(provider)
+    publish(rabbit, names, [*twins, *others])
+    results, live = collect(rabbit, names, 8, timeout=20)
+    assert live == {} and set(results) == {t.id for t in [*twins, *others]}
+    lines = stats(provider)["batch_lines"]
+    assert len(lines) == 4 and set(lines.values()) == {1}  # one line for the five twins
+    (line,) = set(lines) - {f"acme/{t.id}" for t in others}
+    owner = line.removeprefix("acme/")
+    entry = load_config(None).primary("cheap")
+    paid = results[owner]
+    usage = paid["usage"]
+    assert paid["cost_usd"] == pytest.approx(
+        entry.cost(usage["prompt_tokens"], usage["completion_tokens"]) * 0.5)
+    for twin in twins:
+        result = results[twin.id]
+        assert result["status"] == "succeeded" and result["output"] == paid["output"]
+        assert result["batch_id"] == paid["batch_id"] and result["metadata"] == twin.metadata
+        if twin.id != owner:  # charged once, as a live twin's dedup answer
+            assert (result["cost_usd"], result["cache"]) == (0.0, "exact")
+            assert result["cached_from"] == owner
+            assert result["route_reason"] == "kind:classify;dedup"
+
+
 def in_flight(engine: Any) -> int:
     """Return how many batches the store shows submitted and not ended."""
     return sum(1 for g in claims.open_groups(engine) if g.state == "submitted")

@@ -13,9 +13,11 @@ from services.batcher.lines import (
     LineError,
     batch_result,
     jsonl,
+    line_keys,
     read_line,
     read_lines,
     request_line,
+    twin_result,
 )
 from services.batcher.plan import (
     Claim,
@@ -27,11 +29,13 @@ from services.batcher.plan import (
     goes_to_batch,
     ready_groups,
     reconcile,
+    twins,
 )
 from services.common.cache import CachedAnswer
 from services.common.config import AgentqConfig, load_config
 from services.common.models import Task, Usage, Validator
 from services.common.semantic_cache import SemanticHit
+from services.common.topology import Names
 from services.router.decide import Answer, Defer, Found, Route, route_plan
 from services.router.policy import RouteDecision
 
@@ -115,6 +119,59 @@ def test_settle_publishes_answers_sends_the_rest_live_and_leaves_ended_alone() -
     ended = batch_end(members, ["t/id1", "t/id3", "t/id4"])
     assert [c.task_id for c in ended.answered] == ["id1"]
     assert [c.task_id for c in ended.live] == ["id2"]
+
+
+def test_twins_share_one_line_keyed_as_the_live_dedup_keys_them() -> None:
+    def task(n: int, prompt: str, **fields: Any) -> Task:
+        return Task(prompt=prompt, tenant="t", id=f"id{n}", **fields)
+
+    tasks = {f"t/id{t.id[2:]}": t for t in [
+        task(1, "Classify: late"), task(2, "classify:   LATE"),  # normalised alike
+        task(3, "Classify: late", max_tokens=5),  # another request
+        task(4, "Classify: late", cache="off"),  # never deduplicated
+        task(5, "Classify: late", temperature=0.7),  # not cacheable: its own line
+        task(6, "Classify: late")]}
+    members = [claim(n, NOW + n) for n in range(1, 7)]
+    keys = line_keys(Names("ns"), members, tasks)
+    assert keys["t/id4"] is None and keys["t/id5"] is None
+    assert [[c.task_id for c in line] for line in twins(members, keys)] == [
+        ["id1", "id2", "id6"], ["id3"], ["id4"], ["id5"]]
+    other_tier = replace(claim(7, NOW), tier="standard")
+    assert len(twins([members[0], other_tier],
+                     line_keys(Names("ns"), [members[0], other_tier],
+                               {**tasks, "t/id7": task(7, "Classify: late")}))) == 2
+
+
+def test_every_held_twin_gets_its_line_and_one_of_them_pays_for_it() -> None:
+    members = [claim(1, NOW, state="live"), claim(2, NOW, state="submitted"),
+               claim(3, NOW, state="submitted"), claim(4, NOW, state="submitted"),
+               claim(5, NOW, state="submitted")]
+    keys = {"t/id1": "k", "t/id2": "k", "t/id3": "k", "t/id4": "other", "t/id5": "other"}
+    # Line id1 answered, though id1 itself went live (deadline): its held twins take it.
+    ended = batch_end(members, ["t/id1"], keys)
+    assert [c.task_id for c in ended.answered] == ["id2"]
+    assert ended.line_of == {"t/id2": "t/id1"}
+    assert [(t.task_id, o.task_id) for t, o in ended.twins] == [("id3", "id2")]
+    assert [c.task_id for c in ended.live] == ["id4", "id5"]  # their line failed
+
+
+def test_a_twins_result_is_the_paid_answer_at_no_cost() -> None:
+    table = config()
+    entry = table.primary("cheap")
+    answer = read_line(ANSWER)
+    assert isinstance(answer, LineAnswer)
+    paid = batch_result(Task(prompt="x", tenant="t", id="a", submitted_at=NOW - 50), answer,
+                        entry=entry, tier="cheap", route_reason="kind", batch_id="batch_1",
+                        config=table, batch_seconds=40, now=NOW)
+    twin = twin_result(Task(prompt="x", tenant="t", id="b", submitted_at=NOW - 20,
+                            metadata={"m": 1}), paid, route_reason="kind", config=table,
+                       now=NOW)
+    assert (twin.task_id, twin.output, twin.usage, twin.batch_id) == (
+        "b", "yes", paid.usage, "batch_1")
+    assert (twin.cost_usd, twin.cache, twin.cached_from, twin.attempts) == (0.0, "exact", "a", 0)
+    assert twin.route_reason == "kind;dedup" and twin.metadata == {"m": 1}
+    assert twin.latency_ms.total == pytest.approx(20_000) and twin.latency_ms.llm == 0
+    assert paid.cost_usd > 0 and twin.cost_saved_usd >= paid.cost_saved_usd
 
 
 def test_request_line_is_the_live_body() -> None:

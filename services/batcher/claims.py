@@ -120,15 +120,16 @@ def _keys(claims: Iterable[Claim]) -> Any:
 
 
 def open_group(engine: Engine, group_id: str, claims: Sequence[Claim],
-               now: float | None = None) -> None:
+               lines: int | None = None, now: float | None = None) -> None:
     """Record a batch about to be uploaded and move its claims into it, in one transaction:
-    durable before the upload, so a restart knows what it may have sent."""
+    durable before the upload, so a restart knows what it may have sent. `lines`: the
+    requests in its file (twins share one), by default one per claim."""
     now = time.time() if now is None else now
     first = claims[0]
     with engine.begin() as conn:
         conn.execute(insert(batches).values(
             group_id=group_id, provider=first.provider, model=first.model, state="uploading",
-            lines=len(claims), created_at=now))
+            lines=len(claims) if lines is None else lines, created_at=now))
         for start in range(0, len(claims), 200):
             conn.execute(update(batch_claims).where(
                 _keys(claims[start:start + 200]), batch_claims.c.state == "waiting")

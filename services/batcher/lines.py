@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.batcher.plan import custom_id_of
+from services.batcher.plan import Claim, custom_id_of
+from services.common.cache import CachedAnswer, cache_key, cacheable
 from services.common.config import AgentqConfig, ModelEntry
 from services.common.models import Latency, Result, Task, Usage
 from services.common.pricing import batch_cost
-from services.common.results import answered
+from services.common.results import answered, from_cache
+from services.common.topology import Names
 from services.worker.provider import call_options
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,18 @@ def request_line(task: Task, entry: ModelEntry, config: AgentqConfig) -> dict[st
     body = {"model": entry.model, "messages": [m.model_dump() for m in task.messages],
             **call_options(config.providers[entry.provider], entry, task)}
     return {"custom_id": custom_id_of(task), "method": "POST", "url": CHAT_URL, "body": body}
+
+
+def line_keys(names: Names, claims: Iterable[Claim],
+              tasks: Mapping[str, Task]) -> dict[str, str | None]:
+    """Key each claim's request as the workers' in-flight dedup does (its exact-cache key
+    under the routed tier; None when the task is not cacheable, so it has a line of its own)."""
+    keys: dict[str, str | None] = {}
+    for claim in claims:
+        task = tasks.get(claim.custom_id)
+        keys[claim.custom_id] = (cache_key(names, task, claim.tier)
+                                 if task is not None and cacheable(task) else None)
+    return keys
 
 
 def jsonl(lines: Iterable[dict[str, Any]]) -> bytes:
@@ -99,3 +113,14 @@ def batch_result(task: Task, answer: LineAnswer, *, entry: ModelEntry, tier: str
                       output=answer.output, model=answer.model or entry.model, usage=usage,
                       cost_usd=batch_cost(config, entry, usage), config=config, attempts=1)
     return result.model_copy(update={"batch_id": batch_id})
+
+
+def twin_result(task: Task, paid: Result, *, route_reason: str, config: AgentqConfig,
+                now: float) -> Result:
+    """Build the Result of a twin answered by another task's line: as a live twin's dedup
+    answer, it cost nothing (`paid` carries the line's cost), with the batch that answered."""
+    answer = CachedAnswer(output=paid.output, model=paid.model, tier=paid.tier,
+                          usage=paid.usage, task_id=paid.task_id)
+    result = from_cache(task, answer, config, cache="exact",
+                        route_reason=f"{route_reason};dedup", now=now)
+    return result.model_copy(update={"batch_id": paid.batch_id})

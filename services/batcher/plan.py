@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -97,24 +97,52 @@ def reconcile(uploading: Iterable[str], found: Mapping[str, str]) -> Reconciled:
     return Reconciled(adopt, upload)
 
 
+def twins(claims: Iterable[Claim], keys: Mapping[str, str | None]) -> list[list[Claim]]:
+    """Group claims by request, in order: identical tasks (the same exact-cache key, by
+    custom_id in `keys`, as the workers' in-flight dedup keys them) share one line of a batch,
+    the first one's; a claim without a key (not cacheable) is a line of its own."""
+    lines: dict[tuple[bool, str], list[Claim]] = {}
+    for claim in claims:
+        key = keys.get(claim.custom_id)
+        lines.setdefault((True, key) if key else (False, claim.custom_id), []).append(claim)
+    return list(lines.values())
+
+
 @dataclass(frozen=True)
 class BatchEnd:
     """What becomes of a batch's claims once it has ended."""
 
-    answered: list[Claim]  # a line answered: publish its Result
+    answered: list[Claim]  # a line answered it: publish its Result at the batch price
     live: list[Claim]  # failed, expired, cancelled or missing: send it to its tier live
+    # custom_id of an answered claim -> the line that answered it (its own, or a twin's that
+    # went live before the batch ended)
+    line_of: dict[str, str] = field(default_factory=dict)
+    # twins answered by another claim's line, at no cost: (twin, the claim priced for it)
+    twins: list[tuple[Claim, Claim]] = field(default_factory=list)
 
 
-def batch_end(members: Iterable[Claim], answered_ids: Iterable[str]) -> BatchEnd:
+def batch_end(members: Iterable[Claim], answered_ids: Iterable[str],
+              keys: Mapping[str, str | None] | None = None) -> BatchEnd:
     """Split an ended batch's claims: answered lines get a Result, every other one goes live.
 
-    Claims already `done` or `live` (sent live as their deadline neared) are left alone, so
-    an answer that comes after all is not published a second time.
+    Twins (`keys`, see `twins`) share their line's answer: the first one still held takes the
+    Result at the batch price, the others a copy of it that costs nothing, as a live twin's
+    dedup answer does. Claims already `done` or `live` (sent live as their deadline neared)
+    are left alone, so an answer that comes after all is not published a second time.
     """
     answers = set(answered_ids)
-    held = [c for c in members if c.state in HELD]
-    return BatchEnd([c for c in held if c.custom_id in answers],
-                      [c for c in held if c.custom_id not in answers])
+    ended = BatchEnd([], [])
+    for group in twins(members, keys or {}):
+        line = next((c.custom_id for c in group if c.custom_id in answers), None)
+        held = [c for c in group if c.state in HELD]
+        if line is None:
+            ended.live.extend(held)
+        elif held:
+            owner, *others = held
+            ended.answered.append(owner)
+            ended.line_of[owner.custom_id] = line
+            ended.twins.extend((twin, owner) for twin in others)
+    return ended
 
 
 def _moment(epoch: float) -> datetime:

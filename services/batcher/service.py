@@ -19,14 +19,22 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from services.batcher import claims as store
-from services.batcher.lines import LineAnswer, batch_result, jsonl, read_lines, request_line
+from services.batcher.lines import (
+    LineAnswer,
+    batch_result,
+    jsonl,
+    line_keys,
+    read_lines,
+    request_line,
+    twin_result,
+)
 from services.batcher.metrics import BATCHES, CLAIMED, LINES
 from services.batcher.plan import (
     ENDED_STATUSES,
@@ -37,6 +45,7 @@ from services.batcher.plan import (
     due_claims,
     ready_groups,
     reconcile,
+    twins,
 )
 from services.batcher.provider import BatchApi, BatchApiError
 from services.common.amqp import Broker, IncomingMessage, RejectMessage
@@ -160,8 +169,11 @@ class Batcher:
         waiting = affordable(waiting, await self.budget_levels({c.tenant for c in waiting}))
         for members in ready_groups(waiting, self.clock(), rules.max_lines, rules.max_age_s):
             group_id = uuid.uuid4().hex
-            await self._db(store.open_group, group_id, members)  # durable before the upload
-            await self.upload(group_id, members)
+            tasks = await self._db(store.tasks_of, members)
+            lines = len(self.lines(members, tasks))
+            # Durable before the upload.
+            await self._db(store.open_group, group_id, members, lines)
+            await self.upload(group_id, members, tasks)
 
     async def budget_levels(self, tenants: set[str]) -> dict[str, str]:
         """Read each tenant's budget level (`ok` without a ledger or while Redis is down)."""
@@ -173,15 +185,24 @@ class Batcher:
                     "budget", self.ledger.level(tenant, budget), "ok")
         return levels
 
-    async def upload(self, group_id: str, members: Sequence[Claim]) -> None:
-        """Write the group's JSONL, upload it and create the batch."""
+    def lines(self, members: Sequence[Claim], tasks: Mapping[str, Task]) -> list[Claim]:
+        """Return the claims whose requests make the batch's lines: one per distinct request
+        (twins share the first one's line)."""
+        return [line[0] for line in twins(members, line_keys(self.bus.names, members, tasks))]
+
+    async def upload(self, group_id: str, members: Sequence[Claim],
+                     tasks: Mapping[str, Task] | None = None) -> None:
+        """Write the group's JSONL, one line per distinct request, upload it and create the
+        batch."""
         if not members:
             await self._db(store.end_group, group_id, "empty", 0, 0)
             return
         first = members[0]
         entry = self._entry(first)
-        tasks = await self._db(store.tasks_of, members)
-        data = jsonl(request_line(tasks[c.custom_id], entry, self.config) for c in members)
+        if tasks is None:
+            tasks = await self._db(store.tasks_of, members)
+        data = jsonl(request_line(tasks[c.custom_id], entry, self.config)
+                     for c in self.lines(members, tasks))
         try:
             file_id = await self.api.upload(first.provider, f"agentq-{group_id}.jsonl", data)
             batch_id = await self.api.create(first.provider, file_id, group_id)
@@ -221,26 +242,37 @@ class Batcher:
         """Publish the Results of an ended batch's answered lines; send the rest live."""
         answers = {o.custom_id: o for o in read_lines(text) if isinstance(o, LineAnswer)}
         members = await self._db(store.group_members, group.group_id)
-        ended = batch_end(members, answers)
-        tasks = await self._db(store.tasks_of, ended.answered)
+        tasks = await self._db(store.tasks_of, members)  # every member's: twins by request
+        ended = batch_end(members, answers, line_keys(self.bus.names, members, tasks))
         now = self.clock()
-        results = [(c, tasks[c.custom_id], batch_result(
-            tasks[c.custom_id], answers[c.custom_id], entry=self._entry(c), tier=c.tier,
-            route_reason=c.route_reason, batch_id=group.batch_id or "", config=self.config,
-            batch_seconds=batch_seconds, now=now)) for c in ended.answered]
-        await self._chunked([self.deliver(c, task, result) for c, task, result in results])
-        await self._db(store.set_state, ended.answered, "done")
+        paid = {c.custom_id: batch_result(
+            tasks[c.custom_id], answers[ended.line_of[c.custom_id]], entry=self._entry(c),
+            tier=c.tier, route_reason=c.route_reason, batch_id=group.batch_id or "",
+            config=self.config, batch_seconds=batch_seconds, now=now) for c in ended.answered}
+        copies = [(twin, twin_result(tasks[twin.custom_id], paid[owner.custom_id],
+                                     route_reason=twin.route_reason, config=self.config,
+                                     now=now)) for twin, owner in ended.twins]
+        await self._chunked(
+            [self.deliver(c, tasks[c.custom_id], paid[c.custom_id]) for c in ended.answered]
+            + [self.deliver(twin, tasks[twin.custom_id], result, paid=False)
+               for twin, result in copies])
+        done = [*ended.answered, *(twin for twin, _ in copies)]
+        await self._db(store.set_state, done, "done")
         LINES.labels(outcome="answered").inc(len(ended.answered))
+        LINES.labels(outcome="twin").inc(len(copies))
         BATCHES.labels(outcome=status).inc()
         await self.go_live(ended.live, f"batch_{status}")
         await self._db(store.end_group, group.group_id, status, len(ended.answered),
                        len(ended.live))
-        log.info("batch %s %s: %d results, %d sent live", group.batch_id, status,
-                 len(ended.answered), len(ended.live))
+        log.info("batch %s %s: %d results (%d of them twins), %d sent live", group.batch_id,
+                 status, len(done), len(copies), len(ended.live))
 
-    async def deliver(self, claim: Claim, task: Task, result: Result) -> None:
-        """Publish a batch Result, count its spend and remember the answer, as a worker does."""
+    async def deliver(self, claim: Claim, task: Task, result: Result, paid: bool = True) -> None:
+        """Publish a batch Result, count its spend and remember the answer, as a worker does
+        (a twin's copy cost nothing, and its answer is remembered already)."""
         await publish_result(self.bus, result, task.reply_to)
+        if not paid:
+            return
         if self.ledger is not None:
             await self.extras.attempt("spend", self.ledger.add(task.tenant, result.cost_usd),
                                       None)
