@@ -7,20 +7,31 @@ import io
 import json
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from services.common.amqp import PublishFailed
 from services.common.batch_format import BatchFileError
-from services.common.models import Task
+from services.common.config import load_config
+from services.common.models import Latency, Task, Usage
+from services.common.results import answered, failed
 from services.common.settings import Settings
-from services.common.store import get_task, make_engine
+from services.common.store import get_task, insert_task, make_engine, record_results
 from services.common.topology import Names
 from services.ingest import batch_accept, batch_store
 from services.ingest.app import create_app
 from services.ingest.batch_requests import BatchSpec, batch_tasks, check_input, line_task
-from services.ingest.batch_results import Progress, current_status, is_output, line_record
+from services.ingest.batch_results import (
+    Progress,
+    current_status,
+    final_status,
+    is_expired,
+    is_output,
+    line_record,
+)
+from services.ingest.batch_service import BatchService
 from services.ingest.publisher import Publisher
 from services.ingest.routes import EXTENSION
 
@@ -138,6 +149,83 @@ def test_records_answer_like_openai_batch_output() -> None:
     assert failed["response"]["body"]["error"]["code"] == "rate_limited"
     never = line_record("c3", "b-2", None, None, "cancelled")
     assert never["response"] is None and never["error"]["code"] == "batch_cancelled"
+
+
+@pytest.mark.parametrize(("stored", "progress", "accepting", "shown", "end"), [
+    ("validating", Progress(10, 4, 2, 1), True, "finalizing", "expired"),  # lines never run
+    ("in_progress", Progress(10, 10, 7, 1), False, "finalizing", "expired"),
+    ("in_progress", Progress(10, 10, 9, 1), False, "finalizing", "completed"),  # all answered
+    ("cancelling", Progress(10, 4, 2, 0), False, "cancelling", "cancelled"),  # asked before
+    ("cancelling", Progress(10, 4, 3, 1), False, "finalizing", "cancelled"),
+    ("completed", Progress(10, 10, 10, 0), False, "completed", "completed"),
+])
+def test_a_batch_past_its_window_ends_expired_unless_every_line_was_answered(
+        stored: str, progress: Progress, accepting: bool, shown: str, end: str) -> None:
+    assert current_status(stored, progress, accepting, expired=True) == shown
+    if shown == "finalizing":
+        assert final_status(stored, progress, expired=True) == end
+    assert final_status("in_progress", Progress(10, 10, 7, 1)) == "completed"  # in its window
+    assert is_expired(100.0, 100.0) and not is_expired(100.0, 99.9)
+
+
+class Waker:
+    """Stands for the acceptor: counts the times a view asked it to take a batch up."""
+
+    woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def test_an_expired_batch_gives_its_unanswered_lines_batch_expired(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    batch_store.create_batch_tables(engine)
+    created = time.time() - 2 * 86400  # the window's deadline is past: accepted as such
+    spec = BatchSpec("batch_old", "acme", "chat", created)
+    pairs = batch_tasks(jsonl([line(f"c{i}") for i in range(4)]), spec)
+    batch_store.insert_batch(engine, {
+        "id": spec.batch_id, "owner": "acme", "tenant": "acme", "input_file_id": "file-x",
+        "endpoint": "/v1/chat/completions", "completion_window": "24h",
+        "status": "validating", "metadata_json": None, "total": 4, "created_at": created,
+        "expires_at": created + 86400}, [(ln.custom_id, task) for ln, task in pairs])
+    tasks = [task.stamped() for _, task in pairs]
+    for task in tasks[:3]:  # line 3 never accepted; line 2 accepted and still queued
+        insert_task(engine, task)
+    batch_store.mark_accepted(engine, spec.batch_id, [0, 1, 2])
+    latency = Latency(queue=1, llm=1, total=2)
+    record_results(engine, [
+        answered(tasks[0], tier="cheap", route_reason="r", latency=latency, output="yes",
+                 model="gpt-4o-mini", usage=Usage(prompt_tokens=3, completion_tokens=1),
+                 cost_usd=0.0, config=load_config(None), attempts=1),
+        failed(tasks[1], tier="cheap", route_reason="r", latency=latency,
+               code="rate_limited", message="waited too long")])
+    clock = [created + 86399.0]
+    acceptor = Waker()
+    service = BatchService(engine, cast(batch_accept.BatchAcceptor, acceptor), 1 << 20,
+                           clock=lambda: clock[0])
+    try:
+        within = service.view("acme", spec.batch_id)
+        assert within is not None and within["status"] == "validating"
+        assert acceptor.woken == 1  # nobody accepting its last line: taken up
+        clock[0] = created + 86400.0
+        ended = service.view("acme", spec.batch_id)
+        assert ended is not None and ended["status"] == "expired"
+        assert acceptor.woken == 1  # past its window: no more lines accepted
+        assert ended["expired_at"] == int(created + 86400) and ended["completed_at"] is None
+        assert ended["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
+        output = service.file("acme", ended["output_file_id"], content=True)
+        errors = service.file("acme", ended["error_file_id"], content=True)
+        assert output is not None and errors is not None
+        assert [json.loads(x)["custom_id"] for x in output["content"].splitlines()] == ["c0"]
+        codes = {r["custom_id"]: (r["error"] or r["response"]["body"]["error"])["code"]
+                 for r in map(json.loads, errors["content"].splitlines())}
+        assert codes == {"c1": "rate_limited", "c2": "batch_expired", "c3": "batch_expired"}
+        # Ended once: a later look shows the same, and a task finishing late changes nothing.
+        record_results(engine, [failed(tasks[2], tier="cheap", route_reason="r",
+                                       latency=latency, code="x", message="late")])
+        assert service.view("acme", spec.batch_id) == ended
+    finally:
+        engine.dispose()
 
 
 # --- acceptance through a failure, against the real store and broker ---------------------------

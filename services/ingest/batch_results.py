@@ -1,9 +1,9 @@
 """Where a batch stands and what its result files hold, from its tasks' stored results (pure).
 
 Stored statuses are `validating` (lines still being accepted as tasks), `in_progress`,
-`cancelling`, and the terminal `completed` and `cancelled`, written once with the result
-files. `finalizing` is what a batch shows while every task has finished and its files are
-being written.
+`cancelling`, and the terminal `completed`, `cancelled` and `expired`, written once with the
+result files. `finalizing` is what a batch shows while every task has finished (or its
+completion window has passed) and its files are being written.
 """
 
 from __future__ import annotations
@@ -34,25 +34,40 @@ class Progress:
         return self.succeeded + self.failed
 
 
-def current_status(stored: str, progress: Progress, accepting: bool = False) -> str:
+def is_expired(expires_at: float, now: float) -> bool:
+    """Say whether a batch's completion window has passed."""
+    return now >= expires_at
+
+
+def current_status(stored: str, progress: Progress, accepting: bool = False,
+                   expired: bool = False) -> str:
     """Return the status a batch shows now, from its stored status and its lines.
 
     `accepting`: an ingest process holds the batch's lease and may still be accepting a
-    line, so a cancelled batch is not finalized under it.
+    line, so a cancelled batch is not finalized under it. `expired`: its completion window
+    has passed, so it is finalized as it stands, as OpenAI ends a batch at its window (a
+    cancel asked for before goes on: it ends `cancelled`).
     """
     if stored in TERMINAL:
         return stored
     if stored == "cancelling":
         busy = accepting or progress.finished < progress.accepted
         return "cancelling" if busy else "finalizing"
+    if expired:
+        return "finalizing"
     if progress.accepted < progress.total:
         return "validating"
     return "in_progress" if progress.finished < progress.total else "finalizing"
 
 
-def final_status(stored: str) -> str:
-    """Return the terminal status a finalizing batch ends in."""
-    return "cancelled" if stored == "cancelling" else "completed"
+def final_status(stored: str, progress: Progress | None = None, expired: bool = False) -> str:
+    """Return the terminal status a finalizing batch ends in: `expired` when its window
+    passed with lines unanswered (they get `batch_expired`), else `cancelled` or
+    `completed`."""
+    if stored == "cancelling":
+        return "cancelled"
+    unanswered = progress is not None and progress.finished < progress.total
+    return "expired" if expired and unanswered else "completed"
 
 
 def _record_id(task_id: str) -> str:
@@ -79,8 +94,8 @@ def completion_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def line_record(custom_id: str, task_id: str, status: str | None,
                 result: dict[str, Any] | None, batch_status: str) -> dict[str, Any]:
-    """Return a finished line's output or error record (a line never accepted as a task, in
-    a cancelled batch, gets `batch_cancelled`)."""
+    """Return a finished line's output or error record (a line without a Result, never
+    accepted or still running, gets `batch_cancelled` or `batch_expired` by `batch_status`)."""
     if status is None or result is None:
         return not_run_record(_record_id(task_id), custom_id, batch_status)
     if status == "succeeded":
@@ -113,7 +128,9 @@ def batch_object(row: dict[str, Any], status: str, counts: dict[str, int]) -> di
         "error_file_id": row["error_file_id"], "created_at": at("created_at"),
         "in_progress_at": at("in_progress_at"), "expires_at": at("expires_at"),
         "finalizing_at": at("finalizing_at"), "completed_at": at("completed_at"),
-        "failed_at": None, "expired_at": None, "cancelling_at": at("cancelling_at"),
+        "failed_at": None, "cancelling_at": at("cancelling_at"),
+        # An expired batch ended at the end of its window (there is no column of its own).
+        "expired_at": at("expires_at") if status == "expired" else None,
         "cancelled_at": at("cancelled_at"), "request_counts": counts,
         "metadata": row["metadata"],
     }

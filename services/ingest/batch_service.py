@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -23,6 +24,7 @@ from services.ingest.batch_results import (
     batch_object,
     current_status,
     final_status,
+    is_expired,
     is_output,
     line_record,
     live_counts,
@@ -52,6 +54,7 @@ class BatchService:
     acceptor: BatchAcceptor
     max_file_bytes: int  # AGENTQ_BATCH_FILE_MAX_BYTES
     max_lines: int = MAX_BATCH_LINES
+    clock: Callable[[], float] = field(default=time.time)
 
     def upload(self, caller: str, filename: str, content: bytes) -> dict[str, Any]:
         """Store a batch input file once every line checks (BatchFileError otherwise)."""
@@ -96,17 +99,21 @@ class BatchService:
         if row["completed"] is not None:  # ended: its counts are final
             return batch_object(row, row["status"], {
                 "total": row["total"], "completed": row["completed"], "failed": row["failed"]})
-        now = time.time()
+        now = self.clock()
         progress = batch_store.progress(self.engine, batch_id)
-        status = current_status(row["status"], progress, accepting=row["lease_until"] >= now)
+        expired = is_expired(row["expires_at"], now)
+        status = current_status(row["status"], progress, accepting=row["lease_until"] >= now,
+                                expired=expired)
         if status == "validating" and row["lease_until"] < now:
             self.acceptor.wake()  # the ingest accepting it died: take it up here
-        if status == "finalizing" and self._finalize(row, now):
+        if status == "finalizing" and self._finalize(
+                row, now, final_status(row["status"], progress, expired)):
             return self.view(caller, batch_id)
         return batch_object(row, status, live_counts(progress))
 
-    def _finalize(self, row: dict[str, Any], now: float) -> bool:
-        end = final_status(row["status"])
+    def _finalize(self, row: dict[str, Any], now: float, end: str) -> bool:
+        # Lines without a Result by now (an expired batch's) go in the error file. Its
+        # acceptor, if any, stops at its next lease renewal (the batch is no longer validating).
         records = [line_record(line["custom_id"], line["task_id"],
                                line["status"] if line["accepted"] else None,
                                json.loads(line["result_json"]) if line["result_json"] else None,
@@ -116,7 +123,8 @@ class BatchService:
         errors = [record for record in records if not is_output(record)]
         new_files = [self._result_file(row, name, part, now)
                      for name, part in (("output", output), ("error", errors)) if part]
-        values = {"status": end, "finalizing_at": now, f"{end}_at": now,
+        ended_at = {} if end == "expired" else {f"{end}_at": now}  # expired_at: its window
+        values = {"status": end, "finalizing_at": now, **ended_at,
                   "completed": len(output), "failed": len(errors),
                   "output_file_id": new_files[0]["id"] if output else None,
                   "error_file_id": new_files[-1]["id"] if errors else None}
