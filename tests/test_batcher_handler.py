@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,15 +15,19 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from services.batcher import claims
+from services.batcher.lines import LineAnswer, batch_result, twin_result
+from services.batcher.plan import Claim
 from services.batcher.provider import BatchApi
 from services.batcher.service import Batcher
 from services.common.amqp import RejectMessage
 from services.common.cache import ExactCache
 from services.common.config import AgentqConfig, load_config
 from services.common.memory_broker import MemoryBroker
-from services.common.models import Task
+from services.common.models import Event, Result, Task, Usage
 from services.common.store import make_engine
 from services.common.topology import ROUTE_HEADER, Names, declare_topology
+from services.dashboard.models import RESOLUTIONS
+from services.dashboard.rollup import aggregate
 from services.router.service import Router
 
 
@@ -141,3 +146,52 @@ def test_a_claim_keeps_its_deadline_and_a_task_is_claimed_once(tmp_path: Path) -
         assert claims.tasks_of(engine, held.values())["default/a"] == raw
     finally:
         engine.dispose()
+
+
+def test_a_batch_result_and_its_twin_reach_the_rollup_with_the_workers_event(
+        tmp_path: Path) -> None:
+    """The batcher publishes each Result (the collector's `dashboard.results` copy is what
+    the rollup folds) and the worker's `task.completed` event, at the batch price."""
+    async def scenario(broker: MemoryBroker) -> None:
+        config = table()
+        broker.declare_queue("completions")
+        broker.bind("completions", broker.names.events, "task.completed")
+        engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+        api = BatchApi(config)
+        try:
+            batcher = Batcher(broker, engine, api, config)
+            entry = config.primary("cheap")
+            owner, twin = (Task(id=i, tenant="acme", kind="classify", prompt="Classify: late",
+                                deferrable=True).stamped() for i in ("paid", "twin"))
+            claimed = Claim(tenant="acme", task_id="paid", custom_id="acme/paid",
+                            provider="mock", model=entry.model, tier="cheap",
+                            state="submitted", claimed_at=0.0)
+            answer = LineAnswer("acme/paid", "late", entry.model,
+                                Usage(prompt_tokens=1000, completion_tokens=10))
+            paid = batch_result(owner, answer, entry=entry, tier="cheap", route_reason="kind",
+                                batch_id="batch_1", config=config, batch_seconds=30,
+                                now=time.time())
+            copy = twin_result(twin, paid, route_reason="kind", config=config, now=time.time())
+            await batcher.deliver(claimed, owner, paid)
+            await batcher.deliver(replace(claimed, task_id="twin", custom_id="acme/twin"),
+                                  twin, copy, paid=False)
+            results = [Result.model_validate_json(m.body) for m in
+                       iter(lambda: broker.get(broker.names.dashboard_results), None)]
+            events = [Event.model_validate_json(m.body) for m in
+                      iter(lambda: broker.get("completions"), None)]
+        finally:
+            await api.close()
+            engine.dispose()
+        assert [r.task_id for r in results] == ["paid", "twin"]
+        price = entry.cost(1000, 10) * 0.5
+        assert [(e.task_id, e.service, e.data["cost_usd"], e.data["dedup"]) for e in events] == [
+            ("paid", "batcher", pytest.approx(price), False), ("twin", "batcher", 0.0, True)]
+        assert all(e.data["llm_ms"] is None for e in events)  # no worker's task time
+        rows = [counts for (res, _, tenant, kind, tier, status), counts
+                in aggregate(results, events).rollups.items()
+                if res == RESOLUTIONS[0] and (tenant, kind, tier) == ("acme", "classify",
+                                                                      "cheap")]
+        assert [(c.count, c.cache_exact) for c in rows] == [(2, 1)]
+        assert rows[0].cost_usd == pytest.approx(price)
+
+    on_memory(scenario)

@@ -48,6 +48,7 @@ from services.batcher.plan import (
     twins,
 )
 from services.batcher.provider import BatchApi, BatchApiError
+from services.common.actions import completed
 from services.common.amqp import Broker, IncomingMessage, RejectMessage
 from services.common.batching import BatchCommitter
 from services.common.budget import SpendLedger
@@ -55,7 +56,7 @@ from services.common.cache import CachedAnswer, ExactCache, cacheable
 from services.common.clients import open_clients
 from services.common.config import AgentqConfig, ModelEntry
 from services.common.models import TIERS, Result, Task
-from services.common.publishing import publish_result
+from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras
 from services.common.runtime import every, until_stopped
 from services.common.settings import METRICS_PORTS, Settings
@@ -271,6 +272,11 @@ class Batcher:
         """Publish a batch Result, count its spend and remember the answer, as a worker does
         (a twin's copy cost nothing, and its answer is remembered already)."""
         await publish_result(self.bus, result, task.reply_to)
+        # The worker's completion event, at the batch price; not timed: a batch's run time
+        # is no worker's task time (the autoscaler learns that from llm_ms).
+        event = completed(result, result.attempts, timed=False, dedup=not paid)
+        await emit(self.bus, event.type, SERVICE, tenant=event.tenant, task_id=event.task_id,
+                   **event.data)
         if not paid:
             return
         if self.ledger is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.common.actions import completed
 from services.common.cache import CachedAnswer, cacheable
 from services.common.config import AgentqConfig, ModelEntry
 from services.common.cost_config import BudgetConfig
@@ -160,10 +161,7 @@ def twin_plan(order: WorkOrder, answer: CachedAnswer | None, config: AgentqConfi
     task = order.task
     result = from_cache(task, answer, config, cache="exact",
                         route_reason=f"{order.route_reason};dedup", now=now)
-    return (Publish(result, task.reply_to),
-            Emit("task.completed", task.tenant, task.id,
-                 {"tier": answer.tier, "model": answer.model, "cost_usd": 0.0,
-                  "attempts": 0, "dedup": True}))
+    return (Publish(result, task.reply_to), completed(result, 0, timed=False, dedup=True))
 
 
 def release(order: WorkOrder) -> Plan:
@@ -244,11 +242,7 @@ def answer_plan(order: WorkOrder, result: Result, failed_check: str | None,
     else:
         checks = (*verify(order, final), *remember(order, final, config))
     return (spend, *checks, *release(order), Publish(final, task.reply_to),
-            Emit("task.completed", task.tenant, task.id,
-                 {"tier": tier, "model": final.model, "cost_usd": final.cost_usd,
-                  "attempts": order.attempt, "llm_ms": final.latency_ms.llm,
-                  "limiter_ms": final.latency_ms.limiter, "reason": final.route_reason,
-                  "status": final.status}))
+            completed(final, order.attempt))
 
 
 def escalate(order: WorkOrder, upper: str, prior: CascadeState, result: Result,
