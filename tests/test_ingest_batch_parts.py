@@ -168,6 +168,19 @@ def test_a_batch_past_its_window_ends_expired_unless_every_line_was_answered(
     assert is_expired(100.0, 100.0) and not is_expired(100.0, 99.9)
 
 
+def record_batch(engine: Any, batch_id: str, count: int, created: float
+                 ) -> tuple[BatchSpec, list[tuple[Any, Task]]]:
+    """Record a validating batch of `count` lines of tenant acme, as `POST /v1/batches` does."""
+    spec = BatchSpec(batch_id, "acme", "chat", created)
+    pairs = batch_tasks(jsonl([line(f"c{i}") for i in range(count)]), spec)
+    batch_store.insert_batch(engine, {
+        "id": spec.batch_id, "owner": "acme", "tenant": "acme", "input_file_id": "file-x",
+        "endpoint": "/v1/chat/completions", "completion_window": "24h",
+        "status": "validating", "metadata_json": None, "total": count, "created_at": created,
+        "expires_at": created + 86400}, [(ln.custom_id, task) for ln, task in pairs])
+    return spec, pairs
+
+
 class Waker:
     """Stands for the acceptor: counts the times a view asked it to take a batch up."""
 
@@ -181,13 +194,7 @@ def test_an_expired_batch_gives_its_unanswered_lines_batch_expired(tmp_path: Pat
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     batch_store.create_batch_tables(engine)
     created = time.time() - 2 * 86400  # the window's deadline is past: accepted as such
-    spec = BatchSpec("batch_old", "acme", "chat", created)
-    pairs = batch_tasks(jsonl([line(f"c{i}") for i in range(4)]), spec)
-    batch_store.insert_batch(engine, {
-        "id": spec.batch_id, "owner": "acme", "tenant": "acme", "input_file_id": "file-x",
-        "endpoint": "/v1/chat/completions", "completion_window": "24h",
-        "status": "validating", "metadata_json": None, "total": 4, "created_at": created,
-        "expires_at": created + 86400}, [(ln.custom_id, task) for ln, task in pairs])
+    spec, pairs = record_batch(engine, "batch_old", 4, created)
     tasks = [task.stamped() for _, task in pairs]
     for task in tasks[:3]:  # line 3 never accepted; line 2 accepted and still queued
         insert_task(engine, task)
@@ -250,13 +257,7 @@ def test_a_batch_interrupted_midway_is_accepted_in_full_once(settings: Settings,
     publisher = Publisher(settings.amqp_url, names)
     try:
         now = time.time()
-        spec = BatchSpec("batch_cut", "acme", "chat", now)
-        pairs = batch_tasks(jsonl([line(f"c{i}") for i in range(120)]), spec)
-        batch_store.insert_batch(engine, {
-            "id": spec.batch_id, "owner": "acme", "tenant": "acme", "input_file_id": "file-x",
-            "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "status": "validating", "metadata_json": None, "total": 120, "created_at": now,
-            "expires_at": now + 86400}, [(ln.custom_id, task) for ln, task in pairs])
+        spec, _ = record_batch(engine, "batch_cut", 120, now)
         queue = names.tasks
         with pytest.raises(PublishFailed):
             batch_accept.accept_lines(engine, FailingAfter(publisher, 70), spec.batch_id)
