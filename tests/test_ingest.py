@@ -537,11 +537,11 @@ def test_a_retry_of_a_task_being_queued_right_now_is_a_duplicate(
     assert rabbit.count(names.tasks) == 0
 
 
-def test_the_sweeper_queues_what_no_client_retried(
+def test_the_resend_queues_what_no_client_retried(
         settings: Settings, rabbit: Rabbit, names: Names, monkeypatch: pytest.MonkeyPatch,
         eventually: Callable[..., Any]) -> None:
-    monkeypatch.setattr(intake, "SWEEP_INTERVAL_S", 0.2)
-    monkeypatch.setattr(intake, "SWEEP_AFTER_S", 30.0)
+    monkeypatch.setattr(intake, "RESEND_INTERVAL_S", 0.2)
+    monkeypatch.setattr(intake, "RESEND_AFTER_S", 30.0)
     _stored_unpublished(settings, "swept-1", age_s=120)
     _stored_unpublished(settings, "fresh-1", age_s=0)
     metrics = make_metrics(CollectorRegistry())

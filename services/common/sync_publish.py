@@ -38,7 +38,7 @@ BLOCKED_CONNECTION_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 3.0
 # ... and after one fails, every thread answers at once for this long instead of each
 # waiting out its own attempt: a broker that stops answering gets fast 503s, not a pile-up.
-BROKER_DOWN_HOLD_S = 5.0
+BROKER_DOWN_BACKOFF_S = 5.0
 
 
 class BrokerDown(PublishFailed):
@@ -73,9 +73,9 @@ class SyncPublisher:
         """Return whether the broker failed to answer a moment ago (not asked again yet)."""
         return time.monotonic() < self._down_until
 
-    def hold_down(self) -> None:
-        """Count the broker as down for BROKER_DOWN_HOLD_S (it failed to answer elsewhere)."""
-        self._down_until = time.monotonic() + BROKER_DOWN_HOLD_S
+    def back_off(self) -> None:
+        """Count the broker as down for BROKER_DOWN_BACKOFF_S (it failed to answer elsewhere)."""
+        self._down_until = time.monotonic() + BROKER_DOWN_BACKOFF_S
 
     def publish(self, exchange: str, routing_key: str,
                 body: BaseModel | bytes | Mapping[str, Any], *,
@@ -132,7 +132,7 @@ class SyncPublisher:
             try:
                 connection = BlockingConnection(self._params)
             except BROKER_ERRORS:
-                self.hold_down()
+                self.back_off()
                 raise
             self._down_until = 0.0
             self._local.connection = connection

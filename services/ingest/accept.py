@@ -90,11 +90,11 @@ def on_known_id(row: dict[str, Any], now: float,
 
 
 def queue_stored(task: Task, store: TaskStore, publisher: TaskPublisher) -> None:
-    """Publish a stored task and mark it queued (the sweeper's step, and accept_task's)."""
+    """Publish a stored task and mark it queued (the intake's resend, and accept_task's)."""
     publisher.publish_task(task)
     try:
         store.mark_queued(task)
-    except StoreUnavailable:  # it is queued; the sweeper may publish it once more, that is all
+    except StoreUnavailable:  # it is queued; the resend may publish it once more, that is all
         log.warning("could not mark task %s/%s queued", task.tenant, task.id, exc_info=True)
 
 
@@ -121,6 +121,6 @@ def _forget(store: TaskStore, task: Task) -> None:
     try:
         store.forget(task)
     except StoreUnavailable:
-        # The row stays "accepted": a retry or redelivery publishes it, else the sweeper does.
+        # The row stays "accepted": a retry or redelivery publishes it, else the resend does.
         log.warning("could not forget unqueued task %s/%s", task.tenant, task.id,
                     exc_info=True)

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUBMIT_PREFETCH = 200
-# Tasks stored but still unpublished after SWEEP_AFTER_S are published by the sweeper.
-SWEEP_INTERVAL_S = 30.0
-SWEEP_AFTER_S = 60.0
+# Tasks stored but still unpublished after RESEND_AFTER_S are published again (the resend).
+RESEND_INTERVAL_S = 30.0
+RESEND_AFTER_S = 60.0
 DEFAULT_METRICS_PORT = 9101
 STOP_GRACE_S = 30.0
 # accept_task holds its thread through the store and the broker's confirm: asyncio's default
@@ -70,10 +70,10 @@ class Intake:
         counter = self._metrics.duplicates if accepted.duplicate else self._metrics.accepted
         counter.labels(door="amqp").inc()
 
-    async def sweep(self) -> int:
+    async def resend(self) -> int:
         """Publish the tasks stored and never published (an ingest process died between the
         two steps and no client retried); return how many."""
-        stale = await self._in_thread(self._store.unpublished, SWEEP_AFTER_S)
+        stale = await self._in_thread(self._store.unpublished, RESEND_AFTER_S)
         publisher = self._publisher()
         for task in stale:
             log.warning("task %s was stored but never queued; queueing it now", task.id)
@@ -104,10 +104,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None,
             await bus.consume(names.submit, intake, prefetch=SUBMIT_PREFETCH)
             log.info("intake consuming %s", names.submit)
             stop = stop or asyncio.Event()
-            sweeper = asyncio.create_task(
-                runtime.every(SWEEP_INTERVAL_S, intake.sweep, "sweep", stop), name="sweeper")
-            await runtime.until_stopped(stop, sweeper)
-            await sweeper
+            resender = asyncio.create_task(
+                runtime.every(RESEND_INTERVAL_S, intake.resend, "resend", stop), name="resend")
+            await runtime.until_stopped(stop, resender)
+            await resender
             log.info("intake stopping")
         finally:
             # Drain before the clients close (the bus, then the engine, as open_clients does).

@@ -52,7 +52,7 @@ class Publisher:
             self._loop.run(declare(self._amqp_url, self._names), DECLARE_TIMEOUT_S)
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
             log.warning("could not declare the RabbitMQ topology of %s: %r", self._names.ns, exc)
-            self._sync.hold_down()
+            self._sync.back_off()
             return False
         self._topology_ready = True
         return True
