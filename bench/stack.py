@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -173,12 +173,14 @@ class ScratchDatabase:
             self._admin(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
 
-def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
+def delete_namespace(amqp_url: str, redis_url: str, namespace: str,
+                     lanes: Iterable[tuple[str, str]] = ()) -> None:
     """Remove every queue (tenant lanes too), exchange and Redis key of a test namespace.
 
-    The lanes are those registered in Redis (read before its keys go) and those the broker's
-    lane roster names.
+    The lanes are those registered in Redis (read before its keys go), those the broker's
+    lane roster names, and `lanes` ((tier, tenant) pairs a caller declared itself).
     """
+    extra = set(lanes)
     import asyncio
 
     import aio_pika
@@ -194,13 +196,13 @@ def delete_namespace(amqp_url: str, redis_url: str, namespace: str) -> None:
     async def drop_topology() -> None:
         registry = AsyncRedis.from_url(redis_url)
         try:
-            lanes = await registered_lanes(registry, names, TIERS)
+            registered = await registered_lanes(registry, names, TIERS)
         finally:
             await registry.aclose()
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            lanes = sorted({*lanes, *await roster_lanes(connection, names)})
-            await delete_topology(await connection.channel(), names, lanes=lanes)
+            every = sorted({*registered, *extra, *await roster_lanes(connection, names)})
+            await delete_topology(await connection.channel(), names, lanes=every)
 
     asyncio.run(drop_topology())
     delete_redis_keys(redis_url, namespace)

@@ -76,7 +76,9 @@ def namespace(request: pytest.FixtureRequest,
     base = Settings(namespace=ns)
     if getattr(request.node, "callspec", None) and \
             request.node.callspec.params.get("broker_kind") == "rabbitmq":
-        delete_namespace(base.amqp_url, base.redis_url, ns)
+        # The harness declares the tenant's lanes itself, unregistered: name them.
+        delete_namespace(base.amqp_url, base.redis_url, ns,
+                         lanes=[(tier, TENANT) for tier in TIERS])
     else:
         delete_redis_keys(base.redis_url, ns)
 
