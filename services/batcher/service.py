@@ -60,8 +60,8 @@ from services.common.publishing import emit, publish_result
 from services.common.redis_extras import Extras
 from services.common.runtime import every, until_stopped
 from services.common.settings import METRICS_PORTS, Settings
-from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER, declare_topology
-from services.common.work_headers import ROUTED_TIER_HEADER
+from services.common.topology import ROUTE_HEADER, declare_topology
+from services.common.work_headers import first_attempt
 
 log = logging.getLogger(__name__)
 SERVICE = "batcher"
@@ -136,8 +136,7 @@ class Batcher:
     async def send_live(self, task: Task, tier: str, reason: str, why: str) -> None:
         # No longer deferrable: should it come round again (a replay), it goes straight live.
         live = task.model_copy(update={"deferrable": False})
-        headers = {ROUTE_HEADER: f"{reason};live:{why}" if reason else f"live:{why}",
-                   ATTEMPT_HEADER: 1, ROUTED_TIER_HEADER: tier}
+        headers = first_attempt(tier, f"{reason};live:{why}" if reason else f"live:{why}")
         await self.bus.publish(self.bus.names.work, tier, live, priority=task.priority,
                                message_id=task.id, headers=headers)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER
+
 # The tier the router chose; cache entries and the in-flight lock are keyed by it, whatever
 # tier a cascade ends on.
 ROUTED_TIER_HEADER = "x-agentq-routed-tier"
@@ -14,3 +18,9 @@ HELD_HEADER = "x-agentq-held"
 # When (epoch seconds) the task first waited for provider capacity (a 429, a hold): its wait
 # budget, AGENTQ_RATE_LIMIT_WAIT_S, runs from then across retries.
 RATE_WAIT_HEADER = "x-agentq-rate-wait-since"
+
+
+def first_attempt(tier: str, reason: str) -> dict[str, Any]:
+    """Return the headers of a task's first work message for `tier` (the router's, and the
+    batcher's when a deferred task goes live)."""
+    return {ROUTE_HEADER: reason, ATTEMPT_HEADER: 1, ROUTED_TIER_HEADER: tier}

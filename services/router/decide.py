@@ -40,8 +40,8 @@ from services.common.semantic_cache import (
     semantic_cacheable,
 )
 from services.common.tokens import count_messages
-from services.common.topology import ATTEMPT_HEADER, ROUTE_HEADER
-from services.common.work_headers import ROUTED_TIER_HEADER, VERIFY_HEADER
+from services.common.topology import ROUTE_HEADER
+from services.common.work_headers import VERIFY_HEADER, first_attempt
 from services.router.policy import RouteDecision, choose_tier
 
 CacheOutcome = Literal["miss", "exact", "semantic"]
@@ -121,8 +121,7 @@ def route_plan(task: Task, route: RouteDecision, level: BudgetLevel, found: Foun
     if level == "soft":
         soft = (Emit("budget.soft", task.tenant, task.id,
                      {"tier": route.tier, "reason": route.reason}),)
-    headers: dict[str, Any] = {ROUTE_HEADER: route.reason, ATTEMPT_HEADER: 1,
-                               ROUTED_TIER_HEADER: route.tier}
+    headers = first_attempt(route.tier, route.reason)
     if found.exact is not None:
         return (*soft, *answer(task, route, found.exact, "exact", config, now))
     hit = found.semantic
